@@ -1,0 +1,35 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong bringing the data plane up. Each variant names
+/// the path, program or map involved so the agent's one-line error is useful.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("bpffs directory {path}: {reason}")]
+    Bpffs { path: PathBuf, reason: String },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {0} missing from the eBPF object")]
+    ProgramMissing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MapMissing(&'static str),
+    #[error("eBPF log forwarding: {0}")]
+    Log(String),
+}

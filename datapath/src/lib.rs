@@ -1,0 +1,22 @@
+//! Userspace side of sluice's data plane: the embedded eBPF object, loading it
+//! with its maps pinned under a node's bpffs directory, attaching programs to
+//! cgroups and interfaces, and forwarding eBPF-side logs into `tracing`.
+//!
+//! Both `sluice-agent` and `sluice-cni` use this crate, so there is exactly one
+//! eBPF object and one loader (the CNI plugin must be able to bring the data
+//! plane up when no agent runs).
+
+mod bpffs;
+mod error;
+mod loader;
+mod log_forward;
+pub mod node;
+
+pub use bpffs::ensure_pin_dir;
+pub use error::DatapathError;
+pub use loader::{BpfLogLevel, Datapath, LoadOptions, pinned_counters};
+pub use log_forward::spawn_log_forwarder;
+
+/// The eBPF object built from `ebpf/` by build.rs (aya-build, release).
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));

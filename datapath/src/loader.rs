@@ -1,0 +1,220 @@
+//! Loading the eBPF object for one node and attaching its programs.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId,
+    },
+};
+use sluice_common::{Counter, ProgStat, map_names, prog_names};
+
+use crate::{DatapathError, EBPF_OBJECT, bpffs};
+
+/// Level below which eBPF-side log statements are compiled out by the
+/// verifier (aya-log's `AYA_LOG_LEVEL` global is patched before load), so
+/// disabled logs cost nothing on the hot path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum BpfLogLevel {
+    Off = 0,
+    Error = 1,
+    #[default]
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+impl std::str::FromStr for BpfLogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "off" => Self::Off,
+            "error" => Self::Error,
+            "warn" => Self::Warn,
+            "info" => Self::Info,
+            "debug" => Self::Debug,
+            "trace" => Self::Trace,
+            _ => {
+                return Err(format!(
+                    "invalid eBPF log level {s:?} (expected off|error|warn|info|debug|trace)"
+                ));
+            }
+        })
+    }
+}
+
+/// How to load the data plane for one node.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The node's bpffs directory; pinned maps live (and are reused) here.
+    pub bpffs_dir: PathBuf,
+    pub log_level: BpfLogLevel,
+}
+
+/// The loaded eBPF object of one node. Dropping it detaches every program it
+/// attached; pinned maps stay in bpffs.
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the embedded object, reusing maps already pinned under
+    /// `opts.bpffs_dir` (so state survives restarts) and pinning new ones.
+    pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
+        bpffs::ensure_pin_dir(&opts.bpffs_dir)?;
+        raise_memlock_rlimit();
+        let level = opts.log_level as u8;
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.bpffs_dir)
+            .override_global(aya_log::LEVEL, &level, false)
+            .load(EBPF_OBJECT)?;
+        Ok(Self { ebpf })
+    }
+
+    /// The underlying object, for log forwarding and map access.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Attaches the connect4 socket hook to the node's cgroup subtree.
+    /// On kernels >= 5.7 this is a bpf_link, which always coexists with other
+    /// programs on the cgroup (systemd, another node's agent in a parent
+    /// cgroup during tests); the kernel rejects explicit flags for links, so
+    /// the mode stays the default.
+    pub fn attach_connect4(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let name = prog_names::SOCK4_CONNECT;
+        let cgroup_file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        let prog: &mut CgroupSockAddr = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::ProgramMissing(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        prog.attach(&cgroup_file, CgroupAttachMode::default())
+            .map_err(|source| DatapathError::Program { name, source })?;
+        Ok(())
+    }
+
+    /// Attaches the pod-ingress classifier to `iface` (tcx on kernels >= 6.6,
+    /// clsact otherwise). The interface is resolved in the calling thread's
+    /// network namespace.
+    pub fn attach_tc_pod_ingress(
+        &mut self,
+        iface: &str,
+    ) -> Result<SchedClassifierLinkId, DatapathError> {
+        let name = prog_names::TC_POD_INGRESS;
+        let prog = self.classifier(name)?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        // clsact is only needed on the netlink path; on tcx kernels this is a
+        // no-op error we can ignore (EEXIST or unused qdisc).
+        let tcx = aya::util::KernelVersion::current()
+            .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+            .unwrap_or(false);
+        if !tcx {
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        }
+        prog.attach(iface, TcAttachType::Ingress)
+            .map_err(|source| DatapathError::Program { name, source })
+    }
+
+    /// Detaches a classifier previously attached with `attach_tc_pod_ingress`.
+    pub fn detach_tc_pod_ingress(
+        &mut self,
+        link: SchedClassifierLinkId,
+    ) -> Result<(), DatapathError> {
+        let name = prog_names::TC_POD_INGRESS;
+        self.classifier(name)?
+            .detach(link)
+            .map_err(|source| DatapathError::Program { name, source })
+    }
+
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::ProgramMissing(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })
+    }
+
+    /// Per-program counters summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(ProgStat, Counter)>, DatapathError> {
+        let name = map_names::PROG_STATS;
+        let map = self.ebpf.map(name).ok_or(DatapathError::MapMissing(name))?;
+        counters_from(map)
+    }
+}
+
+/// Per-program counters read from the maps pinned under `bpffs_dir`, for
+/// CLI inspection while (or after) an agent runs.
+pub fn pinned_counters(bpffs_dir: &Path) -> Result<Vec<(ProgStat, Counter)>, DatapathError> {
+    let name = map_names::PROG_STATS;
+    let data = MapData::from_pin(bpffs_dir.join(name))
+        .map_err(|source| DatapathError::Map { name, source })?;
+    let map = Map::from_map_data(data).map_err(|source| DatapathError::Map { name, source })?;
+    counters_from(&map)
+}
+
+fn counters_from(map: &Map) -> Result<Vec<(ProgStat, Counter)>, DatapathError> {
+    let name = map_names::PROG_STATS;
+    let stats = PerCpuArray::<_, Counter>::try_from(map)
+        .map_err(|source| DatapathError::Map { name, source })?;
+    ProgStat::ALL
+        .iter()
+        .map(|s| {
+            let per_cpu = stats
+                .get(&(*s as u32), 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            Ok((*s, Counter::sum(per_cpu.iter())))
+        })
+        .collect()
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so map
+/// creation does not fail there. Harmless (and ignored on failure) elsewhere.
+fn raise_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (ret {ret}); fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_level_parses_and_rejects_with_the_bad_value() {
+        assert_eq!("DEBUG".parse::<BpfLogLevel>(), Ok(BpfLogLevel::Debug));
+        assert_eq!("off".parse::<BpfLogLevel>(), Ok(BpfLogLevel::Off));
+        let err = "loud".parse::<BpfLogLevel>().unwrap_err();
+        assert!(err.contains("\"loud\""), "{err}");
+    }
+
+    #[test]
+    fn embedded_object_is_a_bpf_elf() {
+        // ELF magic, 64-bit, little endian, machine EM_BPF (247).
+        assert_eq!(&EBPF_OBJECT[..4], b"\x7fELF");
+        assert_eq!(EBPF_OBJECT[4], 2);
+        assert_eq!(EBPF_OBJECT[5], 1);
+        assert_eq!(u16::from_le_bytes([EBPF_OBJECT[18], EBPF_OBJECT[19]]), 247);
+    }
+}

@@ -1,0 +1,113 @@
+//! Map keys, values and names shared by sluice's eBPF programs and its userspace.
+//!
+//! This crate is the single place where a map's layout is defined: both sides
+//! compile against the same `#[repr(C)]` types, so a layout change cannot
+//! reach only one of them. It is `no_std` so the eBPF crate can use it; the
+//! `user` feature adds `aya::Pod` impls for the userspace side.
+#![no_std]
+
+/// Names of the maps in the eBPF object. Pinned maps appear under the node's
+/// bpffs directory with exactly these names.
+pub mod map_names {
+    /// Per-CPU packet/byte counters per program, indexed by [`super::ProgStat`].
+    pub const PROG_STATS: &str = "SLUICE_STATS";
+}
+
+/// Names of the programs in the eBPF object (their Rust function names).
+pub mod prog_names {
+    /// cgroup/connect4: socket-level service translation at connect() time.
+    pub const SOCK4_CONNECT: &str = "sock4_connect";
+    /// tc classifier for a pod's host-side veth (ingress from the pod).
+    pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
+}
+
+/// Index into the [`map_names::PROG_STATS`] per-CPU array. One slot per
+/// program so an operator can see which hook is seeing traffic.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgStat {
+    Sock4Connect = 0,
+    TcPodIngress = 1,
+}
+
+impl ProgStat {
+    /// Number of slots in the stats array; keep in sync with the variants.
+    pub const COUNT: u32 = 2;
+    pub const ALL: [ProgStat; 2] = [ProgStat::Sock4Connect, ProgStat::TcPodIngress];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProgStat::Sock4Connect => prog_names::SOCK4_CONNECT,
+            ProgStat::TcPodIngress => prog_names::TC_POD_INGRESS,
+        }
+    }
+}
+
+/// One counter slot: how many times a program ran and over how many bytes
+/// (bytes are 0 for socket hooks, which see no packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    /// Sums per-CPU slots into one total.
+    pub fn sum<'a>(slots: impl IntoIterator<Item = &'a Counter>) -> Counter {
+        slots
+            .into_iter()
+            .fold(Counter::default(), |acc, c| Counter {
+                packets: acc.packets.wrapping_add(c.packets),
+                bytes: acc.bytes.wrapping_add(c.bytes),
+            })
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)], only u64 fields, no padding.
+    unsafe impl aya::Pod for super::Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_layout_matches_kernel_expectation() {
+        // The kernel copies value_size bytes per CPU; the layout must have no
+        // padding and a fixed size, or per-CPU slots would be misread.
+        assert_eq!(core::mem::size_of::<Counter>(), 16);
+        assert_eq!(core::mem::align_of::<Counter>(), 8);
+    }
+
+    #[test]
+    fn counter_sum_adds_slots() {
+        let slots = [
+            Counter {
+                packets: 1,
+                bytes: 10,
+            },
+            Counter {
+                packets: 2,
+                bytes: 20,
+            },
+        ];
+        assert_eq!(
+            Counter::sum(&slots),
+            Counter {
+                packets: 3,
+                bytes: 30
+            }
+        );
+    }
+
+    #[test]
+    fn prog_stat_indices_are_dense() {
+        for (i, s) in ProgStat::ALL.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32);
+        }
+        assert_eq!(ProgStat::ALL.len() as u32, ProgStat::COUNT);
+    }
+}

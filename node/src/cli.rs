@@ -1,0 +1,101 @@
+//! Command line: the contract in DESIGN.md (node overrides shared by every
+//! subcommand, so `bpf ...` inspects the same node the agent runs).
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sluice_datapath::BpfLogLevel;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-agent",
+    version,
+    about = "sluice node agent: eBPF service proxy and pod datapath"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What a node is: (network namespace, cgroup v2 subtree, bpffs pin dir).
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Network namespace to run in (a path such as /run/netns/NAME); default: the current one.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// cgroup v2 directory whose sockets get service translation; default: the cgroup2 root.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, global = true, value_name = "DIR", default_value = sluice_datapath::node::DEFAULT_BPFFS_DIR)]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Level of eBPF-side log statements that stay in the programs
+    /// (off|error|warn|info|debug|trace). Lower levels are removed by the verifier.
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    pub bpf_log_level: BpfLogLevel,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Inspect the node's pinned eBPF state.
+    #[command(subcommand)]
+    Bpf(BpfCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BpfCommand {
+    /// Per-program run counters from the pinned stats map.
+    Stats {
+        /// Output format.
+        #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+pub mod bpf {
+    use anyhow::Context as _;
+
+    use super::{BpfCommand, NodeArgs, OutputFormat};
+
+    pub fn run(node: &NodeArgs, cmd: BpfCommand) -> anyhow::Result<()> {
+        match cmd {
+            BpfCommand::Stats { output } => {
+                let counters =
+                    sluice_datapath::pinned_counters(&node.bpffs).with_context(|| {
+                        format!("no sluice datapath pinned under {}", node.bpffs.display())
+                    })?;
+                match output {
+                    OutputFormat::Json => {
+                        let rows: Vec<_> = counters
+                            .iter()
+                            .map(|(s, c)| {
+                                serde_json::json!({"program": s.name(), "runs": c.packets, "bytes": c.bytes})
+                            })
+                            .collect();
+                        println!("{}", serde_json::to_string_pretty(&rows)?);
+                    }
+                    OutputFormat::Table => {
+                        println!("{:<20} {:>12} {:>14}", "PROGRAM", "RUNS", "BYTES");
+                        for (s, c) in counters {
+                            println!("{:<20} {:>12} {:>14}", s.name(), c.packets, c.bytes);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

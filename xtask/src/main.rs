@@ -1,0 +1,59 @@
+//! `cargo xtask`: the project's task runner. Every install a fresh machine
+//! needs happens in `bootstrap`, so CI and newcomers run the same steps.
+mod bootstrap;
+mod build;
+mod cmd;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sluice task runner")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what a fresh Debian machine lacks (idempotent; prints one line per step).
+    Bootstrap,
+    /// Bootstrap if needed, then release-build all binaries and the eBPF object.
+    Build,
+    /// Bootstrap and build, then fmt check, clippy -D warnings, and the whole test suite.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Run a single-node cluster (control plane + agent). Not built yet.
+    Up,
+    /// Install sluice on this host. Not built yet.
+    Install,
+    /// Benchmarks (lb, cni, store). Not built yet.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Bootstrap => bootstrap::run().map(|_| ()),
+        Command::Build => bootstrap::run().and_then(|env| build::run(&env).map(|_| ())),
+        Command::Test { cargo_test_args } => {
+            bootstrap::run().and_then(|env| test::run(&env, &cargo_test_args))
+        }
+        Command::Up | Command::Install | Command::Bench { .. } => Err(anyhow::anyhow!(
+            "not yet: this command arrives with the control plane / benchmark issues"
+        )),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
