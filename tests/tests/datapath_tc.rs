@@ -67,6 +67,11 @@ fn tc_classifier_attaches_runs_and_detaches_on_a_netns_veth() {
 
     let payload = [0u8; 100];
     send_udp_from(&b, 20, &payload);
+    // The first datagrams wait for ARP; poll instead of trusting one sleep.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tc_runs(&dp).0 < 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (runs, bytes) = tc_runs(&dp);
     // 20 datagrams (+ possibly ARP/ND) each at least IPv4+UDP+payload long.
     assert!(runs >= 20, "program ran {runs} times for 20 packets");
