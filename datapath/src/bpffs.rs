@@ -2,10 +2,10 @@
 //! which is what lets the data plane keep forwarding across agent restarts.
 use std::path::Path;
 
-use crate::DatapathError;
-
-/// `BPF_FS_MAGIC` from linux/magic.h.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+use crate::{
+    DatapathError,
+    node::{BPF_FS_MAGIC, fs_magic},
+};
 
 /// Checks `dir` is (or would be created) on a bpf filesystem, then creates
 /// it. The check comes first so a typo'd `--bpffs` fails up front, names the
@@ -19,9 +19,7 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<(), DatapathError> {
         .ancestors()
         .find(|p| p.exists())
         .ok_or_else(|| err("no existing ancestor".into()))?;
-    let st = nix::sys::statfs::statfs(existing).map_err(|e| err(format!("statfs: {e}")))?;
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs per libc target
-    let fs_type = st.filesystem_type().0 as i64;
+    let fs_type = fs_magic(existing).map_err(|e| err(format!("statfs: {e}")))?;
     if fs_type != BPF_FS_MAGIC {
         return Err(err(format!(
             "not on a bpf filesystem (f_type {fs_type:#x}); mount one with `mount -t bpf bpf /sys/fs/bpf`"

@@ -5,6 +5,19 @@ use std::path::PathBuf;
 /// Default pin directory for a node's maps and links.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/sluice";
 
+/// `BPF_FS_MAGIC` from linux/magic.h.
+pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `CGROUP2_SUPER_MAGIC` from linux/magic.h.
+pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The filesystem magic (statfs f_type) of `path`, to tell a bpffs or
+/// cgroup2 directory from a typo'd path before anything is created in it.
+pub fn fs_magic(path: &std::path::Path) -> nix::Result<i64> {
+    let st = nix::sys::statfs::statfs(path)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs per libc target
+    Ok(st.filesystem_type().0 as i64)
+}
+
 /// The cgroup v2 mount point, read from /proc/mounts (it is
 /// /sys/fs/cgroup/unified on hybrid hosts, /sys/fs/cgroup on pure v2 ones).
 pub fn cgroup2_root() -> Option<PathBuf> {

@@ -18,9 +18,6 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// `CGROUP2_SUPER_MAGIC` from linux/magic.h.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
 /// The cgroup v2 directory the socket hooks attach to: `--cgroup` if given
 /// (must be a cgroup2 directory), else the host's cgroup2 mount.
 pub fn resolve_cgroup(arg: Option<&Path>) -> Result<PathBuf, ConfigError> {
@@ -30,11 +27,9 @@ pub fn resolve_cgroup(arg: Option<&Path>) -> Result<PathBuf, ConfigError> {
             ConfigError("no cgroup2 mount in /proc/mounts; pass --cgroup PATH".into())
         })?,
     };
-    let st = nix::sys::statfs::statfs(&path)
+    let fs_type = sluice_datapath::node::fs_magic(&path)
         .map_err(|e| ConfigError(format!("--cgroup {}: {e}", path.display())))?;
-    #[allow(clippy::unnecessary_cast)]
-    let fs_type = st.filesystem_type().0 as i64;
-    if fs_type != CGROUP2_SUPER_MAGIC {
+    if fs_type != sluice_datapath::node::CGROUP2_SUPER_MAGIC {
         return Err(ConfigError(format!(
             "--cgroup {}: not a cgroup v2 directory (f_type {fs_type:#x})",
             path.display()

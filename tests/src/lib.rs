@@ -122,23 +122,6 @@ impl NetNs {
         run_ok("ip", all)
     }
 
-    /// `ip netns exec NAME <program> <args>`: fine for tools that only use
-    /// netlink/sockets. Never for cgroup or bpffs paths (it remounts /sys).
-    pub fn exec<I, S>(&self, program: &str, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let mut all: Vec<std::ffi::OsString> = vec![
-            "netns".into(),
-            "exec".into(),
-            self.name.clone().into(),
-            program.into(),
-        ];
-        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        run_ok("ip", all)
-    }
-
     /// Runs `f` on a fresh thread that has joined this namespace (setns), so
     /// the caller's thread and its paths are untouched.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
@@ -194,7 +177,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new() -> Self {
-        let root = cgroup2_root().expect("no cgroup2 mount in /proc/mounts");
+        let root = sluice_datapath::node::cgroup2_root().expect("no cgroup2 mount in /proc/mounts");
         let path = root.join(unique("cg"));
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         Self { path }
@@ -257,17 +240,6 @@ impl Drop for TestCgroup {
     }
 }
 
-/// The host's cgroup2 mount point.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    std::fs::read_to_string("/proc/mounts")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-}
-
 /// A node's bpffs pin directory under /sys/fs/bpf, removed on drop.
 pub struct PinDir {
     pub path: PathBuf,
@@ -327,10 +299,6 @@ impl Daemon {
             child: Some(child),
             lines,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
     }
 
     /// Waits until a stderr line matches `pred`; panics with everything seen

@@ -185,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn distinct_services_with_same_backends_get_the_same_table() {
+    fn same_backends_and_size_give_the_same_table() {
         // Determinism across nodes/restarts: the table is a pure function of
         // the backend names and the size.
         assert_eq!(build(&names(5), 509), build(&names(5), 509));
