@@ -30,6 +30,10 @@ pub enum DatapathError {
     },
     #[error("map {0} missing from the eBPF object")]
     MapMissing(&'static str),
+    #[error("pinning {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("Maglev table: {0}")]
+    Table(String),
     #[error("eBPF log forwarding: {0}")]
     Log(String),
 }

@@ -8,12 +8,15 @@
 
 mod bpffs;
 mod error;
+mod lb;
 mod loader;
 mod log_forward;
 pub mod node;
+mod sys;
 
 pub use bpffs::ensure_pin_dir;
 pub use error::DatapathError;
+pub use lb::LbMaps;
 pub use loader::{BpfLogLevel, Datapath, LoadOptions, pinned_counters};
 pub use log_forward::spawn_log_forwarder;
 

@@ -8,10 +8,12 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLinkId,
     },
 };
-use sluice_common::{Counter, ProgStat, map_names, prog_names};
+use sluice_common::{Counter, ProgStat, link_pins, map_names, prog_names};
 
 use crate::{DatapathError, EBPF_OBJECT, bpffs};
 
@@ -57,10 +59,12 @@ pub struct LoadOptions {
     pub log_level: BpfLogLevel,
 }
 
-/// The loaded eBPF object of one node. Dropping it detaches every program it
-/// attached; pinned maps stay in bpffs.
+/// The loaded eBPF object of one node. Socket-LB programs are attached
+/// through pinned links and stay attached when this is dropped; tc programs
+/// attached with `attach_tc_pod_ingress` detach on drop. Pinned maps stay.
 pub struct Datapath {
     ebpf: Ebpf,
+    bpffs_dir: PathBuf,
 }
 
 impl Datapath {
@@ -70,11 +74,17 @@ impl Datapath {
         bpffs::ensure_pin_dir(&opts.bpffs_dir)?;
         raise_memlock_rlimit();
         let level = opts.log_level as u8;
+        let maglev_pin = opts.bpffs_dir.join(map_names::LB4_MAGLEV);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.bpffs_dir)
+            // BTF map definitions carry no pinning attribute; pin by path.
+            .map_pin_path(map_names::LB4_MAGLEV, maglev_pin.as_path())
             .override_global(aya_log::LEVEL, &level, false)
             .load(EBPF_OBJECT)?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            bpffs_dir: opts.bpffs_dir.clone(),
+        })
     }
 
     /// The underlying object, for log forwarding and map access.
@@ -82,13 +92,40 @@ impl Datapath {
         &mut self.ebpf
     }
 
-    /// Attaches the connect4 socket hook to the node's cgroup subtree.
-    /// On kernels >= 5.7 this is a bpf_link, which always coexists with other
-    /// programs on the cgroup (systemd, another node's agent in a parent
-    /// cgroup during tests); the kernel rejects explicit flags for links, so
-    /// the mode stays the default.
-    pub fn attach_connect4(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
-        let name = prog_names::SOCK4_CONNECT;
+    /// Attaches the socket-LB hooks (connect4, sendmsg4, recvmsg4,
+    /// getpeername4) to the node's cgroup subtree as bpf_links pinned under
+    /// `<bpffs>/links/`, so they stay attached (and keep translating with the
+    /// pinned maps) while the agent is down or restarting.
+    ///
+    /// A link pinned by a previous agent is replaced make-before-break: the
+    /// new program is attached first, then the old link is unpinned (which
+    /// detaches it). While both run, translation is idempotent: the second
+    /// program sees a backend address, which is not a frontend.
+    /// The kernel rejects explicit attach flags for links, so the mode
+    /// stays the default (links always coexist with other programs).
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let links_dir = self.bpffs_dir.join("links");
+        std::fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Pin {
+            path: links_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        for (name, pin) in [
+            (prog_names::SOCK4_CONNECT, link_pins::SOCK4_CONNECT),
+            (prog_names::SOCK4_SENDMSG, link_pins::SOCK4_SENDMSG),
+            (prog_names::SOCK4_RECVMSG, link_pins::SOCK4_RECVMSG),
+            (prog_names::SOCK4_GETPEERNAME, link_pins::SOCK4_GETPEERNAME),
+        ] {
+            self.attach_cgroup_pinned(name, cgroup, &self.bpffs_dir.join(pin))?;
+        }
+        Ok(())
+    }
+
+    fn attach_cgroup_pinned(
+        &mut self,
+        name: &'static str,
+        cgroup: &Path,
+        pin: &Path,
+    ) -> Result<(), DatapathError> {
         let cgroup_file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
@@ -101,8 +138,23 @@ impl Datapath {
             .map_err(|source| DatapathError::Program { name, source })?;
         prog.load()
             .map_err(|source| DatapathError::Program { name, source })?;
-        prog.attach(&cgroup_file, CgroupAttachMode::default())
+        let id = prog
+            .attach(&cgroup_file, CgroupAttachMode::default())
             .map_err(|source| DatapathError::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let pin_err = |reason: String| DatapathError::Pin {
+            path: pin.to_path_buf(),
+            reason,
+        };
+        let link = FdLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
+        if pin.exists() {
+            let old = PinnedLink::from_pin(pin).map_err(|e| pin_err(e.to_string()))?;
+            // Unpinning drops the last reference: the old program detaches.
+            drop(old.unpin().map_err(|e| pin_err(e.to_string()))?);
+        }
+        link.pin(pin).map_err(|e| pin_err(e.to_string()))?;
         Ok(())
     }
 

@@ -5,6 +5,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod lb_maps;
+mod select;
 mod sock;
 mod stats;
 mod tc;

@@ -36,6 +36,17 @@ pub struct NodeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
+    /// Directory of Kubernetes Service/EndpointSlice YAML to program (watched for changes).
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// An IPv4 address of this node that NodePort services listen on (repeatable);
+    /// default: every non-loopback IPv4 address in the node's network namespace.
+    #[arg(long = "node-ip", value_name = "IP")]
+    pub node_ips: Vec<std::net::Ipv4Addr>,
+    /// This node's name, matched against EndpointSlice `nodeName` for traffic policy Local;
+    /// default: the hostname.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
     /// Level of eBPF-side log statements that stay in the programs
     /// (off|error|warn|info|debug|trace). Lower levels are removed by the verifier.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]

@@ -1,7 +1,6 @@
 //! `sluice-agent`: the node daemon. Binary edge: argument parsing, process
 //! setup (netns, tracing), and exit codes; the work lives in modules.
 mod cli;
-#[allow(dead_code)] // wired into the service reconciler with the LB issue
 mod lb;
 mod node_env;
 mod run;

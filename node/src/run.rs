@@ -1,11 +1,21 @@
-//! The agent's main loop: bring the node's data plane up, forward eBPF logs,
-//! run until SIGTERM/SIGINT.
+//! The agent's main loop: bring the node's data plane up, program services
+//! from the configured source, run until SIGTERM/SIGINT.
+use std::{net::Ipv4Addr, time::Duration};
+
 use anyhow::Context as _;
-use sluice_datapath::{Datapath, DatapathError, LoadOptions};
-use tokio::signal::unix::{SignalKind, signal};
+use sluice_datapath::{Datapath, DatapathError, LbMaps, LoadOptions};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 use crate::{
     cli::{AgentArgs, NodeArgs},
+    lb::{
+        model::{self, NodeInfo},
+        reconcile::Reconciler,
+        source::{ManifestSource, ServiceSource as _, Update},
+    },
     node_env::{self, ConfigError},
 };
 
@@ -14,9 +24,30 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     // Resolve paths before entering the netns; setns does not remount /sys,
     // but resolving first keeps errors about the host paths unambiguous.
     let cgroup = node_env::resolve_cgroup(node.cgroup.as_deref())?;
+    if let Some(dir) = &agent.manifests
+        && !dir.is_dir()
+    {
+        return Err(
+            ConfigError(format!("--manifests: {} is not a directory", dir.display())).into(),
+        );
+    }
     if let Some(netns) = &node.netns {
         node_env::enter_netns(netns)?;
     }
+    let node_info = NodeInfo {
+        name: match &agent.node_name {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .context("hostname")?
+                .to_string_lossy()
+                .into_owned(),
+        },
+        node_ips: if agent.node_ips.is_empty() {
+            local_ipv4_addrs()
+        } else {
+            agent.node_ips.clone()
+        },
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -32,18 +63,123 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             e => anyhow::Error::new(e),
         })?;
         let _logs = sluice_datapath::spawn_log_forwarder(dp.ebpf_mut())?;
-        dp.attach_connect4(&cgroup)?;
+        let maps = LbMaps::open(&node.bpffs, true)?;
+        let reconciler = Reconciler::load(maps)?;
+        let (services, backends) = reconciler.sizes();
+        tracing::info!(services, backends, "adopted pinned LB state");
+        dp.attach_socket_lb(&cgroup)?;
         tracing::info!(
             cgroup = %cgroup.display(),
             bpffs = %node.bpffs.display(),
+            node = %node_info.name,
+            node_ips = ?node_info.node_ips,
             bpf_log_level = ?agent.bpf_log_level,
             "datapath attached"
         );
+        let (tx, rx) = watch::channel(None);
+        if let Some(dir) = agent.manifests.clone() {
+            let source = ManifestSource {
+                dir,
+                resync: Duration::from_secs(30),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = source.run(tx).await {
+                    tracing::error!("manifests source stopped: {e:#}");
+                }
+            });
+        } else {
+            // No source: keep whatever is pinned (the data plane forwards
+            // with the last programmed state) and just keep programs attached.
+            drop(tx);
+            tracing::info!("no service source configured; keeping the pinned LB state as is");
+        }
+        let lb = tokio::spawn(reconcile_loop(rx, reconciler, node_info));
         wait_for_shutdown().await?;
-        tracing::info!("shutting down: detaching programs (pinned maps stay)");
+        lb.abort();
+        tracing::info!(
+            "shutting down: socket-LB links and maps stay pinned; the data plane keeps forwarding"
+        );
         drop(dp);
         Ok(())
     })
+}
+
+/// Waits for snapshots and applies the latest one. Errors in objects are
+/// logged when the set of errors changes (not on every resync).
+async fn reconcile_loop(
+    mut rx: watch::Receiver<Option<Update>>,
+    mut reconciler: Reconciler,
+    node: NodeInfo,
+) {
+    let mut last_errors: Vec<String> = Vec::new();
+    while rx.changed().await.is_ok() {
+        let Some(update) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let node = node.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let desired = model::desired(&update.snapshot, &node);
+            let res = reconciler.apply(&desired);
+            (reconciler, desired.errors, res, update.seen_at)
+        })
+        .await;
+        let (r, errors, res, seen_at) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("reconciler task failed: {e}");
+                return;
+            }
+        };
+        reconciler = r;
+        let errors: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                if e.object.is_empty() {
+                    format!("skipped {}: {}", e.origin, e.message)
+                } else {
+                    format!("skipped {} in {}: {}", e.object, e.origin, e.message)
+                }
+            })
+            .collect();
+        if errors != last_errors {
+            for e in &errors {
+                tracing::warn!("{e}");
+            }
+            last_errors = errors;
+        }
+        match res {
+            Ok(st) if st.changed() => tracing::info!(
+                services = st.services,
+                frontends = st.frontends,
+                backends = st.backends,
+                tables_written = st.tables_written,
+                frontends_written = st.frontends_written,
+                backends_written = st.backends_written,
+                removed = st.removed,
+                latency_ms = seen_at.elapsed().as_secs_f64() * 1e3,
+                "services programmed"
+            ),
+            Ok(_) => tracing::debug!("no LB changes"),
+            // Level-triggered: the next change or resync retries from scratch.
+            Err(e) => tracing::error!("programming services failed: {e}"),
+        }
+    }
+}
+
+/// Every non-loopback IPv4 address in the current network namespace.
+fn local_ipv4_addrs() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                let ip = sin.ip();
+                if !ip.is_loopback() && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
 }
 
 async fn wait_for_shutdown() -> anyhow::Result<()> {

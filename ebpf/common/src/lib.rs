@@ -11,12 +11,47 @@
 pub mod map_names {
     /// Per-CPU packet/byte counters per program, indexed by [`super::ProgStat`].
     pub const PROG_STATS: &str = "SLUICE_STATS";
+    /// Service frontends: [`crate::lb::Frontend`] -> [`crate::lb::Service`].
+    pub const LB4_SERVICES: &str = "LB4_SERVICES";
+    /// Backends by id: `u32` -> [`crate::lb::Backend`].
+    pub const LB4_BACKENDS: &str = "LB4_BACKENDS";
+    /// Maglev tables: array of maps indexed by service id; see [`crate::lb::maglev`].
+    pub const LB4_MAGLEV: &str = "LB4_MAGLEV";
+    /// ClientIP session affinity: [`crate::lb::AffinityKey`] -> [`crate::lb::AffinityValue`] (LRU).
+    pub const LB4_AFFINITY: &str = "LB4_AFFINITY";
+    /// Socket-LB reverse translation: [`crate::lb::SockRevNatKey`] -> [`crate::lb::SockRevNatValue`] (LRU).
+    pub const LB4_SOCK_REVNAT: &str = "LB4_SOCK_REVNAT";
+    /// Per-CPU [`crate::lb::LbCounter`] per service id.
+    pub const LB4_SVC_STATS: &str = "LB4_SVC_STATS";
+    /// Per-CPU [`crate::lb::LbCounter`] per backend id.
+    pub const LB4_BACKEND_STATS: &str = "LB4_BE_STATS";
+    /// Userspace-only bookkeeping per service id ([`crate::lb::ServiceInfo`]); the
+    /// programs never read it. It lets `bpf lb list` and a restarted agent
+    /// name what the kernel maps hold without any state outside bpffs.
+    pub const LB4_SVC_INFO: &str = "LB4_SVC_INFO";
 }
+
+/// Pin paths (relative to the node's bpffs dir) of the program links, so
+/// the programs stay attached while the agent restarts.
+pub mod link_pins {
+    pub const SOCK4_CONNECT: &str = "links/sock4_connect";
+    pub const SOCK4_SENDMSG: &str = "links/sock4_sendmsg";
+    pub const SOCK4_RECVMSG: &str = "links/sock4_recvmsg";
+    pub const SOCK4_GETPEERNAME: &str = "links/sock4_getpeername";
+}
+
+pub mod lb;
 
 /// Names of the programs in the eBPF object (their Rust function names).
 pub mod prog_names {
     /// cgroup/connect4: socket-level service translation at connect() time.
     pub const SOCK4_CONNECT: &str = "sock4_connect";
+    /// cgroup/sendmsg4: unconnected UDP sends to a service.
+    pub const SOCK4_SENDMSG: &str = "sock4_sendmsg";
+    /// cgroup/recvmsg4: reverse translation of unconnected UDP replies.
+    pub const SOCK4_RECVMSG: &str = "sock4_recvmsg";
+    /// cgroup/getpeername4: report the service address, not the backend.
+    pub const SOCK4_GETPEERNAME: &str = "sock4_getpeername";
     /// tc classifier for a pod's host-side veth (ingress from the pod).
     pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
 }
@@ -28,17 +63,29 @@ pub mod prog_names {
 pub enum ProgStat {
     Sock4Connect = 0,
     TcPodIngress = 1,
+    Sock4Sendmsg = 2,
+    Sock4Recvmsg = 3,
+    Sock4Getpeername = 4,
 }
 
 impl ProgStat {
     /// Number of slots in the stats array; keep in sync with the variants.
-    pub const COUNT: u32 = 2;
-    pub const ALL: [ProgStat; 2] = [ProgStat::Sock4Connect, ProgStat::TcPodIngress];
+    pub const COUNT: u32 = 5;
+    pub const ALL: [ProgStat; 5] = [
+        ProgStat::Sock4Connect,
+        ProgStat::TcPodIngress,
+        ProgStat::Sock4Sendmsg,
+        ProgStat::Sock4Recvmsg,
+        ProgStat::Sock4Getpeername,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             ProgStat::Sock4Connect => prog_names::SOCK4_CONNECT,
             ProgStat::TcPodIngress => prog_names::TC_POD_INGRESS,
+            ProgStat::Sock4Sendmsg => prog_names::SOCK4_SENDMSG,
+            ProgStat::Sock4Recvmsg => prog_names::SOCK4_RECVMSG,
+            ProgStat::Sock4Getpeername => prog_names::SOCK4_GETPEERNAME,
         }
     }
 }

@@ -1,4 +1,10 @@
 //! Service load balancing: turning Services and EndpointSlices into the
-//! data plane's LB maps. So far only backend selection (Maglev) exists; the
-//! reconciler and map programming build on it.
+//! data plane's LB maps.
+//!
+//! source (manifests dir; API server later) -> [`model::Snapshot`] ->
+//! [`model::desired`] -> [`reconcile::Reconciler`] -> pinned maps.
 pub mod maglev;
+pub mod manifests;
+pub mod model;
+pub mod reconcile;
+pub mod source;

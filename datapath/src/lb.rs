@@ -1,0 +1,224 @@
+//! Userspace handles on the pinned service load-balancer maps, shared by the
+//! agent's reconciler (writes) and `sluice-agent bpf lb list` (reads).
+//!
+//! Everything is opened from the node's bpffs dir, never from a loaded
+//! object, so a reader needs no program and a restarted agent sees exactly
+//! what the kernel is forwarding with.
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
+use sluice_common::{
+    lb::{
+        Backend, Frontend, LbCounter, MAX_SERVICES, Service, ServiceInfo, SockRevNatKey,
+        SockRevNatValue, maglev,
+    },
+    map_names,
+};
+
+use crate::DatapathError;
+
+/// The LB maps of one node.
+pub struct LbMaps {
+    dir: PathBuf,
+    pub services: HashMap<MapData, Frontend, Service>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub maglev: ArrayOfMaps<MapData, MapData>,
+    /// Second handle on the outer map for deletes, which ArrayOfMaps lacks.
+    maglev_outer: MapData,
+    pub svc_info: HashMap<MapData, u32, ServiceInfo>,
+    pub svc_stats: PerCpuArray<MapData, LbCounter>,
+    pub backend_stats: PerCpuArray<MapData, LbCounter>,
+    pub sock_revnat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn open_pinned(dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
+    let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+impl LbMaps {
+    /// Opens the maps pinned under `dir` (the data plane must have been
+    /// loaded there). With `create_info`, the userspace-only service info map
+    /// is created and pinned when missing (the agent); without it (the
+    /// CLI), a missing info map is an error and nothing is created.
+    pub fn open(dir: &Path, create_info: bool) -> Result<Self, DatapathError> {
+        let info_path = dir.join(map_names::LB4_SVC_INFO);
+        let svc_info = if info_path.exists() || !create_info {
+            HashMap::try_from(open_pinned(dir, map_names::LB4_SVC_INFO)?)
+                .map_err(map_err(map_names::LB4_SVC_INFO))?
+        } else {
+            let m = HashMap::<MapData, u32, ServiceInfo>::create(MAX_SERVICES, 0)
+                .map_err(map_err(map_names::LB4_SVC_INFO))?;
+            m.pin(&info_path).map_err(|e| DatapathError::Pin {
+                path: info_path.clone(),
+                reason: e.to_string(),
+            })?;
+            HashMap::try_from(open_pinned(dir, map_names::LB4_SVC_INFO)?)
+                .map_err(map_err(map_names::LB4_SVC_INFO))?
+        };
+        macro_rules! open {
+            ($name:expr) => {
+                open_pinned(dir, $name)?
+                    .try_into()
+                    .map_err(map_err($name))?
+            };
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            services: open!(map_names::LB4_SERVICES),
+            backends: open!(map_names::LB4_BACKENDS),
+            maglev: open!(map_names::LB4_MAGLEV),
+            maglev_outer: MapData::from_pin(dir.join(map_names::LB4_MAGLEV))
+                .map_err(map_err(map_names::LB4_MAGLEV))?,
+            svc_info,
+            svc_stats: open!(map_names::LB4_SVC_STATS),
+            backend_stats: open!(map_names::LB4_BACKEND_STATS),
+            sock_revnat: open!(map_names::LB4_SOCK_REVNAT),
+        })
+    }
+
+    /// The bpffs dir these maps were opened from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Installs a new Maglev table for `svc_id` (make-before-break: the new
+    /// inner map is complete before the outer slot points at it, and the
+    /// slot update is atomic, so no lookup ever sees a partial table).
+    /// `table` holds the backend id of each of the M slots; M is `table.len()`.
+    pub fn set_table(&mut self, svc_id: u32, table: &[u32]) -> Result<(), DatapathError> {
+        let name = map_names::LB4_MAGLEV;
+        let m = u32::try_from(table.len())
+            .ok()
+            .filter(|m| *m > 0 && *m <= maglev::MAX_TABLE_SIZE)
+            .ok_or_else(|| DatapathError::Table(format!("bad table size {}", table.len())))?;
+        let obj = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            4,
+            4,
+            m + 1,
+            maglev::INNER_FLAGS,
+        );
+        let inner = MapData::create(obj, "sluice_maglev", None).map_err(map_err(name))?;
+        fill_table(&inner, m, table)?;
+        self.maglev.set(svc_id, &inner, 0).map_err(map_err(name))?;
+        Ok(())
+    }
+
+    /// Removes the table of `svc_id`; connects to frontends still pointing
+    /// at it are rejected, and the kernel frees the table.
+    pub fn clear_table(&mut self, svc_id: u32) -> Result<(), DatapathError> {
+        match crate::sys::map_delete_elem(self.maglev_outer.fd().as_fd(), &svc_id) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(DatapathError::Table(format!(
+                "deleting the table of service id {svc_id}: {e}"
+            ))),
+        }
+    }
+
+    /// Reads the table of `svc_id` (slot -> backend id), or `None` when the
+    /// service has no table.
+    pub fn table(&self, svc_id: u32) -> Result<Option<Vec<u32>>, DatapathError> {
+        let inner: MapData = match self.maglev.get(&svc_id, 0) {
+            Ok(a) => a,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err(map_names::LB4_MAGLEV)(e)),
+        };
+        read_table(&inner).map(Some)
+    }
+}
+
+const ELEM: usize = 8; // array maps round each u32 value up to 8 bytes
+
+fn mmap_len(entries: u32) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    (entries as usize * ELEM).div_ceil(page) * page
+}
+
+/// Maps a table's memory. Array maps store each value in an 8-byte slot
+/// and an mmapable array starts its values at offset 0 of the mapping.
+struct TableMapping {
+    p: *mut libc::c_void,
+    len: usize,
+}
+
+impl TableMapping {
+    fn new(map: &MapData, entries: u32, write: bool) -> Result<Self, DatapathError> {
+        let len = mmap_len(entries);
+        let prot = if write {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: mapping a map fd we hold, no larger than the kernel allows
+        // (max_entries * elem_size rounded up to a page); unmapped on drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(DatapathError::Table(format!(
+                "mmap of a Maglev table: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Self { p, len })
+    }
+
+    fn slots(&self) -> *mut [u32; 2] {
+        self.p.cast()
+    }
+}
+
+impl Drop for TableMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.p, self.len) };
+    }
+}
+
+/// Writes `[m, table...]` into a fresh `BPF_F_MMAPABLE` array: one memcpy
+/// instead of `m + 1` update syscalls.
+fn fill_table(inner: &MapData, m: u32, table: &[u32]) -> Result<(), DatapathError> {
+    let map = TableMapping::new(inner, m + 1, true)?;
+    // SAFETY: the mapping holds m + 1 >= table.len() + 1 slots and nothing
+    // else references this fresh map yet.
+    unsafe {
+        *map.slots() = [m, 0];
+        for (i, id) in table.iter().enumerate() {
+            *map.slots().add(i + 1) = [*id, 0];
+        }
+    }
+    Ok(())
+}
+
+fn read_table(inner: &MapData) -> Result<Vec<u32>, DatapathError> {
+    let entries = inner
+        .info()
+        .map(|i| i.max_entries())
+        .map_err(map_err(map_names::LB4_MAGLEV))?;
+    if entries == 0 {
+        return Ok(Vec::new());
+    }
+    let map = TableMapping::new(inner, entries, false)?;
+    // SAFETY: the mapping holds `entries` slots; `m` is bounded by it.
+    unsafe {
+        let m = (*map.slots())[0].min(entries - 1) as usize;
+        Ok((1..=m).map(|i| (*map.slots().add(i))[0]).collect())
+    }
+}

@@ -1,0 +1,330 @@
+//! Level-triggered reconciler: desired LB state -> pinned maps, writing only
+//! the differences.
+//!
+//! State lives in the kernel, not here: on start the reconciler reads the
+//! pinned maps (service ids and their names from the info map, backend ids
+//! from the backend map), so a restarted agent keeps every id, rewrites no
+//! unchanged table, and never empties a map the data plane is forwarding
+//! with. Order of writes keeps the data plane consistent at every step:
+//! backends first, then tables, then frontends; removals in reverse.
+use std::collections::{BTreeSet, HashMap};
+
+use aya::maps::PerCpuValues;
+use sluice_common::lb::{
+    Backend, Frontend, LbCounter, MAX_BACKENDS, MAX_SERVICES, Service, ServiceInfo,
+};
+use sluice_datapath::{DatapathError, LbMaps};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{
+    maglev,
+    model::{BackendAddr, Desired},
+};
+
+/// Dense ids, smallest free first, so arrays indexed by id stay compact.
+/// Ids start at 1; 0 is never handed out, so a zeroed value means "none".
+#[derive(Debug)]
+struct IdPool {
+    /// Every id >= `next` is unused.
+    next: u32,
+    /// Unused ids below `next`.
+    free: BTreeSet<u32>,
+    max: u32,
+}
+
+impl IdPool {
+    fn new(max: u32) -> Self {
+        Self {
+            next: 1,
+            free: BTreeSet::new(),
+            max,
+        }
+    }
+    /// Marks an id found in the pinned maps as used.
+    fn take(&mut self, id: u32) {
+        if id >= self.next {
+            self.free.extend(self.next..id);
+            self.next = id + 1;
+        } else {
+            self.free.remove(&id);
+        }
+    }
+    fn alloc(&mut self) -> Option<u32> {
+        if let Some(id) = self.free.pop_first() {
+            return Some(id);
+        }
+        (self.next < self.max).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+    fn free(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+}
+
+/// What one `apply` changed, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub services: usize,
+    pub backends: usize,
+    pub frontends: usize,
+    pub tables_written: usize,
+    pub frontends_written: usize,
+    pub backends_written: usize,
+    pub removed: usize,
+}
+
+impl ApplyStats {
+    pub fn changed(&self) -> bool {
+        self.tables_written + self.frontends_written + self.backends_written + self.removed > 0
+    }
+}
+
+pub struct Reconciler {
+    maps: LbMaps,
+    svc_ids: HashMap<String, u32>,
+    infos: HashMap<u32, ServiceInfo>,
+    /// Table content last written per service id in this process (saves
+    /// recomputing Maglev for unchanged services).
+    applied: HashMap<u32, Vec<u32>>,
+    backend_ids: HashMap<BackendAddr, (u32, Backend)>,
+    svc_pool: IdPool,
+    backend_pool: IdPool,
+}
+
+fn addr_of(b: &Backend) -> BackendAddr {
+    BackendAddr {
+        ip: b.octets().into(),
+        port: b.host_port(),
+        proto: b.proto,
+    }
+}
+
+fn maps_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl Reconciler {
+    /// Adopts whatever the pinned maps hold.
+    pub fn load(maps: LbMaps) -> Result<Self, DatapathError> {
+        let mut r = Self {
+            maps,
+            svc_ids: HashMap::new(),
+            infos: HashMap::new(),
+            applied: HashMap::new(),
+            backend_ids: HashMap::new(),
+            svc_pool: IdPool::new(MAX_SERVICES),
+            backend_pool: IdPool::new(MAX_BACKENDS),
+        };
+        let name = sluice_common::map_names::LB4_SVC_INFO;
+        for item in r.maps.svc_info.iter() {
+            let (id, info) = item.map_err(maps_err(name))?;
+            r.svc_ids.insert(info.name_str().to_string(), id);
+            r.infos.insert(id, info);
+            r.svc_pool.take(id);
+        }
+        let name = sluice_common::map_names::LB4_BACKENDS;
+        for item in r.maps.backends.iter() {
+            let (id, be) = item.map_err(maps_err(name))?;
+            r.backend_ids.insert(addr_of(&be), (id, be));
+            r.backend_pool.take(id);
+        }
+        Ok(r)
+    }
+
+    /// Number of services and backends currently programmed.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.svc_ids.len(), self.backend_ids.len())
+    }
+
+    /// Makes the maps match `desired`. Idempotent: a second call with the
+    /// same input writes nothing.
+    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyStats, DatapathError> {
+        let mut st = ApplyStats {
+            services: desired.services.len(),
+            backends: desired.backends.len(),
+            ..Default::default()
+        };
+        // 1. Backends (new ones and flag changes) before anything points at them.
+        for (addr, flags) in &desired.backends {
+            let want = Backend::new(addr.ip.octets(), addr.port, addr.proto, *flags);
+            let id = match self.backend_ids.get(addr) {
+                Some((id, have)) if *have == want => continue,
+                Some((id, _)) => *id,
+                None => self.backend_pool.alloc().ok_or_else(|| {
+                    DatapathError::Table(format!("more than {MAX_BACKENDS} backends"))
+                })?,
+            };
+            self.maps
+                .backends
+                .insert(id, want, 0)
+                .map_err(maps_err(sluice_common::map_names::LB4_BACKENDS))?;
+            self.backend_ids.insert(*addr, (id, want));
+            st.backends_written += 1;
+        }
+        // 2. Tables.
+        let mut frontends: HashMap<Frontend, Service> = HashMap::new();
+        for (name, ds) in &desired.services {
+            let id = match self.svc_ids.get(name) {
+                Some(id) => *id,
+                None => {
+                    let id = self.svc_pool.alloc().ok_or_else(|| {
+                        DatapathError::Table(format!("more than {MAX_SERVICES} service ids"))
+                    })?;
+                    self.svc_ids.insert(name.clone(), id);
+                    id
+                }
+            };
+            let ids: Vec<u32> = ds
+                .table
+                .iter()
+                .filter_map(|a| self.backend_ids.get(a).map(|(id, _)| *id))
+                .collect();
+            let flags = ds.frontends.values().fold(0, |a, f| a | f);
+            if self.applied.get(&id) != Some(&ids)
+                || self.infos.get(&id).map(|i| i.flags) != Some(flags)
+            {
+                let (table, m) = if ids.is_empty() {
+                    (Vec::new(), 0)
+                } else {
+                    let names: Vec<String> =
+                        ds.table.iter().map(BackendAddr::maglev_name).collect();
+                    let m = maglev::table_size_for(names.len());
+                    let slots = maglev::build(&names, m);
+                    (
+                        slots.iter().map(|&i| ids[i as usize]).collect::<Vec<u32>>(),
+                        m,
+                    )
+                };
+                let mut digest_input = Vec::with_capacity(4 * (table.len() + 1));
+                digest_input.extend_from_slice(&m.to_le_bytes());
+                for id in &table {
+                    digest_input.extend_from_slice(&id.to_le_bytes());
+                }
+                let mut info = ServiceInfo {
+                    table_backends: ids.len() as u32,
+                    table_size: m,
+                    digest: xxh3_64(&digest_input),
+                    flags,
+                    ..Default::default()
+                };
+                info.set_name(name);
+                if self.infos.get(&id) != Some(&info) {
+                    if table.is_empty() {
+                        self.maps.clear_table(id)?;
+                    } else {
+                        self.maps.set_table(id, &table)?;
+                    }
+                    self.maps
+                        .svc_info
+                        .insert(id, info, 0)
+                        .map_err(maps_err(sluice_common::map_names::LB4_SVC_INFO))?;
+                    self.infos.insert(id, info);
+                    st.tables_written += 1;
+                }
+                self.applied.insert(id, ids);
+            }
+            for (f, fl) in &ds.frontends {
+                frontends.insert(
+                    *f,
+                    Service {
+                        svc_id: id,
+                        flags: *fl,
+                        affinity_timeout_s: ds.affinity_timeout_s,
+                        pad: 0,
+                    },
+                );
+            }
+        }
+        st.frontends = frontends.len();
+        // 3. Frontends: add/change, then remove stale ones.
+        let name = sluice_common::map_names::LB4_SERVICES;
+        let mut current: HashMap<Frontend, Service> = HashMap::new();
+        for item in self.maps.services.iter() {
+            let (k, v) = item.map_err(maps_err(name))?;
+            current.insert(k, v);
+        }
+        for (f, v) in &frontends {
+            if current.get(f) != Some(v) {
+                self.maps
+                    .services
+                    .insert(*f, *v, 0)
+                    .map_err(maps_err(name))?;
+                st.frontends_written += 1;
+            }
+        }
+        for f in current.keys().filter(|f| !frontends.contains_key(f)) {
+            self.maps.services.remove(f).map_err(maps_err(name))?;
+            st.removed += 1;
+        }
+        // 4. Services no longer wanted: table, info, counters, id.
+        let stale: Vec<(String, u32)> = self
+            .svc_ids
+            .iter()
+            .filter(|(n, _)| !desired.services.contains_key(*n))
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
+        for (n, id) in stale {
+            self.maps.clear_table(id)?;
+            match self.maps.svc_info.remove(&id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(maps_err(sluice_common::map_names::LB4_SVC_INFO)(e)),
+            }
+            zero_counter(&mut self.maps.svc_stats, id)
+                .map_err(maps_err(sluice_common::map_names::LB4_SVC_STATS))?;
+            self.svc_ids.remove(&n);
+            self.infos.remove(&id);
+            self.applied.remove(&id);
+            self.svc_pool.free(id);
+            st.removed += 1;
+        }
+        // 5. Backends nothing refers to any more.
+        let stale: Vec<(BackendAddr, u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(a, _)| !desired.backends.contains_key(*a))
+            .map(|(a, (id, _))| (*a, *id))
+            .collect();
+        for (a, id) in stale {
+            match self.maps.backends.remove(&id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(maps_err(sluice_common::map_names::LB4_BACKENDS)(e)),
+            }
+            zero_counter(&mut self.maps.backend_stats, id)
+                .map_err(maps_err(sluice_common::map_names::LB4_BACKEND_STATS))?;
+            self.backend_ids.remove(&a);
+            self.backend_pool.free(id);
+            st.removed += 1;
+        }
+        Ok(st)
+    }
+}
+
+/// A freed id must not inherit its previous owner's counters.
+fn zero_counter(
+    map: &mut aya::maps::PerCpuArray<aya::maps::MapData, LbCounter>,
+    id: u32,
+) -> Result<(), aya::maps::MapError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| aya::maps::MapError::IoError(e))?;
+    let zeros = PerCpuValues::try_from(vec![LbCounter::default(); cpus])
+        .map_err(aya::maps::MapError::IoError)?;
+    map.set(id, zeros, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdPool;
+
+    #[test]
+    fn ids_are_dense_and_reused() {
+        let mut p = IdPool::new(5);
+        p.take(2);
+        assert_eq!(p.alloc(), Some(1));
+        assert_eq!(p.alloc(), Some(3));
+        p.free(1);
+        assert_eq!(p.alloc(), Some(1));
+        assert_eq!(p.alloc(), Some(4));
+        assert_eq!(p.alloc(), None);
+    }
+}
