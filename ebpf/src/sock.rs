@@ -34,6 +34,17 @@ const ECONNREFUSED: i32 = 111;
 #[cgroup_sock_addr(connect4)]
 pub fn sock4_connect(ctx: SockAddrContext) -> i32 {
     stats::count(ProgStat::Sock4Connect, 0);
+    // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
+    let (ip, port, proto) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (
+            u32::from_be(sa.user_ip4),
+            u16::from_be(sa.user_port as u16),
+            sa.protocol,
+        )
+    };
+    // Removed by the verifier below --bpf-log-level debug.
+    debug!(&ctx, "connect4 dst={:i}:{} proto={}", ip, port, proto);
     translate(&ctx)
 }
 

@@ -62,8 +62,21 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BpfCommand {
+    /// Service load balancer state.
+    #[command(subcommand)]
+    Lb(LbCommand),
     /// Per-program run counters from the pinned stats map.
     Stats {
+        /// Output format.
+        #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LbCommand {
+    /// Services, their frontends, Maglev table sizes and backends, from the pinned maps.
+    List {
         /// Output format.
         #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
         output: OutputFormat,
@@ -79,10 +92,21 @@ pub enum OutputFormat {
 pub mod bpf {
     use anyhow::Context as _;
 
-    use super::{BpfCommand, NodeArgs, OutputFormat};
+    use super::{BpfCommand, LbCommand, NodeArgs, OutputFormat};
 
     pub fn run(node: &NodeArgs, cmd: BpfCommand) -> anyhow::Result<()> {
         match cmd {
+            BpfCommand::Lb(LbCommand::List { output }) => {
+                let maps = sluice_datapath::LbMaps::open(&node.bpffs, false).with_context(|| {
+                    format!("no sluice LB maps pinned under {}", node.bpffs.display())
+                })?;
+                let rows = crate::lb::list::collect(&maps)?;
+                match output {
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                    OutputFormat::Table => print!("{}", crate::lb::list::render_table(&rows)),
+                }
+                Ok(())
+            }
             BpfCommand::Stats { output } => {
                 let counters =
                     sluice_datapath::pinned_counters(&node.bpffs).with_context(|| {

@@ -25,6 +25,8 @@ use nix::{
     unistd::Pid,
 };
 
+pub mod topology;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call, e.g. `sluice-t-4242-3`.
@@ -278,26 +280,74 @@ impl Daemon {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new(bin(name))
-            .args(args)
+        let mut c = Command::new(bin(name));
+        c.args(args);
+        Self::from_command(name, c)
+    }
+
+    /// Runs `cmd` in the background, collecting its stdout and stderr lines
+    /// (echoed to the test's stderr with `tag`, so failures show them).
+    pub fn from_command(tag: &str, mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+            .unwrap_or_else(|e| panic!("spawning {tag}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let sink = lines.clone();
-        let tag = name.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{tag}] {line}");
-                sink.lock().expect("lines lock").push(line);
-            }
-        });
+        for pipe in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let sink = lines.clone();
+            let tag = tag.to_owned();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    eprintln!("[{tag}] {line}");
+                    sink.lock().expect("lines lock").push(line);
+                }
+            });
+        }
         Self {
             child: Some(child),
             lines,
+        }
+    }
+
+    /// Number of output lines so far that match `pred`.
+    pub fn count_lines(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.lines
+            .lock()
+            .expect("lines lock")
+            .iter()
+            .filter(|l| pred(l))
+            .count()
+    }
+
+    /// Waits until at least `n` output lines match `pred`.
+    pub fn wait_for_count(
+        &mut self,
+        what: &str,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while self.count_lines(&pred) < n {
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {n}x {what}; output:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL (a crash: no cleanup code runs) and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -1,6 +1,7 @@
 //! `sluice-agent` as a black box on a child cgroup the test creates: the
 //! connect4 hook is attached, runs for sockets in that cgroup, its eBPF-side
-//! log reaches the agent's tracing output, and it is detached on SIGTERM.
+//! log reaches the agent's tracing output, and it stays attached through
+//! its pinned link after the agent exits, until the pin is removed.
 use std::{net::TcpListener, process::Command, time::Duration};
 
 use sluice_tests::{Daemon, PinDir, TestCgroup, bin, require_root, run_ok};
@@ -90,10 +91,20 @@ fn agent_attaches_connect4_and_forwards_ebpf_logs_to_tracing() {
 
     let status = agent.stop();
     assert!(status.success(), "agent exit on SIGTERM: {status}");
-    assert!(
-        !cgroup_programs(&cg).contains("sock4_connect"),
-        "hook left attached after stop"
-    );
+    // The data plane outlives the agent: all four socket hooks stay.
+    let shown = cgroup_programs(&cg);
+    for hook in [
+        "sock4_connect",
+        "sock4_sendmsg",
+        "sock4_recvmsg",
+        "sock4_getpeername",
+    ] {
+        assert!(shown.contains(hook), "{hook} detached with the agent:\n{shown}");
+    }
+    // Removing the pinned links is what detaches them.
+    std::fs::remove_dir_all(pins.path.join("links")).expect("remove link pins");
+    let shown = cgroup_programs(&cg);
+    assert!(!shown.contains("sock4_"), "hooks left after unpinning:\n{shown}");
 }
 
 #[test]

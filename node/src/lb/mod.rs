@@ -8,3 +8,4 @@ pub mod manifests;
 pub mod model;
 pub mod reconcile;
 pub mod source;
+pub mod list;

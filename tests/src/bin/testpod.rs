@@ -1,0 +1,210 @@
+//! `sluice-testpod`: the workload inside test pods (std only, no deps).
+//!
+//! serve NAME PORT                 TCP + UDP echo server; every reply starts with NAME
+//! tcp ADDR:PORT COUNT             COUNT sequential connects; prints "NAME PEER" or "REFUSED"/"ERROR ..."
+//! udp ADDR:PORT COUNT             COUNT unconnected sendto/recvfrom; prints "NAME FROM"
+//! udp-connected ADDR:PORT COUNT   COUNT fresh connected UDP sockets; prints "NAME PEER"
+//! load ADDR:PORT SECS PERSIST     new connections back to back for SECS, plus PERSIST
+//!                                 long-lived connections pinged throughout; prints
+//!                                 "new_ok=N new_failed=M persist_ok=P persist_failed=Q"
+//! hold ADDR:PORT                  one connection: prints "NAME" once connected, then
+//!                                 echoes a line per stdin line ("NAME line" or "BROKEN")
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let a = |i: usize| -> &str { args.get(i).map(String::as_str).unwrap_or_else(|| usage()) };
+    match a(1) {
+        "serve" => serve(a(2).to_string(), a(3).parse().unwrap_or_else(|_| usage())),
+        "tcp" => tcp(addr(a(2)), num(a(3))),
+        "udp" => udp(addr(a(2)), num(a(3)), false),
+        "udp-connected" => udp(addr(a(2)), num(a(3)), true),
+        "load" => load(addr(a(2)), num(a(3)), num(a(4))),
+        "hold" => hold(addr(a(2))),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT");
+    std::process::exit(2)
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| usage())
+}
+
+fn num(s: &str) -> u64 {
+    s.parse().unwrap_or_else(|_| usage())
+}
+
+fn serve(name: String, port: u16) {
+    let tcp = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+    let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+    let uname = name.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        loop {
+            if let Ok((_, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(uname.as_bytes(), from);
+            }
+        }
+    });
+    // Readiness marker for the test harness.
+    println!("serving {name} on {port}");
+    let _ = std::io::stdout().flush();
+    for conn in tcp.incoming().flatten() {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let mut w = match conn.try_clone() {
+                Ok(w) => w,
+                Err(_) => return,
+            };
+            if writeln!(w, "{name}").is_err() {
+                return;
+            }
+            for line in BufReader::new(conn).lines() {
+                let Ok(line) = line else { return };
+                if writeln!(w, "{name} {line}").is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn connect_once(to: SocketAddr) -> Result<(String, TcpStream), String> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            "REFUSED".to_string()
+        } else {
+            format!("ERROR {e}")
+        }
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| format!("ERROR read {e}"))?;
+    if line.is_empty() {
+        return Err("ERROR eof".into());
+    }
+    Ok((line.trim().to_string(), s))
+}
+
+fn tcp(to: SocketAddr, count: u64) {
+    for _ in 0..count {
+        match connect_once(to) {
+            Ok((name, s)) => {
+                let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+                println!("{name} {peer}");
+            }
+            Err(e) => println!("{e}"),
+        }
+    }
+}
+
+fn udp(to: SocketAddr, count: u64, connected: bool) {
+    let mut buf = [0u8; 1500];
+    let mut sock = None;
+    for _ in 0..count {
+        // Unconnected: one socket reused (the interesting case for
+        // recvmsg reverse translation); connected: a fresh socket per try.
+        let s = if connected || sock.is_none() {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            if connected {
+                if let Err(e) = s.connect(to) {
+                    println!("ERROR connect {e}");
+                    continue;
+                }
+            }
+            sock = Some(s);
+            sock.as_ref().unwrap()
+        } else {
+            sock.as_ref().unwrap()
+        };
+        let sent = if connected { s.send(b"hi") } else { s.send_to(b"hi", to) };
+        if let Err(e) = sent {
+            println!("ERROR send {e}");
+            continue;
+        }
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let name = String::from_utf8_lossy(&buf[..n]);
+                let shown = if connected {
+                    s.peer_addr().map(|p| p.to_string()).unwrap_or_default()
+                } else {
+                    from.to_string()
+                };
+                println!("{name} {shown}");
+            }
+            Err(e) => println!("ERROR recv {e}"),
+        }
+    }
+}
+
+fn load(to: SocketAddr, secs: u64, persist: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut held: Vec<Option<(BufReader<TcpStream>, TcpStream)>> = (0..persist)
+        .map(|_| connect_once(to).ok().map(|(_, s)| (BufReader::new(s.try_clone().unwrap()), s)))
+        .collect();
+    let (mut new_ok, mut new_failed, mut persist_ok, mut persist_failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut round = 0u64;
+    while Instant::now() < deadline {
+        match connect_once(to) {
+            Ok(_) => new_ok += 1,
+            Err(e) => {
+                new_failed += 1;
+                eprintln!("new connection failed: {e}");
+            }
+        }
+        round += 1;
+        if round % 20 == 0 {
+            for h in held.iter_mut() {
+                let ok = match h {
+                    Some((r, w)) => {
+                        let mut line = String::new();
+                        writeln!(w, "ping").is_ok() && r.read_line(&mut line).is_ok() && line.ends_with("ping\n")
+                    }
+                    None => false,
+                };
+                if ok {
+                    persist_ok += 1;
+                } else {
+                    persist_failed += 1;
+                    *h = None;
+                }
+            }
+        }
+    }
+    println!("new_ok={new_ok} new_failed={new_failed} persist_ok={persist_ok} persist_failed={persist_failed}");
+}
+
+fn hold(to: SocketAddr) {
+    let (name, s) = match connect_once(to) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("{e}");
+            return;
+        }
+    };
+    println!("{name}");
+    let _ = std::io::stdout().flush();
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut w = s;
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        let mut reply = String::new();
+        if writeln!(w, "{line}").is_err() || r.read_line(&mut reply).is_err() || reply.is_empty() {
+            println!("BROKEN");
+        } else {
+            print!("{reply}");
+        }
+        let _ = std::io::stdout().flush();
+    }
+}

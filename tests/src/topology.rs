@@ -1,0 +1,325 @@
+//! The service-LB test topology, built once here for every LB test (and the
+//! LB benchmark):
+//!
+//! ```text
+//!   client pod (10.244.0.2) ─┐                      ┌─ backend pod-0 (10.244.0.10)
+//!                            ├── node netns ────────┼─ backend pod-1 (10.244.0.11)
+//!   external (192.168.77.2) ─┘  (routes, forwarding) └─ ...
+//!                               node IP 192.168.77.1
+//! ```
+//!
+//! Every pod reaches the others through the node netns: a pod's default
+//! route points at 169.254.1.1, an address the node owns on each pod veth
+//! (the Calico/Cilium trick, so no bridge and no ARP proxying), and the node
+//! has a /32 route per pod. Backends run `sluice-testpod serve`, which
+//! answers TCP and UDP with the pod's name. The client runs in the node's
+//! test cgroup, so the agent's socket hooks apply to it. All addresses live
+//! in namespaces created here; nothing touches the host's interfaces.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use crate::{Daemon, NetNs, PinDir, TestCgroup, bin, run_ok, unique, unique_ifname};
+
+/// The name `sluice-agent` uses for this node (matched against
+/// EndpointSlice `nodeName` for traffic policy Local).
+pub const NODE_NAME: &str = "node-a";
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+/// Port every backend serves on (TCP and UDP).
+pub const BACKEND_PORT: u16 = 8080;
+
+/// Path of the test workload binary (built with the tests crate).
+pub fn testpod() -> PathBuf {
+    bin("sluice-testpod")
+}
+
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub ns: NetNs,
+    server: Option<Daemon>,
+}
+
+impl Pod {
+    /// Stops this pod's server (the pod's netns stays).
+    pub fn stop_server(&mut self) {
+        self.server = None;
+    }
+}
+
+/// A directory of manifests under /tmp, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(unique("manifests"));
+        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        Self(p)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Field order matters for Drop: the agent stops before its netns goes, and
+/// the pin dir (pinned links) goes before the cgroup it is attached to.
+pub struct LbTopology {
+    pub agent: Option<Daemon>,
+    pub backends: Vec<Pod>,
+    pub client: Pod,
+    pub external: NetNs,
+    pub pins: PinDir,
+    pub cgroup: TestCgroup,
+    pub manifests: TempDir,
+    pub node: NetNs,
+}
+
+fn wire_pod(node: &NetNs, name: &str, ip: Ipv4Addr) -> NetNs {
+    let ns = NetNs::new();
+    let (host_if, pod_if) = (unique_ifname(), unique_ifname());
+    run_ok(
+        "ip",
+        [
+            "link", "add", &host_if, "netns", &node.name, "type", "veth", "peer", "name", &pod_if,
+            "netns", &ns.name,
+        ],
+    );
+    ns.ip(["link", "set", &pod_if, "name", "eth0"]);
+    ns.ip(["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    ns.ip(["link", "set", "eth0", "up"]);
+    ns.ip(["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+    ns.ip(["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+    node.ip(["addr", "add", "169.254.1.1/32", "dev", &host_if]);
+    node.ip(["link", "set", &host_if, "up"]);
+    node.ip(["route", "add", &format!("{ip}/32"), "dev", &host_if]);
+    let _ = name;
+    ns
+}
+
+fn sysctl(ns: &NetNs, kv: &str) {
+    run_ok("ip", ["netns", "exec", &ns.name, "sysctl", "-qw", kv]);
+}
+
+impl LbTopology {
+    /// A node with `backends` backend pods (pod-0 .. pod-N-1 at
+    /// 10.244.0.10+i), one client pod and one external host.
+    pub fn new(backends: usize) -> Self {
+        let node = NetNs::new();
+        sysctl(&node, "net.ipv4.ip_forward=1");
+        let client_ns = wire_pod(&node, "client", CLIENT_IP);
+        let external = NetNs::new();
+        crate::veth_between(
+            &node,
+            &format!("{NODE_IP}/24"),
+            &external,
+            &format!("{EXTERNAL_IP}/24"),
+        );
+        external.ip(["route", "add", "default", "via", &NODE_IP.to_string()]);
+        let mut pods = Vec::new();
+        for i in 0..backends {
+            let name = format!("pod-{i}");
+            let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
+            let ns = wire_pod(&node, &name, ip);
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name])
+                .arg(testpod())
+                .args(["serve", &name, &BACKEND_PORT.to_string()]);
+            let mut server = Daemon::from_command(&name, c);
+            server.wait_for_line("server ready", Duration::from_secs(10), |l| {
+                l.starts_with("serving")
+            });
+            pods.push(Pod {
+                name,
+                ip,
+                ns,
+                server: Some(server),
+            });
+        }
+        Self {
+            agent: None,
+            backends: pods,
+            client: Pod {
+                name: "client".into(),
+                ip: CLIENT_IP,
+                ns: client_ns,
+                server: None,
+            },
+            external,
+            pins: PinDir::new(),
+            cgroup: TestCgroup::new(),
+            manifests: TempDir::new(),
+            node,
+        }
+    }
+
+    /// Arguments that make `sluice-agent` (or its `bpf` subcommands) act on
+    /// this node.
+    pub fn node_args(&self) -> Vec<String> {
+        vec![
+            "--netns".into(),
+            self.node.path().display().to_string(),
+            "--cgroup".into(),
+            self.cgroup.path.display().to_string(),
+            "--bpffs".into(),
+            self.pins.path.display().to_string(),
+        ]
+    }
+
+    /// Starts the agent on this node's manifests dir and waits until it has
+    /// programmed them once.
+    pub fn start_agent(&mut self, extra: &[&str]) -> &mut Daemon {
+        let mut args = self.node_args();
+        args.extend(
+            [
+                "--manifests",
+                &self.manifests.0.display().to_string(),
+                "--node-ip",
+                &NODE_IP.to_string(),
+                "--node-name",
+                NODE_NAME,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon::spawn("sluice-agent", &args);
+        d.wait_for_line("agent attached", Duration::from_secs(20), |l| {
+            l.contains("datapath attached")
+        });
+        self.agent = Some(d);
+        self.agent.as_mut().expect("just set")
+    }
+
+    pub fn agent(&mut self) -> &mut Daemon {
+        self.agent.as_mut().expect("agent started")
+    }
+
+    /// Writes (or replaces, atomically via rename) a manifest file.
+    pub fn write_manifest(&self, file: &str, yaml: &str) {
+        let tmp = self.manifests.0.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write manifest");
+        std::fs::rename(&tmp, self.manifests.0.join(file)).expect("rename manifest");
+    }
+
+    /// Runs `sluice-testpod ARGS` in the client pod (inside the node's
+    /// cgroup) and returns its stdout lines.
+    pub fn client(&self, args: &[&str]) -> Vec<String> {
+        let mut c = self.cgroup.command("ip");
+        c.args(["netns", "exec", &self.client.ns.name])
+            .arg(testpod())
+            .args(args);
+        let out = c.output().expect("run client");
+        assert!(
+            out.status.success(),
+            "client {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A `Command` for the client pod (inside the node's cgroup), for
+    /// long-running clients.
+    pub fn client_command(&self, args: &[&str]) -> Command {
+        let mut c = self.cgroup.command("ip");
+        c.args(["netns", "exec", &self.client.ns.name])
+            .arg(testpod())
+            .args(args);
+        c
+    }
+
+    /// `sluice-agent bpf lb list -o json` for this node.
+    pub fn lb_list_json(&self) -> serde_json::Value {
+        let mut args = self.node_args();
+        args.extend(["bpf", "lb", "list", "-o", "json"].map(String::from));
+        let out = Command::new(bin("sluice-agent"))
+            .args(&args)
+            .output()
+            .expect("run bpf lb list");
+        assert!(
+            out.status.success(),
+            "bpf lb list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("lb list json")
+    }
+
+    pub fn manifests_dir(&self) -> &Path {
+        &self.manifests.0
+    }
+}
+
+/// YAML for a Service plus one EndpointSlice, in the upstream schema.
+pub struct SvcSpec<'a> {
+    pub name: &'a str,
+    pub cluster_ip: &'a str,
+    /// (port name, protocol, service port)
+    pub ports: &'a [(&'a str, &'a str, u16)],
+    /// Extra `spec:` lines (already indented by two spaces), e.g. affinity.
+    pub extra_spec: &'a str,
+    /// (ip, ready, serving, terminating, nodeName)
+    pub endpoints: &'a [(Ipv4Addr, bool, bool, bool, &'a str)],
+    /// Write the EndpointSlice at all.
+    pub with_slice: bool,
+}
+
+impl SvcSpec<'_> {
+    pub fn yaml(&self) -> String {
+        let mut y = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: default\nspec:\n  clusterIP: {}\n{}  ports:\n",
+            self.name, self.cluster_ip, self.extra_spec
+        );
+        for (pname, proto, port) in self.ports {
+            y.push_str(&format!(
+                "  - name: {pname}\n    protocol: {proto}\n    port: {port}\n    targetPort: backend\n"
+            ));
+        }
+        if self.with_slice {
+            y.push_str(&format!(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {}-slice\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {}\naddressType: IPv4\nports:\n",
+                self.name, self.name
+            ));
+            for (pname, proto, _) in self.ports {
+                y.push_str(&format!(
+                    "- name: {pname}\n  protocol: {proto}\n  port: {BACKEND_PORT}\n"
+                ));
+            }
+            y.push_str("endpoints:\n");
+            for (ip, ready, serving, terminating, node) in self.endpoints {
+                y.push_str(&format!(
+                    "- addresses: [\"{ip}\"]\n  nodeName: {node}\n  conditions:\n    ready: {ready}\n    serving: {serving}\n    terminating: {terminating}\n"
+                ));
+            }
+            if self.endpoints.is_empty() {
+                y.push_str("  []\n");
+            }
+        }
+        y
+    }
+}
+
+/// Pearson's chi-square statistic of `counts` against a uniform spread.
+pub fn chi_square_uniform(counts: &[u64]) -> f64 {
+    let total: u64 = counts.iter().sum();
+    let expected = total as f64 / counts.len() as f64;
+    counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum()
+}

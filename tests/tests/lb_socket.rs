@@ -1,0 +1,345 @@
+//! Socket-level service load balancing on a real netns topology
+//! (see `sluice_tests::topology`): the agent programs Services from a
+//! manifests directory and a client pod in the node's cgroup connects to
+//! ClusterIPs.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::Ipv4Addr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    Daemon, require_root,
+    topology::{LbTopology, NODE_NAME, SvcSpec, chi_square_uniform},
+};
+
+const VIP: &str = "10.96.0.10";
+
+fn ready(ip: Ipv4Addr) -> (Ipv4Addr, bool, bool, bool, &'static str) {
+    (ip, true, true, false, NODE_NAME)
+}
+
+fn web(t: &LbTopology, backends: &[usize], extra_spec: &str) -> String {
+    let eps: Vec<_> = backends.iter().map(|&i| ready(t.backends[i].ip)).collect();
+    SvcSpec {
+        name: "web",
+        cluster_ip: VIP,
+        ports: &[("http", "TCP", 80), ("dns", "UDP", 53)],
+        extra_spec,
+        endpoints: &eps,
+        with_slice: true,
+    }
+    .yaml()
+}
+
+fn programmed(l: &str) -> bool {
+    l.contains("services programmed")
+}
+
+/// Counts replies per backend name; panics on any line that is not a name
+/// followed by `peer`.
+fn tally(lines: &[String], peer: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        let (name, shown) = l.split_once(' ').unwrap_or((l, ""));
+        assert!(name.starts_with("pod-"), "unexpected reply {l:?}");
+        assert_eq!(shown, peer, "the client must see the service address: {l:?}");
+        *m.entry(name.to_string()).or_default() += 1;
+    }
+    m
+}
+
+/// 99.9th percentile of chi-square with 2 degrees of freedom: a fair spread
+/// over 3 backends fails this 1 time in 1000.
+const CHI2_DF2_P999: f64 = 13.82;
+
+#[test]
+fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
+    if !require_root("clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    t.write_manifest("web.yaml", &web(&t, &[0, 1, 2], ""));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+
+    let tcp = tally(&t.client(&["tcp", &format!("{VIP}:80"), "300"]), &format!("{VIP}:80"));
+    assert_eq!(tcp.len(), 3, "all backends get TCP connections: {tcp:?}");
+    let counts: Vec<u64> = tcp.values().copied().collect();
+    assert_eq!(counts.iter().sum::<u64>(), 300);
+    let chi2 = chi_square_uniform(&counts);
+    assert!(chi2 < CHI2_DF2_P999, "TCP spread {tcp:?} chi2 {chi2:.2}");
+
+    // Unconnected UDP on one socket: recvmsg4 must show the service as the
+    // source of every reply, whichever backend answered.
+    let udp = tally(&t.client(&["udp", &format!("{VIP}:53"), "300"]), &format!("{VIP}:53"));
+    let counts: Vec<u64> = udp.values().copied().collect();
+    assert_eq!(counts.iter().sum::<u64>(), 300, "{udp:?}");
+    assert_eq!(udp.len(), 3, "{udp:?}");
+    let chi2 = chi_square_uniform(&counts);
+    assert!(chi2 < CHI2_DF2_P999, "UDP spread {udp:?} chi2 {chi2:.2}");
+
+    // Connected UDP: getpeername shows the service.
+    let cu = tally(&t.client(&["udp-connected", &format!("{VIP}:53"), "30"]), &format!("{VIP}:53"));
+    assert_eq!(cu.values().sum::<u64>(), 30);
+
+    // The listing reads the pinned maps: two service ports, their frontends,
+    // three backends in each table, and the connections we made.
+    let list = t.lb_list_json();
+    let svcs = list.as_array().expect("array");
+    let http = svcs
+        .iter()
+        .find(|s| s["name"] == "default/web:http/TCP")
+        .unwrap_or_else(|| panic!("no http service in {list}"));
+    assert_eq!(http["frontends"][0]["address"], VIP);
+    assert_eq!(http["frontends"][0]["port"], 80);
+    assert_eq!(http["backends"].as_array().map(Vec::len), Some(3));
+    assert_eq!(http["maglev_table_size"], 509);
+    assert_eq!(http["conns"], 300);
+    let slots: u64 = http["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["slots"].as_u64().expect("slots"))
+        .sum();
+    assert_eq!(slots, 509);
+    assert!(svcs.iter().any(|s| s["name"] == "default/web:dns/UDP"));
+}
+
+#[test]
+fn service_without_endpoints_refuses_connections_at_once() {
+    if !require_root("service_without_endpoints_refuses_connections_at_once") {
+        return;
+    }
+    let mut t = LbTopology::new(1);
+    t.write_manifest("web.yaml", &web(&t, &[], ""));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    let start = Instant::now();
+    let out = t.client(&["tcp", &format!("{VIP}:80"), "3"]);
+    assert_eq!(out, vec!["REFUSED"; 3], "like kube-proxy's REJECT");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "refusal must be immediate, took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn session_affinity_pins_a_client_to_one_backend() {
+    if !require_root("session_affinity_pins_a_client_to_one_backend") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    let extra = "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 300\n";
+    t.write_manifest("web.yaml", &web(&t, &[0, 1, 2], extra));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    let tcp = tally(&t.client(&["tcp", &format!("{VIP}:80"), "40"]), &format!("{VIP}:80"));
+    assert_eq!(tcp.len(), 1, "affinity keeps one backend: {tcp:?}");
+}
+
+/// A long-lived connection through the service, driven line by line.
+struct Held {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    pub backend: String,
+}
+
+impl Held {
+    fn open(t: &LbTopology) -> Self {
+        let mut c = t.client_command(&["hold", &format!("{VIP}:80")]);
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn hold");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut backend = String::new();
+        out.read_line(&mut backend).expect("hold: first line");
+        Self {
+            child,
+            out,
+            backend: backend.trim().to_string(),
+        }
+    }
+
+    fn ping(&mut self) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "ping").expect("write");
+        stdin.flush().expect("flush");
+        let mut l = String::new();
+        self.out.read_line(&mut l).expect("read");
+        l.trim().to_string()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn manifest_changes_move_new_connections_and_keep_existing_ones() {
+    if !require_root("manifest_changes_move_new_connections_and_keep_existing_ones") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    t.write_manifest("web.yaml", &web(&t, &[0], ""));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_count("programmed", 1, Duration::from_secs(10), programmed);
+    let mut held = Held::open(&t);
+    assert_eq!(held.backend, "pod-0");
+
+    // pod-0 becomes terminating (still serving), pod-1 is the new ready one.
+    let (ip0, ip1) = (t.backends[0].ip, t.backends[1].ip);
+    let y = SvcSpec {
+        name: "web",
+        cluster_ip: VIP,
+        ports: &[("http", "TCP", 80), ("dns", "UDP", 53)],
+        extra_spec: "",
+        endpoints: &[(ip0, false, true, true, NODE_NAME), ready(ip1)],
+        with_slice: true,
+    }
+    .yaml();
+    t.write_manifest("web.yaml", &y);
+    t.agent()
+        .wait_for_count("programmed", 2, Duration::from_secs(10), programmed);
+    let tcp = tally(&t.client(&["tcp", &format!("{VIP}:80"), "30"]), &format!("{VIP}:80"));
+    assert_eq!(tcp.keys().collect::<Vec<_>>(), ["pod-1"], "no new connections to a terminating endpoint");
+    assert_eq!(held.ping(), "pod-0 ping", "the existing connection keeps flowing");
+    let list = t.lb_list_json();
+    let http = &list.as_array().expect("array")[1];
+    assert_eq!(http["name"], "default/web:http/TCP", "{list}");
+
+    // pod-0 removed entirely, pod-2 added: new connections spread over 1 and 2.
+    t.write_manifest("web.yaml", &web(&t, &[1, 2], ""));
+    t.agent()
+        .wait_for_count("programmed", 3, Duration::from_secs(10), programmed);
+    let tcp = tally(&t.client(&["tcp", &format!("{VIP}:80"), "60"]), &format!("{VIP}:80"));
+    assert_eq!(tcp.keys().collect::<Vec<_>>(), ["pod-1", "pod-2"], "{tcp:?}");
+    assert_eq!(held.ping(), "pod-0 ping", "removal does not cut established connections");
+
+    // Deleting the file withdraws the service: the ClusterIP is no longer translated.
+    std::fs::remove_file(t.manifests_dir().join("web.yaml")).expect("rm");
+    t.agent()
+        .wait_for_count("programmed", 4, Duration::from_secs(10), programmed);
+    assert_eq!(t.lb_list_json(), serde_json::json!([]));
+}
+
+#[test]
+fn bad_manifests_are_reported_by_file_and_object_and_skipped() {
+    if !require_root("bad_manifests_are_reported_by_file_and_object_and_skipped") {
+        return;
+    }
+    let mut t = LbTopology::new(1);
+    let ok = web(&t, &[0], "");
+    // A valid service in the same file as a bad one still gets programmed.
+    let unknown_field = ok.replace("name: web\n", "name: typo\n").replace(
+        "  clusterIP: 10.96.0.10\n",
+        "  clusterIP: 10.96.0.20\n  clusterIp: 10.96.0.21\n",
+    );
+    t.write_manifest("a-mixed.yaml", &format!("{ok}---\n{unknown_field}"));
+    t.write_manifest("b-broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: [oops\n");
+    let out_of_range = ok
+        .replace("name: web\n", "name: bigport\n")
+        .replace("10.96.0.10", "10.96.0.30")
+        .replace("port: 80\n", "port: 70000\n")
+        .replace("web-slice", "bigport-slice")
+        .replace("service-name: web", "service-name: bigport");
+    t.write_manifest("c-range.yaml", &out_of_range);
+    let dup = ok
+        .replace("name: web\n", "name: zdup\n")
+        .replace("web-slice", "zdup-slice")
+        .replace("service-name: web", "service-name: zdup");
+    t.write_manifest("d-dup.yaml", &dup);
+    let orphan = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lost\n  namespace: default\n  labels: {kubernetes.io/service-name: ghost}\naddressType: IPv4\nendpoints: []\n";
+    t.write_manifest("e-orphan.yaml", orphan);
+    t.start_agent(&[]);
+    let agent = t.agent();
+    agent.wait_for_line("programmed", Duration::from_secs(10), programmed);
+    for (file, object, why) in [
+        ("a-mixed.yaml", "Service default/typo", "spec.clusterIp"),
+        ("b-broken.yaml", "", "invalid YAML"),
+        ("c-range.yaml", "Service default/bigport", "70000"),
+        ("d-dup.yaml", "Service default/zdup", "already used by Service default/web"),
+        ("e-orphan.yaml", "EndpointSlice default/lost", "default/ghost"),
+    ] {
+        agent.wait_for_line(why, Duration::from_secs(5), |l| {
+            l.contains("WARN") && l.contains(file) && l.contains(object) && l.contains(why)
+        });
+    }
+    let list = t.lb_list_json();
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["default/web:dns/UDP", "default/web:http/TCP"]);
+    let tcp = t.client(&["tcp", &format!("{VIP}:80"), "3"]);
+    assert_eq!(tcp, vec![format!("pod-0 {VIP}:80"); 3]);
+}
+
+#[test]
+fn agent_crash_and_restart_under_load_loses_no_connection() {
+    if !require_root("agent_crash_and_restart_under_load_loses_no_connection") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    t.write_manifest("web.yaml", &web(&t, &[0, 1, 2], ""));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    let ids_before = t.lb_list_json();
+
+    let mut load = Daemon::from_command("load", t.client_command(&["load", &format!("{VIP}:80"), "8", "5"]));
+    std::thread::sleep(Duration::from_secs(2));
+    // A crash: no cleanup code runs. Programs stay attached through their
+    // pinned links and keep using the pinned maps.
+    t.agent().kill();
+    t.agent = None;
+    std::thread::sleep(Duration::from_secs(2));
+    t.start_agent(&[]);
+    let adopted = t.agent().wait_for_line("adopted", Duration::from_secs(10), |l| {
+        l.contains("adopted pinned LB state")
+    });
+    // 3 pods x (TCP, UDP) backends.
+    assert!(adopted.contains("services=2") && adopted.contains("backends=6"), "{adopted}");
+    load.wait_for_line("load summary", Duration::from_secs(20), |l| l.starts_with("new_ok="));
+    let summary = load.wait_for_line("load summary", Duration::from_secs(1), |l| l.starts_with("new_ok="));
+    let field = |k: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {summary}"))
+    };
+    assert!(field("new_ok") > 100, "{summary}");
+    assert_eq!(field("new_failed"), 0, "{summary}");
+    assert!(field("persist_ok") > 0, "{summary}");
+    assert_eq!(field("persist_failed"), 0, "{summary}");
+    // The restarted agent kept every id and rewrote nothing that was right.
+    let after = t.lb_list_json();
+    let ids = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| (s["name"].as_str().unwrap_or("").to_string(), s["id"].as_u64().unwrap_or(0)))
+            .collect()
+    };
+    assert_eq!(ids(&ids_before), ids(&after));
+    assert_eq!(
+        t.agent().count_lines(programmed),
+        0,
+        "an agent restarted on unchanged manifests writes nothing"
+    );
+}
