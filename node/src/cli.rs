@@ -47,6 +47,10 @@ pub struct AgentArgs {
     /// default: the hostname.
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Where to serve Prometheus /metrics (inside the node's network namespace);
+    /// port 0 picks a free port (logged).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9962")]
+    pub metrics_addr: std::net::SocketAddr,
     /// Level of eBPF-side log statements that stay in the programs
     /// (off|error|warn|info|debug|trace). Lower levels are removed by the verifier.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
@@ -97,9 +101,10 @@ pub mod bpf {
     pub fn run(node: &NodeArgs, cmd: BpfCommand) -> anyhow::Result<()> {
         match cmd {
             BpfCommand::Lb(LbCommand::List { output }) => {
-                let maps = sluice_datapath::LbMaps::open(&node.bpffs, false).with_context(|| {
-                    format!("no sluice LB maps pinned under {}", node.bpffs.display())
-                })?;
+                let maps =
+                    sluice_datapath::LbMaps::open(&node.bpffs, false).with_context(|| {
+                        format!("no sluice LB maps pinned under {}", node.bpffs.display())
+                    })?;
                 let rows = crate::lb::list::collect(&maps)?;
                 match output {
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),

@@ -2,6 +2,7 @@
 //! setup (netns, tracing), and exit codes; the work lives in modules.
 mod cli;
 mod lb;
+mod metrics;
 mod node_env;
 mod run;
 

@@ -1,6 +1,6 @@
 //! The agent's main loop: bring the node's data plane up, program services
 //! from the configured source, run until SIGTERM/SIGINT.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use sluice_datapath::{Datapath, DatapathError, LbMaps, LoadOptions};
@@ -16,6 +16,7 @@ use crate::{
         reconcile::Reconciler,
         source::{ManifestSource, ServiceSource as _, Update},
     },
+    metrics::{self, Metrics},
     node_env::{self, ConfigError},
 };
 
@@ -65,6 +66,9 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         let _logs = sluice_datapath::spawn_log_forwarder(dp.ebpf_mut())?;
         let maps = LbMaps::open(&node.bpffs, true)?;
         let reconciler = Reconciler::load(maps)?;
+        let metrics = Arc::new(Metrics::new(LbMaps::open(&node.bpffs, false)?)?);
+        let metrics_addr = metrics::serve(metrics.clone(), agent.metrics_addr).await?;
+        tracing::info!(addr = %metrics_addr, "metrics listening");
         let (services, backends) = reconciler.sizes();
         tracing::info!(services, backends, "adopted pinned LB state");
         dp.attach_socket_lb(&cgroup)?;
@@ -93,7 +97,7 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             drop(tx);
             tracing::info!("no service source configured; keeping the pinned LB state as is");
         }
-        let lb = tokio::spawn(reconcile_loop(rx, reconciler, node_info));
+        let lb = tokio::spawn(reconcile_loop(rx, reconciler, node_info, metrics));
         wait_for_shutdown().await?;
         lb.abort();
         tracing::info!(
@@ -110,6 +114,7 @@ async fn reconcile_loop(
     mut rx: watch::Receiver<Option<Update>>,
     mut reconciler: Reconciler,
     node: NodeInfo,
+    metrics: Arc<Metrics>,
 ) {
     let mut last_errors: Vec<String> = Vec::new();
     while rx.changed().await.is_ok() {
@@ -141,11 +146,22 @@ async fn reconcile_loop(
                 }
             })
             .collect();
+        metrics.object_errors.set(errors.len() as i64);
         if errors != last_errors {
             for e in &errors {
                 tracing::warn!("{e}");
             }
             last_errors = errors;
+        }
+        if let Ok(st) = &res {
+            metrics.applied(st);
+            // Only real programming counts; a resync that changed nothing
+            // would drown the histogram in no-ops.
+            if st.changed() {
+                metrics
+                    .programming_latency
+                    .observe(seen_at.elapsed().as_secs_f64());
+            }
         }
         match res {
             Ok(st) if st.changed() => tracing::info!(
@@ -161,7 +177,10 @@ async fn reconcile_loop(
             ),
             Ok(_) => tracing::debug!("no LB changes"),
             // Level-triggered: the next change or resync retries from scratch.
-            Err(e) => tracing::error!("programming services failed: {e}"),
+            Err(e) => {
+                metrics.reconcile_errors.inc();
+                tracing::error!("programming services failed: {e}");
+            }
         }
     }
 }

@@ -337,7 +337,10 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         while self.count_lines(&pred) < n {
             if Instant::now() > deadline {
-                panic!("timed out waiting for {n}x {what}; output:\n{}", self.output());
+                panic!(
+                    "timed out waiting for {n}x {what}; output:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

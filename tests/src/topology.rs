@@ -101,8 +101,24 @@ fn wire_pod(node: &NetNs, name: &str, ip: Ipv4Addr) -> NetNs {
     ns.ip(["link", "set", &pod_if, "name", "eth0"]);
     ns.ip(["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
     ns.ip(["link", "set", "eth0", "up"]);
-    ns.ip(["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
-    ns.ip(["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+    ns.ip([
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    ns.ip([
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
     node.ip(["addr", "add", "169.254.1.1/32", "dev", &host_if]);
     node.ip(["link", "set", &host_if, "up"]);
     node.ip(["route", "add", &format!("{ip}/32"), "dev", &host_if]);
@@ -135,9 +151,11 @@ impl LbTopology {
             let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
             let ns = wire_pod(&node, &name, ip);
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", &ns.name])
-                .arg(testpod())
-                .args(["serve", &name, &BACKEND_PORT.to_string()]);
+            c.args(["netns", "exec", &ns.name]).arg(testpod()).args([
+                "serve",
+                &name,
+                &BACKEND_PORT.to_string(),
+            ]);
             let mut server = Daemon::from_command(&name, c);
             server.wait_for_line("server ready", Duration::from_secs(10), |l| {
                 l.starts_with("serving")
@@ -258,6 +276,23 @@ impl LbTopology {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("lb list json")
+    }
+
+    /// GET /metrics from the agent (default address, inside the node netns).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        self.node.run(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9962").expect("connect metrics");
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .expect("send request");
+            let mut body = String::new();
+            s.read_to_string(&mut body).expect("read metrics");
+            assert!(
+                body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+                "{body}"
+            );
+            body
+        })
     }
 
     pub fn manifests_dir(&self) -> &Path {

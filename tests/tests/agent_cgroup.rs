@@ -55,6 +55,9 @@ fn start_agent(cg: &TestCgroup, pins: &PinDir, extra: &[&str]) -> Daemon {
         cg.path.display().to_string(),
         "--bpffs".to_owned(),
         pins.path.display().to_string(),
+        // Host netns: tests run in parallel, so no fixed port.
+        "--metrics-addr".to_owned(),
+        "127.0.0.1:0".to_owned(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut agent = Daemon::spawn("sluice-agent", &args);
@@ -99,12 +102,18 @@ fn agent_attaches_connect4_and_forwards_ebpf_logs_to_tracing() {
         "sock4_recvmsg",
         "sock4_getpeername",
     ] {
-        assert!(shown.contains(hook), "{hook} detached with the agent:\n{shown}");
+        assert!(
+            shown.contains(hook),
+            "{hook} detached with the agent:\n{shown}"
+        );
     }
     // Removing the pinned links is what detaches them.
     std::fs::remove_dir_all(pins.path.join("links")).expect("remove link pins");
     let shown = cgroup_programs(&cg);
-    assert!(!shown.contains("sock4_"), "hooks left after unpinning:\n{shown}");
+    assert!(
+        !shown.contains("sock4_"),
+        "hooks left after unpinning:\n{shown}"
+    );
 }
 
 #[test]

@@ -45,7 +45,10 @@ fn tally(lines: &[String], peer: &str) -> BTreeMap<String, u64> {
     for l in lines {
         let (name, shown) = l.split_once(' ').unwrap_or((l, ""));
         assert!(name.starts_with("pod-"), "unexpected reply {l:?}");
-        assert_eq!(shown, peer, "the client must see the service address: {l:?}");
+        assert_eq!(
+            shown, peer,
+            "the client must see the service address: {l:?}"
+        );
         *m.entry(name.to_string()).or_default() += 1;
     }
     m
@@ -66,7 +69,10 @@ fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
     t.agent()
         .wait_for_line("programmed", Duration::from_secs(10), programmed);
 
-    let tcp = tally(&t.client(&["tcp", &format!("{VIP}:80"), "300"]), &format!("{VIP}:80"));
+    let tcp = tally(
+        &t.client(&["tcp", &format!("{VIP}:80"), "300"]),
+        &format!("{VIP}:80"),
+    );
     assert_eq!(tcp.len(), 3, "all backends get TCP connections: {tcp:?}");
     let counts: Vec<u64> = tcp.values().copied().collect();
     assert_eq!(counts.iter().sum::<u64>(), 300);
@@ -75,7 +81,10 @@ fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
 
     // Unconnected UDP on one socket: recvmsg4 must show the service as the
     // source of every reply, whichever backend answered.
-    let udp = tally(&t.client(&["udp", &format!("{VIP}:53"), "300"]), &format!("{VIP}:53"));
+    let udp = tally(
+        &t.client(&["udp", &format!("{VIP}:53"), "300"]),
+        &format!("{VIP}:53"),
+    );
     let counts: Vec<u64> = udp.values().copied().collect();
     assert_eq!(counts.iter().sum::<u64>(), 300, "{udp:?}");
     assert_eq!(udp.len(), 3, "{udp:?}");
@@ -83,7 +92,10 @@ fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
     assert!(chi2 < CHI2_DF2_P999, "UDP spread {udp:?} chi2 {chi2:.2}");
 
     // Connected UDP: getpeername shows the service.
-    let cu = tally(&t.client(&["udp-connected", &format!("{VIP}:53"), "30"]), &format!("{VIP}:53"));
+    let cu = tally(
+        &t.client(&["udp-connected", &format!("{VIP}:53"), "30"]),
+        &format!("{VIP}:53"),
+    );
     assert_eq!(cu.values().sum::<u64>(), 30);
 
     // The listing reads the pinned maps: two service ports, their frontends,
@@ -107,6 +119,18 @@ fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
         .sum();
     assert_eq!(slots, 509);
     assert!(svcs.iter().any(|s| s["name"] == "default/web:dns/UDP"));
+
+    let m = t.metrics();
+    for want in [
+        "sluice_lb_services 2",
+        "sluice_lb_backends 6",
+        "sluice_lb_service_connections_total{service=\"default/web:http/TCP\"} 300",
+        "sluice_lb_service_backends{service=\"default/web:http/TCP\"} 3",
+        "sluice_lb_map_fill_ratio{map=\"LB4_SERVICES\"}",
+        "sluice_lb_programming_latency_seconds_count 1",
+    ] {
+        assert!(m.contains(want), "metrics lack {want:?}:\n{m}");
+    }
 }
 
 #[test]
@@ -140,7 +164,10 @@ fn session_affinity_pins_a_client_to_one_backend() {
     t.start_agent(&[]);
     t.agent()
         .wait_for_line("programmed", Duration::from_secs(10), programmed);
-    let tcp = tally(&t.client(&["tcp", &format!("{VIP}:80"), "40"]), &format!("{VIP}:80"));
+    let tcp = tally(
+        &t.client(&["tcp", &format!("{VIP}:80"), "40"]),
+        &format!("{VIP}:80"),
+    );
     assert_eq!(tcp.len(), 1, "affinity keeps one backend: {tcp:?}");
 }
 
@@ -213,9 +240,20 @@ fn manifest_changes_move_new_connections_and_keep_existing_ones() {
     t.write_manifest("web.yaml", &y);
     t.agent()
         .wait_for_count("programmed", 2, Duration::from_secs(10), programmed);
-    let tcp = tally(&t.client(&["tcp", &format!("{VIP}:80"), "30"]), &format!("{VIP}:80"));
-    assert_eq!(tcp.keys().collect::<Vec<_>>(), ["pod-1"], "no new connections to a terminating endpoint");
-    assert_eq!(held.ping(), "pod-0 ping", "the existing connection keeps flowing");
+    let tcp = tally(
+        &t.client(&["tcp", &format!("{VIP}:80"), "30"]),
+        &format!("{VIP}:80"),
+    );
+    assert_eq!(
+        tcp.keys().collect::<Vec<_>>(),
+        ["pod-1"],
+        "no new connections to a terminating endpoint"
+    );
+    assert_eq!(
+        held.ping(),
+        "pod-0 ping",
+        "the existing connection keeps flowing"
+    );
     let list = t.lb_list_json();
     let http = &list.as_array().expect("array")[1];
     assert_eq!(http["name"], "default/web:http/TCP", "{list}");
@@ -224,9 +262,20 @@ fn manifest_changes_move_new_connections_and_keep_existing_ones() {
     t.write_manifest("web.yaml", &web(&t, &[1, 2], ""));
     t.agent()
         .wait_for_count("programmed", 3, Duration::from_secs(10), programmed);
-    let tcp = tally(&t.client(&["tcp", &format!("{VIP}:80"), "60"]), &format!("{VIP}:80"));
-    assert_eq!(tcp.keys().collect::<Vec<_>>(), ["pod-1", "pod-2"], "{tcp:?}");
-    assert_eq!(held.ping(), "pod-0 ping", "removal does not cut established connections");
+    let tcp = tally(
+        &t.client(&["tcp", &format!("{VIP}:80"), "60"]),
+        &format!("{VIP}:80"),
+    );
+    assert_eq!(
+        tcp.keys().collect::<Vec<_>>(),
+        ["pod-1", "pod-2"],
+        "{tcp:?}"
+    );
+    assert_eq!(
+        held.ping(),
+        "pod-0 ping",
+        "removal does not cut established connections"
+    );
 
     // Deleting the file withdraws the service: the ClusterIP is no longer translated.
     std::fs::remove_file(t.manifests_dir().join("web.yaml")).expect("rm");
@@ -248,7 +297,10 @@ fn bad_manifests_are_reported_by_file_and_object_and_skipped() {
         "  clusterIP: 10.96.0.20\n  clusterIp: 10.96.0.21\n",
     );
     t.write_manifest("a-mixed.yaml", &format!("{ok}---\n{unknown_field}"));
-    t.write_manifest("b-broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: [oops\n");
+    t.write_manifest(
+        "b-broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: [oops\n",
+    );
     let out_of_range = ok
         .replace("name: web\n", "name: bigport\n")
         .replace("10.96.0.10", "10.96.0.30")
@@ -270,8 +322,16 @@ fn bad_manifests_are_reported_by_file_and_object_and_skipped() {
         ("a-mixed.yaml", "Service default/typo", "spec.clusterIp"),
         ("b-broken.yaml", "", "invalid YAML"),
         ("c-range.yaml", "Service default/bigport", "70000"),
-        ("d-dup.yaml", "Service default/zdup", "already used by Service default/web"),
-        ("e-orphan.yaml", "EndpointSlice default/lost", "default/ghost"),
+        (
+            "d-dup.yaml",
+            "Service default/zdup",
+            "already used by Service default/web",
+        ),
+        (
+            "e-orphan.yaml",
+            "EndpointSlice default/lost",
+            "default/ghost",
+        ),
     ] {
         agent.wait_for_line(why, Duration::from_secs(5), |l| {
             l.contains("WARN") && l.contains(file) && l.contains(object) && l.contains(why)
@@ -301,7 +361,10 @@ fn agent_crash_and_restart_under_load_loses_no_connection() {
         .wait_for_line("programmed", Duration::from_secs(10), programmed);
     let ids_before = t.lb_list_json();
 
-    let mut load = Daemon::from_command("load", t.client_command(&["load", &format!("{VIP}:80"), "8", "5"]));
+    let mut load = Daemon::from_command(
+        "load",
+        t.client_command(&["load", &format!("{VIP}:80"), "8", "5"]),
+    );
     std::thread::sleep(Duration::from_secs(2));
     // A crash: no cleanup code runs. Programs stay attached through their
     // pinned links and keep using the pinned maps.
@@ -309,13 +372,22 @@ fn agent_crash_and_restart_under_load_loses_no_connection() {
     t.agent = None;
     std::thread::sleep(Duration::from_secs(2));
     t.start_agent(&[]);
-    let adopted = t.agent().wait_for_line("adopted", Duration::from_secs(10), |l| {
-        l.contains("adopted pinned LB state")
-    });
+    let adopted = t
+        .agent()
+        .wait_for_line("adopted", Duration::from_secs(10), |l| {
+            l.contains("adopted pinned LB state")
+        });
     // 3 pods x (TCP, UDP) backends.
-    assert!(adopted.contains("services=2") && adopted.contains("backends=6"), "{adopted}");
-    load.wait_for_line("load summary", Duration::from_secs(20), |l| l.starts_with("new_ok="));
-    let summary = load.wait_for_line("load summary", Duration::from_secs(1), |l| l.starts_with("new_ok="));
+    assert!(
+        adopted.contains("services=2") && adopted.contains("backends=6"),
+        "{adopted}"
+    );
+    load.wait_for_line("load summary", Duration::from_secs(20), |l| {
+        l.starts_with("new_ok=")
+    });
+    let summary = load.wait_for_line("load summary", Duration::from_secs(1), |l| {
+        l.starts_with("new_ok=")
+    });
     let field = |k: &str| -> u64 {
         summary
             .split_whitespace()
@@ -333,7 +405,12 @@ fn agent_crash_and_restart_under_load_loses_no_connection() {
         v.as_array()
             .expect("array")
             .iter()
-            .map(|s| (s["name"].as_str().unwrap_or("").to_string(), s["id"].as_u64().unwrap_or(0)))
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap_or("").to_string(),
+                    s["id"].as_u64().unwrap_or(0),
+                )
+            })
             .collect()
     };
     assert_eq!(ids(&ids_before), ids(&after));

@@ -128,8 +128,7 @@ pub fn collect(maps: &LbMaps) -> Result<Vec<ServiceRow>, DatapathError> {
     }
     let mut out: Vec<ServiceRow> = rows.into_values().collect();
     for r in &mut out {
-        r.frontends
-            .sort_by_key(|f| (f.kind, f.address, f.port));
+        r.frontends.sort_by_key(|f| (f.kind, f.address, f.port));
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

@@ -3,9 +3,9 @@
 //!
 //! source (manifests dir; API server later) -> [`model::Snapshot`] ->
 //! [`model::desired`] -> [`reconcile::Reconciler`] -> pinned maps.
+pub mod list;
 pub mod maglev;
 pub mod manifests;
 pub mod model;
 pub mod reconcile;
 pub mod source;
-pub mod list;

@@ -222,9 +222,10 @@ fn validate_service(svc: &Service) -> Result<Option<SvcSpec>, String> {
             proto_of(p.protocol.as_deref()).map_err(|e| format!("{field}.protocol: {e}"))?;
         let port = port_u16(p.port, &format!("{field}.port"))?;
         if let Some(tp) = &p.target_port
-            && let k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(v) = tp {
-                port_u16(*v, &format!("{field}.targetPort"))?;
-            }
+            && let k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(v) = tp
+        {
+            port_u16(*v, &format!("{field}.targetPort"))?;
+        }
         let node_port = match p.node_port {
             None | Some(0) => None,
             Some(v) => Some(port_u16(v, &format!("{field}.nodePort"))?),

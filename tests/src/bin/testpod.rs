@@ -30,7 +30,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT");
+    eprintln!(
+        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT"
+    );
     std::process::exit(2)
 }
 
@@ -108,27 +110,34 @@ fn tcp(to: SocketAddr, count: u64) {
     }
 }
 
+fn udp_socket() -> UdpSocket {
+    let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    s
+}
+
 fn udp(to: SocketAddr, count: u64, connected: bool) {
     let mut buf = [0u8; 1500];
-    let mut sock = None;
+    // Unconnected: one socket reused (the interesting case for recvmsg
+    // reverse translation); connected: a fresh socket per try.
+    let shared = udp_socket();
     for _ in 0..count {
-        // Unconnected: one socket reused (the interesting case for
-        // recvmsg reverse translation); connected: a fresh socket per try.
-        let s = if connected || sock.is_none() {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            if connected {
-                if let Err(e) = s.connect(to) {
-                    println!("ERROR connect {e}");
-                    continue;
-                }
+        let fresh;
+        let s = if connected {
+            fresh = udp_socket();
+            if let Err(e) = fresh.connect(to) {
+                println!("ERROR connect {e}");
+                continue;
             }
-            sock = Some(s);
-            sock.as_ref().unwrap()
+            &fresh
         } else {
-            sock.as_ref().unwrap()
+            &shared
         };
-        let sent = if connected { s.send(b"hi") } else { s.send_to(b"hi", to) };
+        let sent = if connected {
+            s.send(b"hi")
+        } else {
+            s.send_to(b"hi", to)
+        };
         if let Err(e) = sent {
             println!("ERROR send {e}");
             continue;
@@ -151,7 +160,11 @@ fn udp(to: SocketAddr, count: u64, connected: bool) {
 fn load(to: SocketAddr, secs: u64, persist: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut held: Vec<Option<(BufReader<TcpStream>, TcpStream)>> = (0..persist)
-        .map(|_| connect_once(to).ok().map(|(_, s)| (BufReader::new(s.try_clone().unwrap()), s)))
+        .map(|_| {
+            connect_once(to)
+                .ok()
+                .map(|(_, s)| (BufReader::new(s.try_clone().unwrap()), s))
+        })
         .collect();
     let (mut new_ok, mut new_failed, mut persist_ok, mut persist_failed) = (0u64, 0u64, 0u64, 0u64);
     let mut round = 0u64;
@@ -164,12 +177,14 @@ fn load(to: SocketAddr, secs: u64, persist: u64) {
             }
         }
         round += 1;
-        if round % 20 == 0 {
+        if round.is_multiple_of(20) {
             for h in held.iter_mut() {
                 let ok = match h {
                     Some((r, w)) => {
                         let mut line = String::new();
-                        writeln!(w, "ping").is_ok() && r.read_line(&mut line).is_ok() && line.ends_with("ping\n")
+                        writeln!(w, "ping").is_ok()
+                            && r.read_line(&mut line).is_ok()
+                            && line.ends_with("ping\n")
                     }
                     None => false,
                 };
@@ -182,7 +197,9 @@ fn load(to: SocketAddr, secs: u64, persist: u64) {
             }
         }
     }
-    println!("new_ok={new_ok} new_failed={new_failed} persist_ok={persist_ok} persist_failed={persist_failed}");
+    println!(
+        "new_ok={new_ok} new_failed={new_failed} persist_ok={persist_ok} persist_failed={persist_failed}"
+    );
 }
 
 fn hold(to: SocketAddr) {
