@@ -12,8 +12,8 @@ use std::{
 use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
 use sluice_common::{
     lb::{
-        Backend, Frontend, LbCounter, MAX_SERVICES, Service, ServiceInfo, SockRevNatKey,
-        SockRevNatValue, maglev,
+        Backend, CtKey, CtValue, Frontend, LbCounter, MAX_SERVICES, Service, ServiceInfo,
+        SockRevNatKey, SockRevNatValue, maglev,
     },
     map_names,
 };
@@ -32,6 +32,7 @@ pub struct LbMaps {
     pub svc_stats: PerCpuArray<MapData, LbCounter>,
     pub backend_stats: PerCpuArray<MapData, LbCounter>,
     pub sock_revnat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
+    pub ct: HashMap<MapData, CtKey, CtValue>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -81,6 +82,7 @@ impl LbMaps {
             svc_stats: open!(map_names::LB4_SVC_STATS),
             backend_stats: open!(map_names::LB4_BACKEND_STATS),
             sock_revnat: open!(map_names::LB4_SOCK_REVNAT),
+            ct: open!(map_names::CT4),
         })
     }
 

@@ -158,6 +158,62 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the per-packet LB (DNAT on ingress, reverse NAT on egress)
+    /// to a node's external interface, as tcx links pinned under
+    /// `<bpffs>/links/tc_{ingress,egress}_<iface>` so NodePort/ExternalIP
+    /// traffic keeps flowing while the agent restarts. A pinned link from a
+    /// previous agent is replaced make-before-break, as for socket hooks.
+    /// On kernels without tcx (< 6.6) the clsact filter cannot be pinned and
+    /// is detached when the agent exits (known gap; this machine has tcx).
+    pub fn attach_lb_iface(&mut self, iface: &str) -> Result<(), DatapathError> {
+        for (name, ty, dir) in [
+            (prog_names::TC_LB_INGRESS, TcAttachType::Ingress, "ingress"),
+            (prog_names::TC_LB_EGRESS, TcAttachType::Egress, "egress"),
+        ] {
+            let pin = self
+                .bpffs_dir
+                .join(format!("{}{dir}_{iface}", link_pins::TC_PREFIX));
+            if let Some(parent) = pin.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| DatapathError::Pin {
+                    path: parent.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let tcx = aya::util::KernelVersion::current()
+                .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                .unwrap_or(false);
+            let prog = self.classifier(name)?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .map_err(|source| DatapathError::Program { name, source })?;
+            }
+            if !tcx {
+                let _ = aya::programs::tc::qdisc_add_clsact(iface);
+            }
+            let id = prog
+                .attach(iface, ty)
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let pin_err = |reason: String| DatapathError::Pin {
+                path: pin.clone(),
+                reason,
+            };
+            match FdLink::try_from(link) {
+                Ok(link) => {
+                    if pin.exists() {
+                        let old = PinnedLink::from_pin(&pin).map_err(|e| pin_err(e.to_string()))?;
+                        drop(old.unpin().map_err(|e| pin_err(e.to_string()))?);
+                    }
+                    link.pin(&pin).map_err(|e| pin_err(e.to_string()))?;
+                }
+                Err(e) => tracing::warn!(iface, "{name}: no tcx, link not pinned: {e}"),
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches the pod-ingress classifier to `iface` (tcx on kernels >= 6.6,
     /// clsact otherwise). The interface is resolved in the calling thread's
     /// network namespace.

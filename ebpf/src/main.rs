@@ -10,6 +10,7 @@ mod select;
 mod sock;
 mod stats;
 mod tc;
+mod tc_lb;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

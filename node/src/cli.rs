@@ -43,6 +43,10 @@ pub struct AgentArgs {
     /// default: every non-loopback IPv4 address in the node's network namespace.
     #[arg(long = "node-ip", value_name = "IP")]
     pub node_ips: Vec<std::net::Ipv4Addr>,
+    /// External interface that receives NodePort/ExternalIP/LoadBalancer traffic; gets the
+    /// per-packet LB (tc ingress DNAT, egress reverse NAT). Repeatable.
+    #[arg(long = "nodeport-iface", value_name = "IFACE")]
+    pub nodeport_ifaces: Vec<String>,
     /// This node's name, matched against EndpointSlice `nodeName` for traffic policy Local;
     /// default: the hostname.
     #[arg(long, value_name = "NAME")]
@@ -69,6 +73,9 @@ pub enum BpfCommand {
     /// Service load balancer state.
     #[command(subcommand)]
     Lb(LbCommand),
+    /// Connection tracking of the per-packet (tc) LB path.
+    #[command(subcommand)]
+    Ct(CtCommand),
     /// Per-program run counters from the pinned stats map.
     Stats {
         /// Output format.
@@ -87,6 +94,16 @@ pub enum LbCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CtCommand {
+    /// Conntrack entries (forward and reverse) from the pinned map.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum OutputFormat {
     Table,
@@ -96,10 +113,22 @@ pub enum OutputFormat {
 pub mod bpf {
     use anyhow::Context as _;
 
-    use super::{BpfCommand, LbCommand, NodeArgs, OutputFormat};
+    use super::{BpfCommand, CtCommand, LbCommand, NodeArgs, OutputFormat};
 
     pub fn run(node: &NodeArgs, cmd: BpfCommand) -> anyhow::Result<()> {
         match cmd {
+            BpfCommand::Ct(CtCommand::List { output }) => {
+                let maps =
+                    sluice_datapath::LbMaps::open(&node.bpffs, false).with_context(|| {
+                        format!("no sluice LB maps pinned under {}", node.bpffs.display())
+                    })?;
+                let rows = crate::lb::conntrack::list(&maps)?;
+                match output {
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                    OutputFormat::Table => print!("{}", crate::lb::conntrack::render_table(&rows)),
+                }
+                Ok(())
+            }
             BpfCommand::Lb(LbCommand::List { output }) => {
                 let maps =
                     sluice_datapath::LbMaps::open(&node.bpffs, false).with_context(|| {

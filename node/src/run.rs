@@ -72,11 +72,32 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         let (services, backends) = reconciler.sizes();
         tracing::info!(services, backends, "adopted pinned LB state");
         dp.attach_socket_lb(&cgroup)?;
+        for iface in &agent.nodeport_ifaces {
+            dp.attach_lb_iface(iface).map_err(|e| match e {
+                DatapathError::Program { .. } => {
+                    anyhow::Error::new(ConfigError(format!("--nodeport-iface {iface}: {e}")))
+                }
+                e => anyhow::Error::new(e),
+            })?;
+        }
+        let mut gc_maps = LbMaps::open(&node.bpffs, false)?;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                match crate::lb::conntrack::gc(&mut gc_maps) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "conntrack GC"),
+                    Err(e) => tracing::warn!("conntrack GC: {e}"),
+                }
+            }
+        });
         tracing::info!(
             cgroup = %cgroup.display(),
             bpffs = %node.bpffs.display(),
             node = %node_info.name,
             node_ips = ?node_info.node_ips,
+            nodeport_ifaces = ?agent.nodeport_ifaces,
             bpf_log_level = ?agent.bpf_log_level,
             "datapath attached"
         );

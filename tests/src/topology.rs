@@ -79,6 +79,8 @@ impl Drop for TempDir {
 /// the pin dir (pinned links) goes before the cgroup it is attached to.
 pub struct LbTopology {
     pub agent: Option<Daemon>,
+    /// The node's interface towards the external host (`--nodeport-iface`).
+    pub node_ext_if: String,
     pub backends: Vec<Pod>,
     pub client: Pod,
     pub external: NetNs,
@@ -138,7 +140,7 @@ impl LbTopology {
         sysctl(&node, "net.ipv4.ip_forward=1");
         let client_ns = wire_pod(&node, "client", CLIENT_IP);
         let external = NetNs::new();
-        crate::veth_between(
+        let (node_ext_if, _) = crate::veth_between(
             &node,
             &format!("{NODE_IP}/24"),
             &external,
@@ -169,6 +171,7 @@ impl LbTopology {
         }
         Self {
             agent: None,
+            node_ext_if,
             backends: pods,
             client: Pod {
                 name: "client".into(),
@@ -209,6 +212,8 @@ impl LbTopology {
                 &NODE_IP.to_string(),
                 "--node-name",
                 NODE_NAME,
+                "--nodeport-iface",
+                &self.node_ext_if,
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -250,6 +255,42 @@ impl LbTopology {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// Runs `sluice-testpod ARGS` on the external host (outside the node's
+    /// cgroup: only the tc path applies) and returns its stdout lines.
+    pub fn external(&self, args: &[&str]) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.external.name])
+            .arg(testpod())
+            .args(args)
+            .output()
+            .expect("run external client");
+        assert!(
+            out.status.success(),
+            "external {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `sluice-agent bpf ct list -o json` for this node.
+    pub fn ct_list_json(&self) -> serde_json::Value {
+        let mut args = self.node_args();
+        args.extend(["bpf", "ct", "list", "-o", "json"].map(String::from));
+        let out = Command::new(bin("sluice-agent"))
+            .args(&args)
+            .output()
+            .expect("run bpf ct list");
+        assert!(
+            out.status.success(),
+            "bpf ct list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("ct list json")
     }
 
     /// A `Command` for the client pod (inside the node's cgroup), for

@@ -205,6 +205,43 @@ impl LbCounter {
     }
 }
 
+/// Entries in the tc-path conntrack LRU.
+pub const CT_ENTRIES: u32 = 262_144;
+/// Conntrack key direction: client -> frontend (translated to the backend).
+pub const CT_DIR_FWD: u8 = 0;
+/// Conntrack key direction: backend -> client (source restored to the frontend).
+pub const CT_DIR_REV: u8 = 1;
+
+/// Key of [`crate::map_names::CT4`]: a flow as seen on the wire before
+/// translation (forward) or the backend's reply (reverse).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub pad: u16,
+}
+
+/// Value of [`crate::map_names::CT4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// Forward: the backend to rewrite the destination to. Reverse: the
+    /// frontend to rewrite the source back to. Network order.
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub pad: u16,
+    pub backend_id: u32,
+    pub svc_id: u32,
+    /// bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC).
+    pub last_seen_ns: u64,
+}
+
 /// Length of [`ServiceInfo::name`].
 pub const SVC_NAME_LEN: usize = 104;
 
@@ -273,6 +310,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevNatValue {}
     unsafe impl aya::Pod for super::LbCounter {}
     unsafe impl aya::Pod for super::ServiceInfo {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
 }
 
 #[cfg(test)]
@@ -292,6 +331,8 @@ mod tests {
         assert_eq!(size_of::<SockRevNatKey>(), 16);
         assert_eq!(size_of::<SockRevNatValue>(), 12);
         assert_eq!(size_of::<LbCounter>(), 24);
+        assert_eq!(size_of::<CtKey>(), 16);
+        assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<ServiceInfo>(), SVC_NAME_LEN + 4 + 4 + 8 + 4 + 4);
     }
 

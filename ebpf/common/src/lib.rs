@@ -29,6 +29,8 @@ pub mod map_names {
     /// programs never read it. It lets `bpf lb list` and a restarted agent
     /// name what the kernel maps hold without any state outside bpffs.
     pub const LB4_SVC_INFO: &str = "LB4_SVC_INFO";
+    /// tc-path conntrack: [`crate::lb::CtKey`] -> [`crate::lb::CtValue`] (LRU).
+    pub const CT4: &str = "LB4_CT";
 }
 
 /// Pin paths (relative to the node's bpffs dir) of the program links, so
@@ -38,6 +40,8 @@ pub mod link_pins {
     pub const SOCK4_SENDMSG: &str = "links/sock4_sendmsg";
     pub const SOCK4_RECVMSG: &str = "links/sock4_recvmsg";
     pub const SOCK4_GETPEERNAME: &str = "links/sock4_getpeername";
+    /// Per external interface: `links/tc_ingress_<ifname>`, `links/tc_egress_<ifname>`.
+    pub const TC_PREFIX: &str = "links/tc_";
 }
 
 pub mod lb;
@@ -54,6 +58,10 @@ pub mod prog_names {
     pub const SOCK4_GETPEERNAME: &str = "sock4_getpeername";
     /// tc classifier for a pod's host-side veth (ingress from the pod).
     pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
+    /// tc ingress on a node's external interface: DNAT to service backends.
+    pub const TC_LB_INGRESS: &str = "tc_lb_ingress";
+    /// tc egress on a node's external interface: reverse NAT of replies.
+    pub const TC_LB_EGRESS: &str = "tc_lb_egress";
 }
 
 /// Index into the [`map_names::PROG_STATS`] per-CPU array. One slot per

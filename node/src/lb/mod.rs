@@ -3,6 +3,7 @@
 //!
 //! source (manifests dir; API server later) -> [`model::Snapshot`] ->
 //! [`model::desired`] -> [`reconcile::Reconciler`] -> pinned maps.
+pub mod conntrack;
 pub mod list;
 pub mod maglev;
 pub mod manifests;

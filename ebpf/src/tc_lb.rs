@@ -1,0 +1,300 @@
+//! Per-packet service load balancing on a node's external interfaces:
+//! NodePort, ExternalIP and LoadBalancer traffic from outside the node,
+//! which never passes the socket hooks.
+//!
+//! Ingress: a packet to an external frontend gets its destination rewritten
+//! to a backend (DNAT) and a conntrack pair is recorded; later packets of
+//! the flow follow the forward entry. Egress: the backend's replies match
+//! the reverse entry and get their source rewritten back to the frontend.
+//! L3 and L4 checksums are patched incrementally.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::LruHashMap,
+    programs::TcContext,
+};
+use sluice_common::lb::{
+    CT_DIR_FWD, CT_DIR_REV, CT_ENTRIES, CtKey, CtValue, Frontend, PROTO_TCP, PROTO_UDP,
+    SVC_F_EXTERNAL,
+};
+
+use crate::{
+    lb_maps::{LB4_BE_STATS, LB4_SERVICES, LB4_SVC_STATS},
+    select::select_backend,
+};
+
+#[map(name = "LB4_CT")]
+pub static LB4_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_ENTRIES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SRC_OFF: usize = ETH_HLEN + 12;
+const IP_DST_OFF: usize = ETH_HLEN + 16;
+/// Packets with IP options are passed untouched (rare; keeps offsets static).
+const L4_OFF: usize = ETH_HLEN + 20;
+
+struct Flow {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    len: u64,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Flow> {
+    let ethertype: u16 = ctx.load(12).ok()?;
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return None;
+    }
+    let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    if vihl != 0x45 {
+        return None;
+    }
+    // Fragments other than the first carry no ports.
+    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
+    if u16::from_be(frag) & 0x1fff != 0 {
+        return None;
+    }
+    let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    Some(Flow {
+        saddr: ctx.load(IP_SRC_OFF).ok()?,
+        daddr: ctx.load(IP_DST_OFF).ok()?,
+        sport: ctx.load(L4_OFF).ok()?,
+        dport: ctx.load(L4_OFF + 2).ok()?,
+        proto,
+        len: ctx.len() as u64,
+    })
+}
+
+#[inline(always)]
+fn l4_csum_off(proto: u8) -> usize {
+    if proto == PROTO_TCP {
+        L4_OFF + 16
+    } else {
+        L4_OFF + 6
+    }
+}
+
+/// One address + port rewrite: destination (DNAT) or source (reverse NAT).
+#[derive(Clone, Copy)]
+struct Nat {
+    addr_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+    port_off: usize,
+    old_port: u16,
+    new_port: u16,
+}
+
+impl Nat {
+    #[inline(always)]
+    fn dst(f: &Flow, addr: u32, port: u16) -> Self {
+        Self {
+            addr_off: IP_DST_OFF,
+            old_addr: f.daddr,
+            new_addr: addr,
+            port_off: L4_OFF + 2,
+            old_port: f.dport,
+            new_port: port,
+        }
+    }
+    #[inline(always)]
+    fn src(f: &Flow, addr: u32, port: u16) -> Self {
+        Self {
+            addr_off: IP_SRC_OFF,
+            old_addr: f.saddr,
+            new_addr: addr,
+            port_off: L4_OFF,
+            old_port: f.sport,
+            new_port: port,
+        }
+    }
+}
+
+/// Applies `n`, fixing the IP header checksum and the L4 checksum (pseudo
+/// header), then maps the result to a tc verdict.
+#[inline(always)]
+fn apply(ctx: &mut TcContext, proto: u8, n: Nat) -> i32 {
+    match rewrite(ctx, proto, &n) {
+        Ok(()) => TC_ACT_OK,
+        Err(_) => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn rewrite(ctx: &mut TcContext, proto: u8, n: &Nat) -> Result<(), i64> {
+    let Nat {
+        addr_off,
+        old_addr,
+        new_addr,
+        port_off,
+        old_port,
+        new_port,
+    } = *n;
+    let csum = l4_csum_off(proto);
+    let mangled = if proto == PROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(
+        csum,
+        old_addr as u64,
+        new_addr as u64,
+        BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+    )?;
+    ctx.l4_csum_replace(csum, old_port as u64, new_port as u64, mangled | 2)?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4)?;
+    ctx.store(addr_off, &new_addr, 0)?;
+    ctx.store(port_off, &new_port, 0)?;
+    Ok(())
+}
+
+/// A cheap, well-mixed hash of the flow (murmur3 finalizer), so the same
+/// flow picks the same Maglev slot on every node.
+#[inline(always)]
+fn flow_hash(f: &Flow) -> u32 {
+    let mut h = f.saddr
+        ^ f.daddr.rotate_left(7)
+        ^ ((f.sport as u32) << 16 | f.dport as u32)
+        ^ f.proto as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn count(svc_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
+    if let Some(c) = LB4_SVC_STATS.get_ptr_mut(svc_id) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            (*c).conns += new_flow as u64;
+        }
+    }
+    if let Some(c) = LB4_BE_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: as above.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            (*c).conns += new_flow as u64;
+        }
+    }
+}
+
+#[classifier]
+pub fn tc_lb_ingress(mut ctx: TcContext) -> i32 {
+    let Some(f) = parse(&ctx) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = CtKey {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir: CT_DIR_FWD,
+        pad: 0,
+    };
+    // SAFETY: LRU values are plain data; we copy out and write back whole.
+    if let Some(ct) = unsafe { LB4_CT.get(key) }.copied() {
+        let _ = LB4_CT.insert(
+            key,
+            CtValue {
+                last_seen_ns: now,
+                ..ct
+            },
+            0,
+        );
+        count(ct.svc_id, ct.backend_id, f.len, false);
+        return apply(&mut ctx, f.proto, Nat::dst(&f, ct.nat_addr, ct.nat_port));
+    }
+    let fe = Frontend {
+        addr: f.daddr,
+        port: f.dport,
+        proto: f.proto,
+        pad: 0,
+    };
+    // SAFETY: plain hash lookup, value copied.
+    let Some(svc) = unsafe { LB4_SERVICES.get(fe) }.copied() else {
+        return TC_ACT_OK;
+    };
+    if svc.flags & SVC_F_EXTERNAL == 0 {
+        return TC_ACT_OK;
+    }
+    let Some((backend_id, be)) = select_backend(&svc, flow_hash(&f), f.saddr as u64) else {
+        // No usable backend: drop now rather than leave the client to a
+        // host that has no such port open.
+        return TC_ACT_SHOT;
+    };
+    let fwd = CtValue {
+        nat_addr: be.addr,
+        nat_port: be.port,
+        pad: 0,
+        backend_id,
+        svc_id: svc.svc_id,
+        last_seen_ns: now,
+    };
+    let rev_key = CtKey {
+        saddr: be.addr,
+        daddr: f.saddr,
+        sport: be.port,
+        dport: f.sport,
+        proto: f.proto,
+        dir: CT_DIR_REV,
+        pad: 0,
+    };
+    let rev = CtValue {
+        nat_addr: f.daddr,
+        nat_port: f.dport,
+        ..fwd
+    };
+    if LB4_CT.insert(rev_key, rev, 0).is_err() || LB4_CT.insert(key, fwd, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    count(svc.svc_id, backend_id, f.len, true);
+    apply(&mut ctx, f.proto, Nat::dst(&f, be.addr, be.port))
+}
+
+#[classifier]
+pub fn tc_lb_egress(mut ctx: TcContext) -> i32 {
+    let Some(f) = parse(&ctx) else {
+        return TC_ACT_OK;
+    };
+    let key = CtKey {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir: CT_DIR_REV,
+        pad: 0,
+    };
+    // SAFETY: as in ingress.
+    let Some(ct) = unsafe { LB4_CT.get(key) }.copied() else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = LB4_CT.insert(
+        key,
+        CtValue {
+            last_seen_ns: now,
+            ..ct
+        },
+        0,
+    );
+    apply(&mut ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port))
+}

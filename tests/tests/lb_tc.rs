@@ -1,0 +1,138 @@
+//! Per-packet (tc) service load balancing: NodePort and ExternalIP traffic
+//! from an external host, which never passes the socket hooks.
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use sluice_tests::{
+    require_root,
+    topology::{LbTopology, NODE_IP, NODE_NAME, SvcSpec, chi_square_uniform},
+};
+
+const EXTERNAL_VIP: &str = "192.168.77.100";
+
+fn svc(t: &LbTopology, etp_local: bool, node_of: impl Fn(usize) -> &'static str) -> String {
+    let eps: Vec<(Ipv4Addr, bool, bool, bool, &str)> = (0..t.backends.len())
+        .map(|i| (t.backends[i].ip, true, true, false, node_of(i)))
+        .collect();
+    let policy = if etp_local { "Local" } else { "Cluster" };
+    SvcSpec {
+        name: "np",
+        cluster_ip: "10.96.0.50",
+        ports: &[("http", "TCP", 80), ("dns", "UDP", 53)],
+        extra_spec: &format!(
+            "  type: NodePort\n  externalTrafficPolicy: {policy}\n  externalIPs: [\"{EXTERNAL_VIP}\"]\n"
+        ),
+        endpoints: &eps,
+        with_slice: true,
+    }
+    .yaml()
+    .replace("port: 80\n", "port: 80\n    nodePort: 30080\n")
+    .replace("port: 53\n", "port: 53\n    nodePort: 30053\n")
+}
+
+fn tally(lines: &[String], peer: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        let (name, shown) = l.split_once(' ').unwrap_or((l, ""));
+        assert!(name.starts_with("pod-"), "unexpected reply {l:?}");
+        assert_eq!(
+            shown, peer,
+            "replies must come from the address the client used: {l:?}"
+        );
+        *m.entry(name.to_string()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn nodeport_and_external_ip_from_outside_are_dnatted_and_reverse_natted() {
+    if !require_root("nodeport_and_external_ip_from_outside_are_dnatted_and_reverse_natted") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    t.external.ip([
+        "route",
+        "add",
+        &format!("{EXTERNAL_VIP}/32"),
+        "via",
+        &NODE_IP.to_string(),
+    ]);
+    t.write_manifest("np.yaml", &svc(&t, false, |_| NODE_NAME));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), |l| {
+            l.contains("services programmed")
+        });
+
+    let np = format!("{NODE_IP}:30080");
+    let tcp = tally(&t.external(&["tcp", &np, "300"]), &np);
+    let counts: Vec<u64> = tcp.values().copied().collect();
+    assert_eq!(counts.iter().sum::<u64>(), 300, "{tcp:?}");
+    assert_eq!(tcp.len(), 3, "{tcp:?}");
+    // Flow-hash selection over random source ports: as uniform as random.
+    assert!(
+        chi_square_uniform(&counts) < 13.82,
+        "NodePort TCP spread {tcp:?}"
+    );
+
+    let udp_np = format!("{NODE_IP}:30053");
+    let udp = tally(&t.external(&["udp-connected", &udp_np, "60"]), &udp_np);
+    assert_eq!(udp.values().sum::<u64>(), 60, "{udp:?}");
+
+    let eip = format!("{EXTERNAL_VIP}:80");
+    let e = tally(&t.external(&["tcp", &eip, "30"]), &eip);
+    assert_eq!(e.values().sum::<u64>(), 30, "{e:?}");
+
+    // Conntrack holds forward entries that point at the backends.
+    let ct = t.ct_list_json();
+    let fwd: Vec<&serde_json::Value> = ct
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["direction"] == "fwd" && r["dst"] == np.as_str())
+        .collect();
+    assert!(
+        fwd.len() >= 300,
+        "one forward entry per connection, got {}",
+        fwd.len()
+    );
+    assert!(
+        fwd.iter()
+            .all(|r| r["nat"].as_str().unwrap_or("").starts_with("10.244.0."))
+    );
+
+    // Per-service counters on the tc path count packets and bytes too.
+    let list = t.lb_list_json();
+    let http = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|s| s["name"] == "default/np:http/TCP")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(http["conns"].as_u64().unwrap_or(0) >= 330, "{http}");
+    assert!(http["packets"].as_u64().unwrap_or(0) >= 330 * 3, "{http}");
+    assert!(http["bytes"].as_u64().unwrap_or(0) > 0, "{http}");
+}
+
+#[test]
+fn external_traffic_policy_local_uses_only_this_nodes_endpoints() {
+    if !require_root("external_traffic_policy_local_uses_only_this_nodes_endpoints") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    // Only pod-1 runs on this node.
+    t.write_manifest(
+        "np.yaml",
+        &svc(&t, true, |i| if i == 1 { NODE_NAME } else { "node-b" }),
+    );
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), |l| {
+            l.contains("services programmed")
+        });
+    let np = format!("{NODE_IP}:30080");
+    let ext = tally(&t.external(&["tcp", &np, "40"]), &np);
+    assert_eq!(ext.keys().collect::<Vec<_>>(), ["pod-1"], "{ext:?}");
+    // In-cluster traffic to the ClusterIP still uses every endpoint.
+    let int = tally(&t.client(&["tcp", "10.96.0.50:80", "60"]), "10.96.0.50:80");
+    assert_eq!(int.len(), 3, "{int:?}");
+}
