@@ -144,17 +144,11 @@ impl Datapath {
         let link = prog
             .take_link(id)
             .map_err(|source| DatapathError::Program { name, source })?;
-        let pin_err = |reason: String| DatapathError::Pin {
+        let link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
             path: pin.to_path_buf(),
-            reason,
-        };
-        let link = FdLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
-        if pin.exists() {
-            let old = PinnedLink::from_pin(pin).map_err(|e| pin_err(e.to_string()))?;
-            // Unpinning drops the last reference: the old program detaches.
-            drop(old.unpin().map_err(|e| pin_err(e.to_string()))?);
-        }
-        link.pin(pin).map_err(|e| pin_err(e.to_string()))?;
+            reason: e.to_string(),
+        })?;
+        pin_replacing(link, pin)?;
         Ok(())
     }
 
@@ -196,18 +190,8 @@ impl Datapath {
             let link = prog
                 .take_link(id)
                 .map_err(|source| DatapathError::Program { name, source })?;
-            let pin_err = |reason: String| DatapathError::Pin {
-                path: pin.clone(),
-                reason,
-            };
             match FdLink::try_from(link) {
-                Ok(link) => {
-                    if pin.exists() {
-                        let old = PinnedLink::from_pin(&pin).map_err(|e| pin_err(e.to_string()))?;
-                        drop(old.unpin().map_err(|e| pin_err(e.to_string()))?);
-                    }
-                    link.pin(&pin).map_err(|e| pin_err(e.to_string()))?;
-                }
+                Ok(link) => pin_replacing(link, &pin)?,
                 Err(e) => tracing::warn!(iface, "{name}: no tcx, link not pinned: {e}"),
             }
         }
@@ -289,6 +273,23 @@ fn counters_from(map: &Map) -> Result<Vec<(ProgStat, Counter)>, DatapathError> {
             Ok((*s, Counter::sum(per_cpu.iter())))
         })
         .collect()
+}
+
+/// Pins `link` at `pin`, replacing (and so detaching) a link a previous
+/// agent pinned there. The new link is already attached, so there is no
+/// moment without a program.
+fn pin_replacing(link: FdLink, pin: &Path) -> Result<(), DatapathError> {
+    let pin_err = |reason: String| DatapathError::Pin {
+        path: pin.to_path_buf(),
+        reason,
+    };
+    if pin.exists() {
+        let old = PinnedLink::from_pin(pin).map_err(|e| pin_err(e.to_string()))?;
+        // Unpinning drops the last reference: the old program detaches.
+        drop(old.unpin().map_err(|e| pin_err(e.to_string()))?);
+    }
+    link.pin(pin).map_err(|e| pin_err(e.to_string()))?;
+    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so map

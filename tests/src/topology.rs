@@ -277,22 +277,6 @@ impl LbTopology {
             .collect()
     }
 
-    /// `sluice-agent bpf ct list -o json` for this node.
-    pub fn ct_list_json(&self) -> serde_json::Value {
-        let mut args = self.node_args();
-        args.extend(["bpf", "ct", "list", "-o", "json"].map(String::from));
-        let out = Command::new(bin("sluice-agent"))
-            .args(&args)
-            .output()
-            .expect("run bpf ct list");
-        assert!(
-            out.status.success(),
-            "bpf ct list failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("ct list json")
-    }
-
     /// A `Command` for the client pod (inside the node's cgroup), for
     /// long-running clients.
     pub fn client_command(&self, args: &[&str]) -> Command {
@@ -305,18 +289,29 @@ impl LbTopology {
 
     /// `sluice-agent bpf lb list -o json` for this node.
     pub fn lb_list_json(&self) -> serde_json::Value {
+        self.bpf_json(&["lb", "list"])
+    }
+
+    /// `sluice-agent bpf ct list -o json` for this node.
+    pub fn ct_list_json(&self) -> serde_json::Value {
+        self.bpf_json(&["ct", "list"])
+    }
+
+    fn bpf_json(&self, what: &[&str]) -> serde_json::Value {
         let mut args = self.node_args();
-        args.extend(["bpf", "lb", "list", "-o", "json"].map(String::from));
+        args.push("bpf".into());
+        args.extend(what.iter().map(|s| s.to_string()));
+        args.extend(["-o", "json"].map(String::from));
         let out = Command::new(bin("sluice-agent"))
             .args(&args)
             .output()
-            .expect("run bpf lb list");
+            .expect("run sluice-agent bpf");
         assert!(
             out.status.success(),
-            "bpf lb list failed: {}",
+            "bpf {what:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("lb list json")
+        serde_json::from_slice(&out.stdout).expect("bpf json output")
     }
 
     /// GET /metrics from the agent (default address, inside the node netns).
@@ -389,6 +384,28 @@ impl SvcSpec<'_> {
         y
     }
 }
+
+/// Counts replies (`NAME SHOWN-ADDRESS` lines from `sluice-testpod`) per
+/// backend name; panics on any line that is not a backend's reply or whose
+/// shown address is not `peer` (the address the client asked for, i.e.
+/// reverse translation worked).
+pub fn tally(lines: &[String], peer: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for l in lines {
+        let (name, shown) = l.split_once(' ').unwrap_or((l, ""));
+        assert!(name.starts_with("pod-"), "unexpected reply {l:?}");
+        assert_eq!(
+            shown, peer,
+            "the client must see the address it used: {l:?}"
+        );
+        *m.entry(name.to_string()).or_default() += 1;
+    }
+    m
+}
+
+/// 99.9th percentile of chi-square with 2 degrees of freedom: a fair spread
+/// over 3 backends fails a test using it 1 time in 1000.
+pub const CHI2_DF2_P999: f64 = 13.82;
 
 /// Pearson's chi-square statistic of `counts` against a uniform spread.
 pub fn chi_square_uniform(counts: &[u64]) -> f64 {

@@ -3,7 +3,6 @@
 //! manifests directory and a client pod in the node's cgroup connects to
 //! ClusterIPs.
 use std::{
-    collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
     net::Ipv4Addr,
     process::Stdio,
@@ -12,7 +11,7 @@ use std::{
 
 use sluice_tests::{
     Daemon, require_root,
-    topology::{LbTopology, NODE_NAME, SvcSpec, chi_square_uniform},
+    topology::{CHI2_DF2_P999, LbTopology, NODE_NAME, SvcSpec, chi_square_uniform, tally},
 };
 
 const VIP: &str = "10.96.0.10";
@@ -37,26 +36,6 @@ fn web(t: &LbTopology, backends: &[usize], extra_spec: &str) -> String {
 fn programmed(l: &str) -> bool {
     l.contains("services programmed")
 }
-
-/// Counts replies per backend name; panics on any line that is not a name
-/// followed by `peer`.
-fn tally(lines: &[String], peer: &str) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    for l in lines {
-        let (name, shown) = l.split_once(' ').unwrap_or((l, ""));
-        assert!(name.starts_with("pod-"), "unexpected reply {l:?}");
-        assert_eq!(
-            shown, peer,
-            "the client must see the service address: {l:?}"
-        );
-        *m.entry(name.to_string()).or_default() += 1;
-    }
-    m
-}
-
-/// 99.9th percentile of chi-square with 2 degrees of freedom: a fair spread
-/// over 3 backends fails this 1 time in 1000.
-const CHI2_DF2_P999: f64 = 13.82;
 
 #[test]
 fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {

@@ -1,10 +1,10 @@
 //! Per-packet (tc) service load balancing: NodePort and ExternalIP traffic
 //! from an external host, which never passes the socket hooks.
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
 use sluice_tests::{
     require_root,
-    topology::{LbTopology, NODE_IP, NODE_NAME, SvcSpec, chi_square_uniform},
+    topology::{CHI2_DF2_P999, LbTopology, NODE_IP, NODE_NAME, SvcSpec, chi_square_uniform, tally},
 };
 
 const EXTERNAL_VIP: &str = "192.168.77.100";
@@ -27,20 +27,6 @@ fn svc(t: &LbTopology, etp_local: bool, node_of: impl Fn(usize) -> &'static str)
     .yaml()
     .replace("port: 80\n", "port: 80\n    nodePort: 30080\n")
     .replace("port: 53\n", "port: 53\n    nodePort: 30053\n")
-}
-
-fn tally(lines: &[String], peer: &str) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    for l in lines {
-        let (name, shown) = l.split_once(' ').unwrap_or((l, ""));
-        assert!(name.starts_with("pod-"), "unexpected reply {l:?}");
-        assert_eq!(
-            shown, peer,
-            "replies must come from the address the client used: {l:?}"
-        );
-        *m.entry(name.to_string()).or_default() += 1;
-    }
-    m
 }
 
 #[test]
@@ -70,7 +56,7 @@ fn nodeport_and_external_ip_from_outside_are_dnatted_and_reverse_natted() {
     assert_eq!(tcp.len(), 3, "{tcp:?}");
     // Flow-hash selection over random source ports: as uniform as random.
     assert!(
-        chi_square_uniform(&counts) < 13.82,
+        chi_square_uniform(&counts) < CHI2_DF2_P999,
         "NodePort TCP spread {tcp:?}"
     );
 
