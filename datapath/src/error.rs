@@ -37,3 +37,10 @@ pub enum DatapathError {
     #[error("eBPF log forwarding: {0}")]
     Log(String),
 }
+
+impl DatapathError {
+    /// Adapter for `map_err` on aya map calls: names the map in the error.
+    pub fn map(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+        move |source| DatapathError::Map { name, source }
+    }
+}

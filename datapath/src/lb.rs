@@ -35,13 +35,9 @@ pub struct LbMaps {
     pub ct: HashMap<MapData, CtKey, CtValue>,
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
-
 fn open_pinned(dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
-    let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
-    Map::from_map_data(data).map_err(map_err(name))
+    let data = MapData::from_pin(dir.join(name)).map_err(DatapathError::map(name))?;
+    Map::from_map_data(data).map_err(DatapathError::map(name))
 }
 
 impl LbMaps {
@@ -53,22 +49,22 @@ impl LbMaps {
         let info_path = dir.join(map_names::LB4_SVC_INFO);
         let svc_info = if info_path.exists() || !create_info {
             HashMap::try_from(open_pinned(dir, map_names::LB4_SVC_INFO)?)
-                .map_err(map_err(map_names::LB4_SVC_INFO))?
+                .map_err(DatapathError::map(map_names::LB4_SVC_INFO))?
         } else {
             let m = HashMap::<MapData, u32, ServiceInfo>::create(MAX_SERVICES, 0)
-                .map_err(map_err(map_names::LB4_SVC_INFO))?;
+                .map_err(DatapathError::map(map_names::LB4_SVC_INFO))?;
             m.pin(&info_path).map_err(|e| DatapathError::Pin {
                 path: info_path.clone(),
                 reason: e.to_string(),
             })?;
             HashMap::try_from(open_pinned(dir, map_names::LB4_SVC_INFO)?)
-                .map_err(map_err(map_names::LB4_SVC_INFO))?
+                .map_err(DatapathError::map(map_names::LB4_SVC_INFO))?
         };
         macro_rules! open {
             ($name:expr) => {
                 open_pinned(dir, $name)?
                     .try_into()
-                    .map_err(map_err($name))?
+                    .map_err(DatapathError::map($name))?
             };
         }
         Ok(Self {
@@ -77,7 +73,7 @@ impl LbMaps {
             backends: open!(map_names::LB4_BACKENDS),
             maglev: open!(map_names::LB4_MAGLEV),
             maglev_outer: MapData::from_pin(dir.join(map_names::LB4_MAGLEV))
-                .map_err(map_err(map_names::LB4_MAGLEV))?,
+                .map_err(DatapathError::map(map_names::LB4_MAGLEV))?,
             svc_info,
             svc_stats: open!(map_names::LB4_SVC_STATS),
             backend_stats: open!(map_names::LB4_BACKEND_STATS),
@@ -108,9 +104,12 @@ impl LbMaps {
             m + 1,
             maglev::INNER_FLAGS,
         );
-        let inner = MapData::create(obj, "sluice_maglev", None).map_err(map_err(name))?;
+        let inner =
+            MapData::create(obj, "sluice_maglev", None).map_err(DatapathError::map(name))?;
         fill_table(&inner, m, table)?;
-        self.maglev.set(svc_id, &inner, 0).map_err(map_err(name))?;
+        self.maglev
+            .set(svc_id, &inner, 0)
+            .map_err(DatapathError::map(name))?;
         Ok(())
     }
 
@@ -132,7 +131,7 @@ impl LbMaps {
         let inner: MapData = match self.maglev.get(&svc_id, 0) {
             Ok(a) => a,
             Err(MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(map_err(map_names::LB4_MAGLEV)(e)),
+            Err(e) => return Err(DatapathError::map(map_names::LB4_MAGLEV)(e)),
         };
         read_table(&inner).map(Some)
     }
@@ -213,7 +212,7 @@ fn read_table(inner: &MapData) -> Result<Vec<u32>, DatapathError> {
     let entries = inner
         .info()
         .map(|i| i.max_entries())
-        .map_err(map_err(map_names::LB4_MAGLEV))?;
+        .map_err(DatapathError::map(map_names::LB4_MAGLEV))?;
     if entries == 0 {
         return Ok(Vec::new());
     }

@@ -147,19 +147,19 @@ impl Metrics {
                 .maps
                 .lock()
                 .map_err(|_| anyhow::anyhow!("metrics lock poisoned"))?;
-            let rows = crate::lb::list::collect(&maps)?;
+            let rows = crate::lb::list::service_counters(&maps)?;
             self.svc_conns.reset();
             self.svc_packets.reset();
             self.svc_bytes.reset();
             self.svc_backends.reset();
-            for r in rows {
-                let l = [r.name.as_str()];
-                self.svc_conns.with_label_values(&l).inc_by(r.conns);
-                self.svc_packets.with_label_values(&l).inc_by(r.packets);
-                self.svc_bytes.with_label_values(&l).inc_by(r.bytes);
+            for (_, info, c) in rows {
+                let l = [info.name_str()];
+                self.svc_conns.with_label_values(&l).inc_by(c.conns);
+                self.svc_packets.with_label_values(&l).inc_by(c.packets);
+                self.svc_bytes.with_label_values(&l).inc_by(c.bytes);
                 self.svc_backends
                     .with_label_values(&l)
-                    .set(r.backends.iter().filter(|b| b.slots > 0).count() as i64);
+                    .set(i64::from(info.table_backends));
             }
         }
         let mut buf = Vec::new();

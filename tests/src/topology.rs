@@ -42,14 +42,8 @@ pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
     pub ns: NetNs,
-    server: Option<Daemon>,
-}
-
-impl Pod {
-    /// Stops this pod's server (the pod's netns stays).
-    pub fn stop_server(&mut self) {
-        self.server = None;
-    }
+    /// The pod's echo server, ended with the pod.
+    _server: Option<Daemon>,
 }
 
 /// A directory of manifests under /tmp, removed on drop.
@@ -90,7 +84,7 @@ pub struct LbTopology {
     pub node: NetNs,
 }
 
-fn wire_pod(node: &NetNs, name: &str, ip: Ipv4Addr) -> NetNs {
+fn wire_pod(node: &NetNs, ip: Ipv4Addr) -> NetNs {
     let ns = NetNs::new();
     let (host_if, pod_if) = (unique_ifname(), unique_ifname());
     run_ok(
@@ -124,7 +118,6 @@ fn wire_pod(node: &NetNs, name: &str, ip: Ipv4Addr) -> NetNs {
     node.ip(["addr", "add", "169.254.1.1/32", "dev", &host_if]);
     node.ip(["link", "set", &host_if, "up"]);
     node.ip(["route", "add", &format!("{ip}/32"), "dev", &host_if]);
-    let _ = name;
     ns
 }
 
@@ -138,7 +131,7 @@ impl LbTopology {
     pub fn new(backends: usize) -> Self {
         let node = NetNs::new();
         sysctl(&node, "net.ipv4.ip_forward=1");
-        let client_ns = wire_pod(&node, "client", CLIENT_IP);
+        let client_ns = wire_pod(&node, CLIENT_IP);
         let external = NetNs::new();
         let (node_ext_if, _) = crate::veth_between(
             &node,
@@ -151,7 +144,7 @@ impl LbTopology {
         for i in 0..backends {
             let name = format!("pod-{i}");
             let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
-            let ns = wire_pod(&node, &name, ip);
+            let ns = wire_pod(&node, ip);
             let mut c = Command::new("ip");
             c.args(["netns", "exec", &ns.name]).arg(testpod()).args([
                 "serve",
@@ -166,7 +159,7 @@ impl LbTopology {
                 name,
                 ip,
                 ns,
-                server: Some(server),
+                _server: Some(server),
             });
         }
         Self {
@@ -177,7 +170,7 @@ impl LbTopology {
                 name: "client".into(),
                 ip: CLIENT_IP,
                 ns: client_ns,
-                server: None,
+                _server: None,
             },
             external,
             pins: PinDir::new(),

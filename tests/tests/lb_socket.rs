@@ -37,16 +37,23 @@ fn programmed(l: &str) -> bool {
     l.contains("services programmed")
 }
 
+/// A topology with `n` backend pods, the `web` service over `endpoints`,
+/// and an agent that has programmed it.
+fn started(n: usize, endpoints: &[usize], extra_spec: &str) -> LbTopology {
+    let mut t = LbTopology::new(n);
+    t.write_manifest("web.yaml", &web(&t, endpoints, extra_spec));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    t
+}
+
 #[test]
 fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
     if !require_root("clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address") {
         return;
     }
-    let mut t = LbTopology::new(3);
-    t.write_manifest("web.yaml", &web(&t, &[0, 1, 2], ""));
-    t.start_agent(&[]);
-    t.agent()
-        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    let t = started(3, &[0, 1, 2], "");
 
     let tcp = tally(
         &t.client(&["tcp", &format!("{VIP}:80"), "300"]),
@@ -117,11 +124,7 @@ fn service_without_endpoints_refuses_connections_at_once() {
     if !require_root("service_without_endpoints_refuses_connections_at_once") {
         return;
     }
-    let mut t = LbTopology::new(1);
-    t.write_manifest("web.yaml", &web(&t, &[], ""));
-    t.start_agent(&[]);
-    t.agent()
-        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    let t = started(1, &[], "");
     let start = Instant::now();
     let out = t.client(&["tcp", &format!("{VIP}:80"), "3"]);
     assert_eq!(out, vec!["REFUSED"; 3], "like kube-proxy's REJECT");
@@ -333,11 +336,7 @@ fn agent_crash_and_restart_under_load_loses_no_connection() {
     if !require_root("agent_crash_and_restart_under_load_loses_no_connection") {
         return;
     }
-    let mut t = LbTopology::new(3);
-    t.write_manifest("web.yaml", &web(&t, &[0, 1, 2], ""));
-    t.start_agent(&[]);
-    t.agent()
-        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    let mut t = started(3, &[0, 1, 2], "");
     let ids_before = t.lb_list_json();
 
     let mut load = Daemon::from_command(

@@ -35,10 +35,7 @@ fn expired(k: &CtKey, v: &CtValue, now: u64) -> bool {
 }
 
 fn err(source: aya::maps::MapError) -> DatapathError {
-    DatapathError::Map {
-        name: sluice_common::map_names::CT4,
-        source,
-    }
+    DatapathError::map(sluice_common::map_names::CT4)(source)
 }
 
 /// Deletes idle entries; returns how many.
@@ -52,10 +49,7 @@ pub fn gc(maps: &mut LbMaps) -> Result<usize, DatapathError> {
         }
     }
     for k in &dead {
-        match maps.ct.remove(k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(err(e)),
-        }
+        super::reconcile::absent_ok(maps.ct.remove(k)).map_err(err)?;
     }
     Ok(dead.len())
 }

@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 use sluice_common::lb::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, Backend, LbCounter, SVC_F_AFFINITY, SVC_F_EXTERNAL,
-    SVC_F_NODEPORT,
+    SVC_F_NODEPORT, ServiceInfo,
 };
 use sluice_datapath::{DatapathError, LbMaps};
 
@@ -57,8 +57,20 @@ fn sum(stats: &aya::maps::PerCpuArray<aya::maps::MapData, LbCounter>, id: u32) -
         .unwrap_or_default()
 }
 
-fn err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
+/// Per service id: name, backends in its table, counters. Reads only the
+/// info and stats maps (no Maglev table), so a metrics scrape stays cheap
+/// with many services.
+pub fn service_counters(
+    maps: &LbMaps,
+) -> Result<Vec<(u32, ServiceInfo, LbCounter)>, DatapathError> {
+    maps.svc_info
+        .iter()
+        .map(|item| {
+            let (id, info) =
+                item.map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
+            Ok((id, info, sum(&maps.svc_stats, id)))
+        })
+        .collect()
 }
 
 pub fn collect(maps: &LbMaps) -> Result<Vec<ServiceRow>, DatapathError> {
@@ -67,11 +79,9 @@ pub fn collect(maps: &LbMaps) -> Result<Vec<ServiceRow>, DatapathError> {
         .backends
         .iter()
         .collect::<Result<_, _>>()
-        .map_err(err(n::LB4_BACKENDS))?;
+        .map_err(DatapathError::map(n::LB4_BACKENDS))?;
     let mut rows: BTreeMap<u32, ServiceRow> = BTreeMap::new();
-    for item in maps.svc_info.iter() {
-        let (id, info) = item.map_err(err(n::LB4_SVC_INFO))?;
-        let c = sum(&maps.svc_stats, id);
+    for (id, info, c) in service_counters(maps)? {
         let mut slots: BTreeMap<u32, u32> = BTreeMap::new();
         for b in maps.table(id)?.unwrap_or_default() {
             *slots.entry(b).or_default() += 1;
@@ -109,7 +119,7 @@ pub fn collect(maps: &LbMaps) -> Result<Vec<ServiceRow>, DatapathError> {
         );
     }
     for item in maps.services.iter() {
-        let (f, s) = item.map_err(err(n::LB4_SERVICES))?;
+        let (f, s) = item.map_err(DatapathError::map(n::LB4_SERVICES))?;
         if let Some(row) = rows.get_mut(&s.svc_id) {
             row.frontends.push(FrontendRow {
                 address: f.octets().into(),

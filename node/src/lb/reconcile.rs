@@ -101,10 +101,6 @@ fn addr_of(b: &Backend) -> BackendAddr {
     }
 }
 
-fn maps_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
-
 impl Reconciler {
     /// Adopts whatever the pinned maps hold.
     pub fn load(maps: LbMaps) -> Result<Self, DatapathError> {
@@ -119,14 +115,14 @@ impl Reconciler {
         };
         let name = sluice_common::map_names::LB4_SVC_INFO;
         for item in r.maps.svc_info.iter() {
-            let (id, info) = item.map_err(maps_err(name))?;
+            let (id, info) = item.map_err(DatapathError::map(name))?;
             r.svc_ids.insert(info.name_str().to_string(), id);
             r.infos.insert(id, info);
             r.svc_pool.take(id);
         }
         let name = sluice_common::map_names::LB4_BACKENDS;
         for item in r.maps.backends.iter() {
-            let (id, be) = item.map_err(maps_err(name))?;
+            let (id, be) = item.map_err(DatapathError::map(name))?;
             r.backend_ids.insert(addr_of(&be), (id, be));
             r.backend_pool.take(id);
         }
@@ -159,7 +155,7 @@ impl Reconciler {
             self.maps
                 .backends
                 .insert(id, want, 0)
-                .map_err(maps_err(sluice_common::map_names::LB4_BACKENDS))?;
+                .map_err(DatapathError::map(sluice_common::map_names::LB4_BACKENDS))?;
             self.backend_ids.insert(*addr, (id, want));
             st.backends_written += 1;
         }
@@ -219,7 +215,7 @@ impl Reconciler {
                     self.maps
                         .svc_info
                         .insert(id, info, 0)
-                        .map_err(maps_err(sluice_common::map_names::LB4_SVC_INFO))?;
+                        .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
                     self.infos.insert(id, info);
                     st.tables_written += 1;
                 }
@@ -242,7 +238,7 @@ impl Reconciler {
         let name = sluice_common::map_names::LB4_SERVICES;
         let mut current: HashMap<Frontend, Service> = HashMap::new();
         for item in self.maps.services.iter() {
-            let (k, v) = item.map_err(maps_err(name))?;
+            let (k, v) = item.map_err(DatapathError::map(name))?;
             current.insert(k, v);
         }
         for (f, v) in &frontends {
@@ -250,12 +246,15 @@ impl Reconciler {
                 self.maps
                     .services
                     .insert(*f, *v, 0)
-                    .map_err(maps_err(name))?;
+                    .map_err(DatapathError::map(name))?;
                 st.frontends_written += 1;
             }
         }
         for f in current.keys().filter(|f| !frontends.contains_key(f)) {
-            self.maps.services.remove(f).map_err(maps_err(name))?;
+            self.maps
+                .services
+                .remove(f)
+                .map_err(DatapathError::map(name))?;
             st.removed += 1;
         }
         // 4. Services no longer wanted: table, info, counters, id.
@@ -267,12 +266,10 @@ impl Reconciler {
             .collect();
         for (n, id) in stale {
             self.maps.clear_table(id)?;
-            match self.maps.svc_info.remove(&id) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(maps_err(sluice_common::map_names::LB4_SVC_INFO)(e)),
-            }
+            absent_ok(self.maps.svc_info.remove(&id))
+                .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
             zero_counter(&mut self.maps.svc_stats, id)
-                .map_err(maps_err(sluice_common::map_names::LB4_SVC_STATS))?;
+                .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_STATS))?;
             self.svc_ids.remove(&n);
             self.infos.remove(&id);
             self.applied.remove(&id);
@@ -287,17 +284,24 @@ impl Reconciler {
             .map(|(a, (id, _))| (*a, *id))
             .collect();
         for (a, id) in stale {
-            match self.maps.backends.remove(&id) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(maps_err(sluice_common::map_names::LB4_BACKENDS)(e)),
-            }
-            zero_counter(&mut self.maps.backend_stats, id)
-                .map_err(maps_err(sluice_common::map_names::LB4_BACKEND_STATS))?;
+            absent_ok(self.maps.backends.remove(&id))
+                .map_err(DatapathError::map(sluice_common::map_names::LB4_BACKENDS))?;
+            zero_counter(&mut self.maps.backend_stats, id).map_err(DatapathError::map(
+                sluice_common::map_names::LB4_BACKEND_STATS,
+            ))?;
             self.backend_ids.remove(&a);
             self.backend_pool.free(id);
             st.removed += 1;
         }
         Ok(st)
+    }
+}
+
+/// Deleting what is already gone is success (idempotent removal).
+pub fn absent_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        r => r,
     }
 }
 
