@@ -17,7 +17,7 @@ mod sys;
 pub use bpffs::ensure_pin_dir;
 pub use error::DatapathError;
 pub use lb::LbMaps;
-pub use loader::{BpfLogLevel, Datapath, LoadOptions, pinned_counters};
+pub use loader::{BpfLogLevel, Datapath, LbIface, LoadOptions, pinned_counters};
 pub use log_forward::spawn_log_forwarder;
 
 /// The eBPF object built from `ebpf/` by build.rs (aya-build, release).

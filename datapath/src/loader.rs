@@ -59,6 +59,17 @@ pub struct LoadOptions {
     pub log_level: BpfLogLevel,
 }
 
+/// Which per-packet LB program an interface gets on ingress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbIface {
+    /// A node's external interface: NodePort, ExternalIP and LoadBalancer
+    /// frontends only.
+    External,
+    /// The host side of a pod's veth: every frontend, ClusterIPs included,
+    /// for pods whose sockets the cgroup hooks do not cover.
+    Pod,
+}
+
 /// The loaded eBPF object of one node. Socket-LB programs are attached
 /// through pinned links and stay attached when this is dropped; tc programs
 /// attached with `attach_tc_pod_ingress` detach on drop. Pinned maps stay.
@@ -153,15 +164,19 @@ impl Datapath {
     }
 
     /// Attaches the per-packet LB (DNAT on ingress, reverse NAT on egress)
-    /// to a node's external interface, as tcx links pinned under
+    /// to an interface, as tcx links pinned under
     /// `<bpffs>/links/tc_{ingress,egress}_<iface>` so NodePort/ExternalIP
     /// traffic keeps flowing while the agent restarts. A pinned link from a
     /// previous agent is replaced make-before-break, as for socket hooks.
     /// On kernels without tcx (< 6.6) the clsact filter cannot be pinned and
     /// is detached when the agent exits (known gap; this machine has tcx).
-    pub fn attach_lb_iface(&mut self, iface: &str) -> Result<(), DatapathError> {
+    pub fn attach_lb_iface(&mut self, iface: &str, role: LbIface) -> Result<(), DatapathError> {
+        let ingress = match role {
+            LbIface::External => prog_names::TC_LB_INGRESS,
+            LbIface::Pod => prog_names::TC_LB_POD_INGRESS,
+        };
         for (name, ty, dir) in [
-            (prog_names::TC_LB_INGRESS, TcAttachType::Ingress, "ingress"),
+            (ingress, TcAttachType::Ingress, "ingress"),
             (prog_names::TC_LB_EGRESS, TcAttachType::Egress, "egress"),
         ] {
             let pin = self

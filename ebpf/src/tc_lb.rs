@@ -1,6 +1,8 @@
-//! Per-packet service load balancing on a node's external interfaces:
-//! NodePort, ExternalIP and LoadBalancer traffic from outside the node,
-//! which never passes the socket hooks.
+//! Per-packet service load balancing for traffic that never passes the
+//! socket hooks: NodePort, ExternalIP and LoadBalancer traffic arriving on a
+//! node's external interfaces (`tc_lb_ingress`), and ClusterIP traffic from
+//! pods whose sockets the cgroup hooks do not see (`tc_lb_pod_ingress`, on
+//! the host side of a pod's veth).
 //!
 //! Ingress: a packet to an external frontend gets its destination rewritten
 //! to a backend (DNAT) and a conntrack pair is recorded; later packets of
@@ -192,9 +194,25 @@ fn count(svc_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
     }
 }
 
+/// External interfaces: only frontends marked external (node ports,
+/// external IPs, load-balancer IPs); a ClusterIP is not reachable from
+/// outside the cluster.
 #[classifier]
 pub fn tc_lb_ingress(mut ctx: TcContext) -> i32 {
-    let Some(f) = parse(&ctx) else {
+    lb_ingress(&mut ctx, SVC_F_EXTERNAL)
+}
+
+/// Pod-facing interfaces: every frontend, ClusterIPs included.
+#[classifier]
+pub fn tc_lb_pod_ingress(mut ctx: TcContext) -> i32 {
+    lb_ingress(&mut ctx, 0)
+}
+
+/// DNAT for a new or tracked flow. `required_flags`: service flags a
+/// frontend must carry to be balanced on this interface.
+#[inline(always)]
+fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
+    let Some(f) = parse(ctx) else {
         return TC_ACT_OK;
     };
     // SAFETY: helper without preconditions.
@@ -219,7 +237,7 @@ pub fn tc_lb_ingress(mut ctx: TcContext) -> i32 {
             0,
         );
         count(ct.svc_id, ct.backend_id, f.len, false);
-        return apply(&mut ctx, f.proto, Nat::dst(&f, ct.nat_addr, ct.nat_port));
+        return apply(ctx, f.proto, Nat::dst(&f, ct.nat_addr, ct.nat_port));
     }
     let fe = Frontend {
         addr: f.daddr,
@@ -231,7 +249,7 @@ pub fn tc_lb_ingress(mut ctx: TcContext) -> i32 {
     let Some(svc) = unsafe { LB4_SERVICES.get(fe) }.copied() else {
         return TC_ACT_OK;
     };
-    if svc.flags & SVC_F_EXTERNAL == 0 {
+    if svc.flags & required_flags != required_flags {
         return TC_ACT_OK;
     }
     let Some((backend_id, be)) = select_backend(&svc, flow_hash(&f), f.saddr as u64) else {
@@ -265,7 +283,7 @@ pub fn tc_lb_ingress(mut ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     count(svc.svc_id, backend_id, f.len, true);
-    apply(&mut ctx, f.proto, Nat::dst(&f, be.addr, be.port))
+    apply(ctx, f.proto, Nat::dst(&f, be.addr, be.port))
 }
 
 #[classifier]

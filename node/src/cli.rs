@@ -47,6 +47,10 @@ pub struct AgentArgs {
     /// per-packet LB (tc ingress DNAT, egress reverse NAT). Repeatable.
     #[arg(long = "nodeport-iface", value_name = "IFACE")]
     pub nodeport_ifaces: Vec<String>,
+    /// Host-side interface facing pods (e.g. a pod's veth) whose ClusterIP traffic gets the
+    /// per-packet LB, for sockets the cgroup hooks do not cover. Repeatable.
+    #[arg(long = "pod-iface", value_name = "IFACE")]
+    pub pod_ifaces: Vec<String>,
     /// This node's name, matched against EndpointSlice `nodeName` for traffic policy Local;
     /// default: the hostname.
     #[arg(long, value_name = "NAME")]

@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use sluice_datapath::{Datapath, DatapathError, LbMaps, LoadOptions};
+use sluice_datapath::{Datapath, DatapathError, LbIface, LbMaps, LoadOptions};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -72,10 +72,18 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         let (services, backends) = reconciler.sizes();
         tracing::info!(services, backends, "adopted pinned LB state");
         dp.attach_socket_lb(&cgroup)?;
-        for iface in &agent.nodeport_ifaces {
-            dp.attach_lb_iface(iface).map_err(|e| match e {
+        let lb_ifaces = (agent.nodeport_ifaces.iter())
+            .map(|i| (i, LbIface::External, "--nodeport-iface"))
+            .chain(
+                agent
+                    .pod_ifaces
+                    .iter()
+                    .map(|i| (i, LbIface::Pod, "--pod-iface")),
+            );
+        for (iface, role, flag) in lb_ifaces {
+            dp.attach_lb_iface(iface, role).map_err(|e| match e {
                 DatapathError::Program { .. } => {
-                    anyhow::Error::new(ConfigError(format!("--nodeport-iface {iface}: {e}")))
+                    anyhow::Error::new(ConfigError(format!("{flag} {iface}: {e}")))
                 }
                 e => anyhow::Error::new(e),
             })?;
@@ -98,6 +106,7 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             node = %node_info.name,
             node_ips = ?node_info.node_ips,
             nodeport_ifaces = ?agent.nodeport_ifaces,
+            pod_ifaces = ?agent.pod_ifaces,
             bpf_log_level = ?agent.bpf_log_level,
             "datapath attached"
         );

@@ -75,6 +75,8 @@ pub struct LbTopology {
     pub agent: Option<Daemon>,
     /// The node's interface towards the external host (`--nodeport-iface`).
     pub node_ext_if: String,
+    /// The node side of the client pod's veth (`--pod-iface` for the tc path).
+    pub client_host_if: String,
     pub backends: Vec<Pod>,
     pub client: Pod,
     pub external: NetNs,
@@ -84,7 +86,8 @@ pub struct LbTopology {
     pub node: NetNs,
 }
 
-fn wire_pod(node: &NetNs, ip: Ipv4Addr) -> NetNs {
+/// A pod netns wired to the node; returns it with the node-side veth name.
+fn wire_pod(node: &NetNs, ip: Ipv4Addr) -> (NetNs, String) {
     let ns = NetNs::new();
     let (host_if, pod_if) = (unique_ifname(), unique_ifname());
     run_ok(
@@ -118,7 +121,7 @@ fn wire_pod(node: &NetNs, ip: Ipv4Addr) -> NetNs {
     node.ip(["addr", "add", "169.254.1.1/32", "dev", &host_if]);
     node.ip(["link", "set", &host_if, "up"]);
     node.ip(["route", "add", &format!("{ip}/32"), "dev", &host_if]);
-    ns
+    (ns, host_if)
 }
 
 fn sysctl(ns: &NetNs, kv: &str) {
@@ -131,7 +134,7 @@ impl LbTopology {
     pub fn new(backends: usize) -> Self {
         let node = NetNs::new();
         sysctl(&node, "net.ipv4.ip_forward=1");
-        let client_ns = wire_pod(&node, CLIENT_IP);
+        let (client_ns, client_host_if) = wire_pod(&node, CLIENT_IP);
         let external = NetNs::new();
         let (node_ext_if, _) = crate::veth_between(
             &node,
@@ -144,7 +147,7 @@ impl LbTopology {
         for i in 0..backends {
             let name = format!("pod-{i}");
             let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
-            let ns = wire_pod(&node, ip);
+            let (ns, _) = wire_pod(&node, ip);
             let mut c = Command::new("ip");
             c.args(["netns", "exec", &ns.name]).arg(testpod()).args([
                 "serve",
@@ -165,6 +168,7 @@ impl LbTopology {
         Self {
             agent: None,
             node_ext_if,
+            client_host_if,
             backends: pods,
             client: Pod {
                 name: "client".into(),
@@ -234,40 +238,33 @@ impl LbTopology {
     /// Runs `sluice-testpod ARGS` in the client pod (inside the node's
     /// cgroup) and returns its stdout lines.
     pub fn client(&self, args: &[&str]) -> Vec<String> {
-        let mut c = self.cgroup.command("ip");
+        lines_of(self.client_command(args), args)
+    }
+
+    /// Runs `sluice-testpod ARGS` in the client pod's netns but outside the
+    /// node's cgroup, so the socket hooks do not see it: only the tc path
+    /// (`--pod-iface`) can balance its ClusterIP traffic.
+    pub fn client_outside_cgroup(&self, args: &[&str]) -> Vec<String> {
+        lines_of(self.client_outside_cgroup_command(args), args)
+    }
+
+    /// A `Command` for the client pod outside the node's cgroup.
+    pub fn client_outside_cgroup_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.client.ns.name])
             .arg(testpod())
             .args(args);
-        let out = c.output().expect("run client");
-        assert!(
-            out.status.success(),
-            "client {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        c
     }
 
     /// Runs `sluice-testpod ARGS` on the external host (outside the node's
     /// cgroup: only the tc path applies) and returns its stdout lines.
     pub fn external(&self, args: &[&str]) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.external.name])
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.external.name])
             .arg(testpod())
-            .args(args)
-            .output()
-            .expect("run external client");
-        assert!(
-            out.status.success(),
-            "external {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+            .args(args);
+        lines_of(c, args)
     }
 
     /// A `Command` for the client pod (inside the node's cgroup), for
@@ -327,6 +324,20 @@ impl LbTopology {
     pub fn manifests_dir(&self) -> &Path {
         &self.manifests.0
     }
+}
+
+/// Runs a `sluice-testpod` command to completion; its stdout lines.
+fn lines_of(mut c: Command, args: &[&str]) -> Vec<String> {
+    let out = c.output().expect("run sluice-testpod");
+    assert!(
+        out.status.success(),
+        "sluice-testpod {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// YAML for a Service plus one EndpointSlice, in the upstream schema.

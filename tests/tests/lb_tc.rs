@@ -1,5 +1,6 @@
 //! Per-packet (tc) service load balancing: NodePort and ExternalIP traffic
-//! from an external host, which never passes the socket hooks.
+//! from an external host, and ClusterIP traffic from a pod the socket hooks
+//! do not cover; neither passes the socket hooks.
 use std::{net::Ipv4Addr, time::Duration};
 
 use sluice_tests::{
@@ -121,4 +122,51 @@ fn external_traffic_policy_local_uses_only_this_nodes_endpoints() {
     // In-cluster traffic to the ClusterIP still uses every endpoint.
     let int = tally(&t.client(&["tcp", "10.96.0.50:80", "60"]), "10.96.0.50:80");
     assert_eq!(int.len(), 3, "{int:?}");
+}
+
+#[test]
+fn cluster_ip_from_a_pod_outside_the_socket_hooks_is_balanced_per_packet() {
+    if !require_root("cluster_ip_from_a_pod_outside_the_socket_hooks_is_balanced_per_packet") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    t.write_manifest("np.yaml", &svc(&t, false, |_| NODE_NAME));
+    let pod_if = t.client_host_if.clone();
+    t.start_agent(&["--pod-iface", &pod_if]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), |l| {
+            l.contains("services programmed")
+        });
+    let vip = "10.96.0.50:80";
+    let tcp = tally(&t.client_outside_cgroup(&["tcp", vip, "300"]), vip);
+    let counts: Vec<u64> = tcp.values().copied().collect();
+    assert_eq!(counts.iter().sum::<u64>(), 300, "{tcp:?}");
+    assert_eq!(tcp.len(), 3, "{tcp:?}");
+    assert!(
+        chi_square_uniform(&counts) < CHI2_DF2_P999,
+        "ClusterIP TCP spread on the tc path {tcp:?}"
+    );
+    // Unconnected UDP: replies come back from the ClusterIP (reverse NAT on
+    // the pod interface's egress), so recvfrom shows the service address.
+    let dns = "10.96.0.50:53";
+    let udp = tally(&t.client_outside_cgroup(&["udp", dns, "30"]), dns);
+    assert_eq!(udp.values().sum::<u64>(), 30, "{udp:?}");
+    // It really was the tc path: the connections are in its conntrack.
+    let ct = t.ct_list_json();
+    let fwd = ct
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["direction"] == "fwd" && r["dst"] == vip)
+        .count();
+    assert!(fwd >= 300, "one forward entry per connection, got {fwd}");
+    // The external interface still refuses to balance a ClusterIP: from
+    // outside, the ClusterIP is not a frontend (no route, no DNAT).
+    t.external
+        .ip(["route", "add", "10.96.0.50/32", "via", &NODE_IP.to_string()]);
+    let ext = t.external(&["tcp", vip, "1"]);
+    assert!(
+        ext.iter().all(|l| !l.starts_with("pod-")),
+        "ClusterIP answered from outside the cluster: {ext:?}"
+    );
 }

@@ -40,7 +40,8 @@ pub mod link_pins {
     pub const SOCK4_SENDMSG: &str = "links/sock4_sendmsg";
     pub const SOCK4_RECVMSG: &str = "links/sock4_recvmsg";
     pub const SOCK4_GETPEERNAME: &str = "links/sock4_getpeername";
-    /// Per external interface: `links/tc_ingress_<ifname>`, `links/tc_egress_<ifname>`.
+    /// Per LB interface (external or pod-facing): `links/tc_ingress_<ifname>`,
+    /// `links/tc_egress_<ifname>`.
     pub const TC_PREFIX: &str = "links/tc_";
 }
 
@@ -60,7 +61,9 @@ pub mod prog_names {
     pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
     /// tc ingress on a node's external interface: DNAT to service backends.
     pub const TC_LB_INGRESS: &str = "tc_lb_ingress";
-    /// tc egress on a node's external interface: reverse NAT of replies.
+    /// tc ingress on a pod-facing interface: DNAT for ClusterIPs too.
+    pub const TC_LB_POD_INGRESS: &str = "tc_lb_pod_ingress";
+    /// tc egress on an LB interface (external or pod-facing): reverse NAT of replies.
     pub const TC_LB_EGRESS: &str = "tc_lb_egress";
 }
 
