@@ -87,15 +87,15 @@ impl LbMaps {
         &self.dir
     }
 
-    /// Installs a new Maglev table for `svc_id` (make-before-break: the new
-    /// inner map is complete before the outer slot points at it, and the
-    /// slot update is atomic, so no lookup ever sees a partial table).
-    /// `table` holds the backend id of each of the M slots; M is `table.len()`.
-    pub fn set_table(&mut self, svc_id: u32, table: &[u32]) -> Result<(), DatapathError> {
+    /// Builds a Maglev table in a fresh inner map, not yet visible to the
+    /// data plane (see [`LbMaps::commit_tables`]). `table` holds the backend
+    /// id of each of the M slots; M is `table.len()`, and an empty table
+    /// (M = 0) makes lookups find no backend.
+    pub fn build_table(&self, table: &[u32]) -> Result<BuiltTable, DatapathError> {
         let name = map_names::LB4_MAGLEV;
         let m = u32::try_from(table.len())
             .ok()
-            .filter(|m| *m > 0 && *m <= maglev::MAX_TABLE_SIZE)
+            .filter(|m| *m <= maglev::MAX_TABLE_SIZE)
             .ok_or_else(|| DatapathError::Table(format!("bad table size {}", table.len())))?;
         let obj = aya_obj::Map::new_from_params(
             aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
@@ -107,34 +107,76 @@ impl LbMaps {
         let inner =
             MapData::create(obj, "sluice_maglev", None).map_err(DatapathError::map(name))?;
         fill_table(&inner, m, table)?;
-        self.maglev
-            .set(svc_id, &inner, 0)
-            .map_err(DatapathError::map(name))?;
-        Ok(())
+        Ok(BuiltTable(inner))
     }
 
-    /// Removes the table of `svc_id`; connects to frontends still pointing
-    /// at it are rejected, and the kernel frees the table.
-    pub fn clear_table(&mut self, svc_id: u32) -> Result<(), DatapathError> {
-        match crate::sys::map_delete_elem(self.maglev_outer.fd().as_fd(), &svc_id) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(DatapathError::Table(format!(
-                "deleting the table of service id {svc_id}: {e}"
-            ))),
+    /// Points each service id's slot at its built table (`None`: an empty
+    /// table, which rejects and frees the old one). Make-before-break: the
+    /// tables are complete before any slot points at them, and each slot
+    /// swap is atomic, so no lookup ever sees a partial table.
+    ///
+    /// One batch, not one write per service: the kernel waits for an RCU
+    /// grace period (~10 ms) after every userspace write to a map-of-maps,
+    /// which made 10 000 single writes take minutes. Callers bound a batch
+    /// by [`table_batch_limit`] (each built table holds an fd).
+    pub fn commit_tables(
+        &mut self,
+        tables: &[(u32, Option<&BuiltTable>)],
+    ) -> Result<(), DatapathError> {
+        if tables.is_empty() {
+            return Ok(());
         }
+        let empty = if tables.iter().any(|(_, t)| t.is_none()) {
+            Some(self.build_table(&[])?)
+        } else {
+            None
+        };
+        let fd_of = |t: &BuiltTable| t.0.fd().as_fd().as_raw_fd() as u32;
+        let keys: Vec<u32> = tables.iter().map(|(id, _)| *id).collect();
+        let fds: Vec<u32> = tables
+            .iter()
+            .map(|(_, t)| t.or(empty.as_ref()).map(fd_of).unwrap_or(u32::MAX))
+            .collect();
+        crate::sys::map_update_batch_u32(self.maglev_outer.fd().as_fd(), &keys, &fds).map_err(|e| {
+            DatapathError::Table(format!("installing {} Maglev tables: {e}", keys.len()))
+        })
+    }
+
+    /// Installs one table (see [`LbMaps::commit_tables`]).
+    pub fn set_table(&mut self, svc_id: u32, table: &[u32]) -> Result<(), DatapathError> {
+        let t = self.build_table(table)?;
+        self.commit_tables(&[(svc_id, Some(&t))])
     }
 
     /// Reads the table of `svc_id` (slot -> backend id), or `None` when the
-    /// service has no table.
+    /// service has no table or an empty one.
     pub fn table(&self, svc_id: u32) -> Result<Option<Vec<u32>>, DatapathError> {
         let inner: MapData = match self.maglev.get(&svc_id, 0) {
             Ok(a) => a,
             Err(MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(DatapathError::map(map_names::LB4_MAGLEV)(e)),
         };
-        read_table(&inner).map(Some)
+        read_table(&inner).map(|t| (!t.is_empty()).then_some(t))
     }
+}
+
+/// A Maglev table in its own inner map, built but not yet installed.
+pub struct BuiltTable(MapData);
+
+/// How many built tables to hold (one fd each) before committing: half the
+/// open-file limit, at most 4096 (three RCU waits for 10 000 services).
+pub fn table_batch_limit() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur as usize
+    } else {
+        1024
+    };
+    (cur / 2).clamp(64, 4096)
 }
 
 const ELEM: usize = 8; // array maps round each u32 value up to 8 bytes

@@ -16,7 +16,7 @@ mod sys;
 
 pub use bpffs::ensure_pin_dir;
 pub use error::DatapathError;
-pub use lb::LbMaps;
+pub use lb::{BuiltTable, LbMaps, table_batch_limit};
 pub use loader::{BpfLogLevel, Datapath, LbIface, LoadOptions, pinned_counters};
 pub use log_forward::spawn_log_forwarder;
 

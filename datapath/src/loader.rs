@@ -84,6 +84,7 @@ impl Datapath {
     pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
         bpffs::ensure_pin_dir(&opts.bpffs_dir)?;
         raise_memlock_rlimit();
+        raise_nofile_rlimit();
         let level = opts.log_level as u8;
         let maglev_pin = opts.bpffs_dir.join(map_names::LB4_MAGLEV);
         let ebpf = EbpfLoader::new()
@@ -305,6 +306,23 @@ fn pin_replacing(link: FdLink, pin: &Path) -> Result<(), DatapathError> {
     }
     link.pin(pin).map_err(|e| pin_err(e.to_string()))?;
     Ok(())
+}
+
+/// Each Maglev table being built holds an fd until its batch is installed
+/// (see `LbMaps::commit_tables`); lift the soft open-file limit to the hard
+/// one so batches can be large.
+fn raise_nofile_rlimit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so map

@@ -1,40 +1,65 @@
-//! The one raw bpf(2) call aya 0.14 does not wrap: deleting from a
-//! map-of-maps (`ArrayOfMaps` has no remove).
+//! The one raw bpf(2) call aya 0.14 does not wrap: batch updates (needed
+//! for a map-of-maps, where every single write costs an RCU grace period).
 use std::os::fd::{AsRawFd as _, BorrowedFd};
 
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
-/// `union bpf_attr` as used by BPF_MAP_*_ELEM (map_fd, pad, key pointer).
+/// `union bpf_attr` as used by BPF_MAP_*_BATCH.
 #[repr(C)]
-struct ElemAttr {
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
     map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
+    elem_flags: u64,
     flags: u64,
 }
 
-pub fn map_delete_elem<K>(map: BorrowedFd<'_>, key: &K) -> std::io::Result<()> {
-    let attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        pad: 0,
-        key: key as *const K as u64,
-        value: 0,
-        flags: 0,
-    };
-    // SAFETY: bpf(2) reads `size_of::<ElemAttr>()` bytes of a valid attr whose
-    // key pointer is live for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_DELETE_ELEM,
-            &attr as *const ElemAttr,
-            std::mem::size_of::<ElemAttr>() as u32,
-        )
-    };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
+/// BPF_MAP_UPDATE_BATCH of u32 keys to u32 values (for a map-of-maps, the
+/// values are inner map fds). Retries the remainder after a partial batch
+/// interrupted by a signal; any other error names how far it got.
+pub fn map_update_batch_u32(
+    map: BorrowedFd<'_>,
+    keys: &[u32],
+    values: &[u32],
+) -> std::io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let mut done = 0usize;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: u32::try_from(keys.len() - done).unwrap_or(u32::MAX),
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: bpf(2) reads `count` keys and values from live slices and
+        // writes back `count` into the attr we own.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        done += attr.count as usize;
+        match err {
+            None => {}
+            Some(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Some(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("batch update stopped after {done} of {}: {e}", keys.len()),
+                ));
+            }
+        }
     }
+    Ok(())
 }

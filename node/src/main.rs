@@ -13,7 +13,13 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        Some(cli::Command::Bpf(cmd)) => cli::bpf::run(&cli.node, cmd),
+        Some(cli::Command::Bpf(cmd)) => {
+            // Inspection output is often piped into `head`: end quietly on a
+            // closed pipe like other CLI tools instead of panicking in print!.
+            // SAFETY: restoring the default disposition before any threads exist.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            cli::bpf::run(&cli.node, cmd)
+        }
         None => run::run(&cli.node, &cli.agent),
     };
     match result {

@@ -153,12 +153,14 @@ async fn reconcile_loop(
         };
         let node = node.clone();
         let res = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let desired = model::desired(&update.snapshot, &node);
             let res = reconciler.apply(&desired);
-            (reconciler, desired.errors, res, update.seen_at)
+            let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+            (reconciler, desired.errors, res, update.seen_at, apply_ms)
         })
         .await;
-        let (r, errors, res, seen_at) = match res {
+        let (r, errors, res, seen_at, apply_ms) = match res {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!("reconciler task failed: {e}");
@@ -203,6 +205,7 @@ async fn reconcile_loop(
                 backends_written = st.backends_written,
                 removed = st.removed,
                 latency_ms = seen_at.elapsed().as_secs_f64() * 1e3,
+                apply_ms,
                 "services programmed"
             ),
             Ok(_) => tracing::debug!("no LB changes"),

@@ -316,6 +316,11 @@ impl Daemon {
         }
     }
 
+    /// The process ID, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Number of output lines so far that match `pred`.
     pub fn count_lines(&self, pred: impl Fn(&str) -> bool) -> usize {
         self.lines

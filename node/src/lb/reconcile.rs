@@ -13,7 +13,7 @@ use aya::maps::PerCpuValues;
 use sluice_common::lb::{
     Backend, Frontend, LbCounter, MAX_BACKENDS, MAX_SERVICES, Service, ServiceInfo,
 };
-use sluice_datapath::{DatapathError, LbMaps};
+use sluice_datapath::{BuiltTable, DatapathError, LbMaps, table_batch_limit};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{
@@ -159,7 +159,9 @@ impl Reconciler {
             self.backend_ids.insert(*addr, (id, want));
             st.backends_written += 1;
         }
-        // 2. Tables.
+        // 2. Tables, built then installed in batches (see install_tables).
+        let batch = table_batch_limit();
+        let mut pending: Vec<(u32, Option<BuiltTable>, ServiceInfo)> = Vec::new();
         let mut frontends: HashMap<Frontend, Service> = HashMap::new();
         for (name, ds) in &desired.services {
             let id = match self.svc_ids.get(name) {
@@ -207,17 +209,16 @@ impl Reconciler {
                 };
                 info.set_name(name);
                 if self.infos.get(&id) != Some(&info) {
-                    if table.is_empty() {
-                        self.maps.clear_table(id)?;
+                    let built = if table.is_empty() {
+                        None
                     } else {
-                        self.maps.set_table(id, &table)?;
-                    }
-                    self.maps
-                        .svc_info
-                        .insert(id, info, 0)
-                        .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
-                    self.infos.insert(id, info);
+                        Some(self.maps.build_table(&table)?)
+                    };
+                    pending.push((id, built, info));
                     st.tables_written += 1;
+                    if pending.len() >= batch {
+                        self.install_tables(&mut pending)?;
+                    }
                 }
                 self.applied.insert(id, ids);
             }
@@ -233,6 +234,7 @@ impl Reconciler {
                 );
             }
         }
+        self.install_tables(&mut pending)?;
         st.frontends = frontends.len();
         // 3. Frontends: add/change, then remove stale ones.
         let name = sluice_common::map_names::LB4_SERVICES;
@@ -264,8 +266,12 @@ impl Reconciler {
             .filter(|(n, _)| !desired.services.contains_key(*n))
             .map(|(n, id)| (n.clone(), *id))
             .collect();
+        let emptied: Vec<(u32, Option<&BuiltTable>)> =
+            stale.iter().map(|(_, id)| (*id, None)).collect();
+        for chunk in emptied.chunks(batch) {
+            self.maps.commit_tables(chunk)?;
+        }
         for (n, id) in stale {
-            self.maps.clear_table(id)?;
             absent_ok(self.maps.svc_info.remove(&id))
                 .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
             zero_counter(&mut self.maps.svc_stats, id)
@@ -294,6 +300,28 @@ impl Reconciler {
             st.removed += 1;
         }
         Ok(st)
+    }
+}
+
+impl Reconciler {
+    /// Installs built tables in one batch, then records their info: a
+    /// service's info (table size, digest) only ever describes a table the
+    /// data plane already uses.
+    fn install_tables(
+        &mut self,
+        pending: &mut Vec<(u32, Option<BuiltTable>, ServiceInfo)>,
+    ) -> Result<(), DatapathError> {
+        let slots: Vec<(u32, Option<&BuiltTable>)> =
+            pending.iter().map(|(id, t, _)| (*id, t.as_ref())).collect();
+        self.maps.commit_tables(&slots)?;
+        for (id, _, info) in pending.drain(..) {
+            self.maps
+                .svc_info
+                .insert(id, info, 0)
+                .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
+            self.infos.insert(id, info);
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,12 @@
 //!                                 "new_ok=N new_failed=M persist_ok=P persist_failed=Q"
 //! hold ADDR:PORT                  one connection: prints "NAME" once connected, then
 //!                                 echoes a line per stdin line ("NAME line" or "BROKEN")
+//! rr FILE CONNS SECS              benchmark: CONNS persistent connections (to the
+//!                                 ADDR:PORT lines of FILE, round robin) doing request/
+//!                                 response for SECS; prints "requests=N errors=E"
+//! crr FILE CONNS SECS             benchmark: CONNS threads doing connect, read the
+//!                                 greeting, close, for SECS, walking FILE's targets;
+//!                                 prints "conns=N errors=E connect_p50_us=.. connect_p99_us=.."
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -25,13 +31,15 @@ fn main() {
         "udp-connected" => udp(addr(a(2)), num(a(3)), true),
         "load" => load(addr(a(2)), num(a(3)), num(a(4))),
         "hold" => hold(addr(a(2))),
+        "rr" => rr(&targets(a(2)), num(a(3)), num(a(4))),
+        "crr" => crr(&targets(a(2)), num(a(3)), num(a(4))),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT"
+        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT | rr|crr FILE CONNS SECS"
     );
     std::process::exit(2)
 }
@@ -62,16 +70,19 @@ fn serve(name: String, port: u16) {
     for conn in tcp.incoming().flatten() {
         let name = name.clone();
         std::thread::spawn(move || {
+            let _ = conn.set_nodelay(true);
             let mut w = match conn.try_clone() {
                 Ok(w) => w,
                 Err(_) => return,
             };
-            if writeln!(w, "{name}").is_err() {
+            // One write per reply: split writes would meet Nagle and
+            // delayed ACKs and measure 40 ms timers instead of the path.
+            if w.write_all(format!("{name}\n").as_bytes()).is_err() {
                 return;
             }
             for line in BufReader::new(conn).lines() {
                 let Ok(line) = line else { return };
-                if writeln!(w, "{name} {line}").is_err() {
+                if w.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
                     return;
                 }
             }
@@ -224,4 +235,111 @@ fn hold(to: SocketAddr) {
         }
         let _ = std::io::stdout().flush();
     }
+}
+
+fn targets(file: &str) -> Vec<SocketAddr> {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| {
+        eprintln!("reading {file}: {e}");
+        std::process::exit(2)
+    });
+    let t: Vec<SocketAddr> = text.lines().filter(|l| !l.is_empty()).map(addr).collect();
+    if t.is_empty() {
+        usage()
+    }
+    t
+}
+
+/// Request/response over persistent connections: the per-packet cost of a
+/// path, with connection setup excluded.
+fn rr(targets: &[SocketAddr], conns: u64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let workers: Vec<_> = (0..conns as usize)
+        .map(|i| {
+            let to = targets[i % targets.len()];
+            std::thread::spawn(move || {
+                let Ok((_, s)) = connect_once(to) else {
+                    return (0u64, 1u64);
+                };
+                let _ = s.set_nodelay(true);
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut w = s;
+                let (mut ok, mut line) = (0u64, String::new());
+                while Instant::now() < deadline {
+                    line.clear();
+                    if w.write_all(b"x\n").is_err() || r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return (ok, 1);
+                    }
+                    ok += 1;
+                }
+                (ok, 0)
+            })
+        })
+        .collect();
+    let (mut ok, mut errors) = (0, 0);
+    for w in workers {
+        let (o, e) = w.join().unwrap_or((0, 1));
+        ok += o;
+        errors += e;
+    }
+    println!("requests={ok} errors={errors}");
+}
+
+/// New connections back to back: connect (timed), read the server's
+/// greeting (the response), close. This is where per-connection service
+/// translation costs show, and where a linear rule chain hurts.
+fn crr(targets: &[SocketAddr], conns: u64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let workers: Vec<_> = (0..conns as usize)
+        .map(|i| {
+            let targets = targets.to_vec();
+            std::thread::spawn(move || {
+                let mut lat_us: Vec<u32> = Vec::with_capacity(1 << 16);
+                let (mut errors, mut k) = (0u64, i * 7919);
+                let mut line = String::new();
+                while Instant::now() < deadline {
+                    let to = targets[k % targets.len()];
+                    k += 1;
+                    let t0 = Instant::now();
+                    let s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            errors += 1;
+                            if errors <= 3 {
+                                eprintln!("connect {to}: {e}");
+                            }
+                            continue;
+                        }
+                    };
+                    let connect = t0.elapsed();
+                    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+                    line.clear();
+                    if BufReader::new(&s).read_line(&mut line).unwrap_or(0) == 0 {
+                        errors += 1;
+                        continue;
+                    }
+                    lat_us.push(connect.as_micros().min(u32::MAX as u128) as u32);
+                }
+                (lat_us, errors)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for w in workers {
+        let (l, e) = w.join().unwrap_or((Vec::new(), 1));
+        lat.extend(l);
+        errors += e;
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| -> u32 {
+        if lat.is_empty() {
+            return 0;
+        }
+        lat[((lat.len() - 1) as f64 * p).round() as usize]
+    };
+    println!(
+        "conns={} errors={errors} connect_p50_us={} connect_p99_us={}",
+        lat.len(),
+        pct(0.50),
+        pct(0.99)
+    );
 }

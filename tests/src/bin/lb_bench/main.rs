@@ -1,0 +1,462 @@
+//! `sluice-lb-bench`: the service load-balancing benchmark behind
+//! `cargo xtask bench lb`.
+//!
+//! One run, one machine, the LB test topology (tests/src/topology.rs): for
+//! each service count it measures, side by side,
+//! (a) direct connections to pod IPs (the physical limit; measured with no
+//! agent and again alternating round by round with (b)), (b) sluice's
+//! socket LB (client in the node's cgroup), (c) sluice's tc path (the same
+//! pinned state adopted by an agent with `--pod-iface` on the client's
+//! veth; the client outside the cgroup, so only `tc_lb_pod_ingress`
+//! balances),
+//! (d) kube-proxy's iptables rules loaded with iptables-restore, and (e)
+//! IPVS when the kernel has it. Every scale gets a fresh topology, so the
+//! netfilter state of one baseline never taxes another.
+//!
+//! Load comes from `sluice-testpod rr|crr` inside the client pod, against a
+//! sample of services spread over the whole list (a linear rule chain pays
+//! for its position). Reports go to OUT/lb.{md,json,svg}.
+mod kube_proxy;
+mod report;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    topology::{BACKEND_PORT, LbTopology, NODE_NAME, TempDir},
+    unique,
+};
+
+/// One service port and its endpoints (both sluice and the baselines
+/// program exactly this).
+pub struct Svc {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+pub struct Opts {
+    pub scales: Vec<usize>,
+    pub endpoints: usize,
+    pub secs: u64,
+    pub rounds: usize,
+    pub rr_conns: u64,
+    pub crr_conns: u64,
+    /// Distinct services the load walks (spread over the whole list).
+    pub sample: usize,
+    pub out: PathBuf,
+}
+
+/// One path's numbers (medians over rounds).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Load {
+    pub rps: f64,
+    pub crr: f64,
+    pub connect_p50_us: f64,
+    pub connect_p99_us: f64,
+    pub errors: u64,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Measured(Load),
+    Skipped(String),
+}
+
+pub struct Scale {
+    pub services: usize,
+    pub direct: Load,
+    pub socket: Load,
+    pub tc: Load,
+    pub iptables: Outcome,
+    pub ipvs: Outcome,
+    /// Agent-reported: change seen -> maps updated (includes YAML parsing).
+    pub sluice_program_ms: f64,
+    /// Agent-reported: model + map writes only.
+    pub sluice_apply_ms: f64,
+    /// Bench-observed: manifest renamed into place -> agent logged done.
+    pub sluice_program_wall_ms: f64,
+    pub agent_rss_mb: f64,
+    pub agent_peak_rss_mb: f64,
+    pub iptables_rules: usize,
+    pub iptables_program_ms: f64,
+}
+
+const USAGE: &str = "usage: sluice-lb-bench [--services 1,1000,10000] [--endpoints 10] [--secs 2] [--rounds 3] [--rr-conns 4] [--crr-conns 4] [--sample 64] [--out DIR]";
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        scales: vec![1, 1000, 10_000],
+        endpoints: 10,
+        secs: 2,
+        rounds: 3,
+        rr_conns: 4,
+        crr_conns: 4,
+        sample: 64,
+        out: PathBuf::from("target/bench"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let val = args
+            .next()
+            .ok_or_else(|| format!("{flag}: missing value"))?;
+        let num = |v: &str| -> Result<u64, String> {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{flag}: not a positive number: {v:?}"))
+        };
+        match flag.as_str() {
+            "--services" => {
+                o.scales = val
+                    .split(',')
+                    .map(|v| num(v).map(|n| n as usize))
+                    .collect::<Result<_, _>>()?
+            }
+            "--endpoints" => o.endpoints = num(&val)? as usize,
+            "--secs" => o.secs = num(&val)?,
+            "--rounds" => o.rounds = num(&val)? as usize,
+            "--rr-conns" => o.rr_conns = num(&val)?,
+            "--crr-conns" => o.crr_conns = num(&val)?,
+            "--sample" => o.sample = num(&val)? as usize,
+            "--out" => o.out = PathBuf::from(val),
+            _ => return Err(format!("unknown flag {flag:?}")),
+        }
+    }
+    // Services get ClusterIPs 10.96.0.10 + i and share one Maglev backend
+    // pool of pods at 10.244.0.10 + j.
+    if o.endpoints > 200 {
+        return Err(format!("--endpoints {}: at most 200", o.endpoints));
+    }
+    if let Some(n) = o.scales.iter().find(|&&n| n > 60_000) {
+        return Err(format!(
+            "--services {n}: at most 60000 (sluice's map sizes at 10 endpoints)"
+        ));
+    }
+    Ok(o)
+}
+
+fn main() {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sluice-lb-bench: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("sluice-lb-bench: needs root (network namespaces, cgroups, eBPF, iptables)");
+        std::process::exit(2);
+    }
+    let mut scales = Vec::new();
+    for &n in &opts.scales {
+        eprintln!("== {n} services x {} endpoints", opts.endpoints);
+        scales.push(run_scale(n, &opts));
+    }
+    if let Err(e) = report::write(&opts, &scales) {
+        eprintln!("sluice-lb-bench: writing reports: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn services(n: usize, t: &LbTopology) -> Vec<Svc> {
+    let base = u32::from(Ipv4Addr::new(10, 96, 0, 10));
+    (0..n)
+        .map(|i| Svc {
+            name: format!("svc-{i}"),
+            vip: Ipv4Addr::from(base + i as u32),
+            port: 80,
+            endpoints: t.backends.iter().map(|p| (p.ip, BACKEND_PORT)).collect(),
+        })
+        .collect()
+}
+
+/// The Services and EndpointSlices, upstream schema, one multi-document file.
+fn manifest(svcs: &[Svc]) -> String {
+    let mut y = String::with_capacity(svcs.len() * 1600);
+    for s in svcs {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {n}\n  namespace: default\nspec:\n  clusterIP: {vip}\n  ports:\n  - name: http\n    protocol: TCP\n    port: {port}\n    targetPort: {BACKEND_PORT}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {n}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {n}\naddressType: IPv4\nports:\n- name: http\n  protocol: TCP\n  port: {BACKEND_PORT}\nendpoints:\n",
+            n = s.name,
+            vip = s.vip,
+            port = s.port
+        ));
+        for (ip, _) in &s.endpoints {
+            y.push_str(&format!(
+                "- addresses: [\"{ip}\"]\n  nodeName: {NODE_NAME}\n  conditions: {{ready: true, serving: true, terminating: false}}\n"
+            ));
+        }
+        y.push_str("---\n");
+    }
+    y
+}
+
+fn run_scale(n: usize, o: &Opts) -> Scale {
+    let mut t = LbTopology::new(o.endpoints);
+    // The client opens many short connections: let it reuse TIME_WAIT
+    // ports and use the whole port range, as load generators do.
+    for kv in [
+        "net.ipv4.tcp_tw_reuse=1",
+        "net.ipv4.ip_local_port_range=1024 65535",
+    ] {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &t.client.ns.name, "sysctl", "-qw", kv])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "sysctl {kv} in the client pod");
+    }
+    let svcs = services(n, &t);
+    let files = TempDir::new();
+    let direct_file = files.0.join("direct.txt");
+    let vip_file = files.0.join("vips.txt");
+    let direct: String = t
+        .backends
+        .iter()
+        .map(|p| format!("{}:{BACKEND_PORT}\n", p.ip))
+        .collect();
+    std::fs::write(&direct_file, direct).expect("write direct targets");
+    let sample = o.sample.min(n);
+    let vips: String = (0..sample)
+        .map(|j| &svcs[j * n / sample + (n / sample) / 2])
+        .map(|s| format!("{}:{}\n", s.vip, s.port))
+        .collect();
+    std::fs::write(&vip_file, vips).expect("write service targets");
+
+    let mut direct = Vec::new();
+    let mut socket = Vec::new();
+    let mut tc = Vec::new();
+    eprintln!("-- direct (no agent)");
+    for _ in 0..o.rounds {
+        direct.push(round(&t, false, &direct_file, o));
+    }
+
+    // sluice, socket LB only: the client outside the cgroup is then a
+    // clean direct baseline, so the two alternate round by round.
+    eprintln!("-- sluice: programming {n} services");
+    t.start_agent(&["--metrics-addr", "127.0.0.1:0"]);
+    let staged = std::env::temp_dir().join(unique("bench-manifest"));
+    std::fs::write(&staged, manifest(&svcs)).expect("stage manifest");
+    let t0 = Instant::now();
+    std::fs::rename(&staged, t.manifests_dir().join("services.yaml")).expect("rename manifest");
+    let want = format!("services={n} ");
+    let line = t
+        .agent()
+        .wait_for_line("all services programmed", Duration::from_secs(600), |l| {
+            l.contains("services programmed") && l.contains(&want)
+        });
+    let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (rss, peak) = rss_mb(t.agent().pid().expect("agent running"));
+    eprintln!("-- sluice socket LB, alternating with direct");
+    for _ in 0..o.rounds {
+        socket.push(round(&t, true, &vip_file, o));
+        direct.push(round(&t, false, &direct_file, o));
+    }
+    // sluice tc path: the same pinned state, adopted by an agent that also
+    // balances on the client's veth; the client stays outside the cgroup.
+    t.agent().stop();
+    t.agent = None;
+    let pod_if = t.client_host_if.clone();
+    t.start_agent(&["--pod-iface", &pod_if, "--metrics-addr", "127.0.0.1:0"]);
+    eprintln!("-- sluice tc path");
+    for _ in 0..o.rounds {
+        tc.push(round(&t, false, &vip_file, o));
+    }
+    t.agent().stop();
+    t.agent = None;
+    // Detach: the links are pinned, so removing the pins is what lets go.
+    let _ = std::fs::remove_dir_all(t.pins.path.join("links"));
+
+    eprintln!("-- kube-proxy iptables: restoring rules");
+    let payload = kube_proxy::iptables_nat(&svcs, "10.244.0.0/16");
+    let t0 = Instant::now();
+    let restored = pipe_into(&t.node.name, &["iptables-restore", "--noflush"], &payload);
+    let iptables_program_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let iptables = match restored {
+        Ok(()) => Outcome::Measured(measure(&t, false, &vip_file, o)),
+        Err(e) => Outcome::Skipped(format!("iptables-restore failed: {e}")),
+    };
+    let _ = pipe_into(&t.node.name, &["iptables-restore"], "*nat\nCOMMIT\n");
+
+    let ipvs = match ipvs_unavailable(&t) {
+        Some(why) => Outcome::Skipped(why),
+        None => {
+            eprintln!("-- IPVS");
+            match ipvs_setup(&t, &svcs) {
+                Ok(()) => Outcome::Measured(measure(&t, false, &vip_file, o)),
+                Err(e) => Outcome::Skipped(e),
+            }
+        }
+    };
+    Scale {
+        services: n,
+        direct: median(&direct),
+        socket: median(&socket),
+        tc: median(&tc),
+        iptables,
+        ipvs,
+        sluice_program_ms: field(&line, "latency_ms").unwrap_or(f64::NAN),
+        sluice_apply_ms: field(&line, "apply_ms").unwrap_or(f64::NAN),
+        sluice_program_wall_ms: wall_ms,
+        agent_rss_mb: rss,
+        agent_peak_rss_mb: peak,
+        iptables_rules: kube_proxy::rule_count(&payload),
+        iptables_program_ms,
+    }
+}
+
+/// `key=value` from a tracing or testpod line.
+fn field(line: &str, key: &str) -> Option<f64> {
+    let needle = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&needle))
+        .and_then(|v| v.parse().ok())
+}
+
+fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// `o.rounds` rounds of one path; the median of each figure.
+fn measure(t: &LbTopology, in_cgroup: bool, targets: &Path, o: &Opts) -> Load {
+    let runs: Vec<Load> = (0..o.rounds)
+        .map(|_| round(t, in_cgroup, targets, o))
+        .collect();
+    median(&runs)
+}
+
+/// One rr run then one crr run of `o.secs` each, from the client pod
+/// (inside the node's cgroup or not).
+fn round(t: &LbTopology, in_cgroup: bool, targets: &Path, o: &Opts) -> Load {
+    let run = |mode: &str, conns: u64| -> String {
+        let args = [
+            mode,
+            &targets.display().to_string(),
+            &conns.to_string(),
+            &o.secs.to_string(),
+        ];
+        let mut c = if in_cgroup {
+            t.client_command(&args)
+        } else {
+            t.client_outside_cgroup_command(&args)
+        };
+        let out = c.output().expect("run load generator");
+        assert!(
+            out.status.success(),
+            "load generator {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let rr = run("rr", o.rr_conns);
+    let crr = run("crr", o.crr_conns);
+    let secs = o.secs as f64;
+    let l = Load {
+        rps: field(&rr, "requests").unwrap_or(0.0) / secs,
+        crr: field(&crr, "conns").unwrap_or(0.0) / secs,
+        connect_p50_us: field(&crr, "connect_p50_us").unwrap_or(f64::NAN),
+        connect_p99_us: field(&crr, "connect_p99_us").unwrap_or(f64::NAN),
+        errors: (field(&rr, "errors").unwrap_or(1.0) + field(&crr, "errors").unwrap_or(1.0)) as u64,
+    };
+    eprintln!(
+        "   {} rr {:.0}/s  crr {:.0}/s  connect p50 {:.0} us p99 {:.0} us  errors {}",
+        if in_cgroup {
+            "in-cgroup "
+        } else {
+            "outside   "
+        },
+        l.rps,
+        l.crr,
+        l.connect_p50_us,
+        l.connect_p99_us,
+        l.errors
+    );
+    l
+}
+
+/// Per-figure medians (errors summed).
+fn median(runs: &[Load]) -> Load {
+    let med = |f: fn(&Load) -> f64| -> f64 {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Load {
+        rps: med(|l| l.rps),
+        crr: med(|l| l.crr),
+        connect_p50_us: med(|l| l.connect_p50_us),
+        connect_p99_us: med(|l| l.connect_p99_us),
+        errors: runs.iter().map(|l| l.errors).sum(),
+    }
+}
+
+/// Runs `cmd` inside netns `ns` with `input` on stdin.
+fn pipe_into(ns: &str, cmd: &[&str], input: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", cmd[0]))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let write = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} exited {}: {}",
+            cmd[0],
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    write.map_err(|e| format!("{}: writing stdin: {e}", cmd[0]))
+}
+
+/// Why IPVS cannot be measured here, if it cannot.
+fn ipvs_unavailable(t: &LbTopology) -> Option<String> {
+    let probe = Command::new("ip")
+        .args(["netns", "exec", &t.node.name, "ipvsadm", "-Ln"])
+        .output();
+    match probe {
+        Err(e) => Some(format!("ipvsadm not runnable: {e}")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "kernel has no IPVS: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("ipvsadm -Ln failed")
+        )),
+        Ok(_) => None,
+    }
+}
+
+fn ipvs_setup(t: &LbTopology, svcs: &[Svc]) -> Result<(), String> {
+    let ns = &t.node.name;
+    pipe_into(
+        ns,
+        &["ip", "link", "add", "kube-ipvs0", "type", "dummy"],
+        "",
+    )?;
+    pipe_into(
+        ns,
+        &["ip", "-batch", "-"],
+        &kube_proxy::ipvs_vip_batch("kube-ipvs0", svcs),
+    )?;
+    pipe_into(ns, &["ipvsadm", "-R"], &kube_proxy::ipvsadm_restore(svcs))
+}

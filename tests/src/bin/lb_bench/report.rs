@@ -1,0 +1,353 @@
+//! lb.md (tables of ratios against direct, targets met or not), lb.json
+//! (every number) and lb.svg (CRR and connect p99 per path over service
+//! counts).
+use std::fmt::Write as _;
+
+use plotters::prelude::*;
+use serde_json::{Value, json};
+
+use super::{Load, Opts, Outcome, Scale};
+
+/// A target from the issue, evaluated on this run.
+struct Target {
+    name: &'static str,
+    value: Option<f64>,
+    unit: &'static str,
+    op: &'static str,
+    bound: f64,
+}
+
+impl Target {
+    fn met(&self) -> Option<bool> {
+        self.value.map(|v| match self.op {
+            ">=" => v >= self.bound,
+            _ => v <= self.bound,
+        })
+    }
+    fn verdict(&self) -> &'static str {
+        match self.met() {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        }
+    }
+}
+
+fn at(scales: &[Scale], n: usize) -> Option<&Scale> {
+    scales.iter().find(|s| s.services == n)
+}
+
+fn measured(o: &Outcome) -> Option<&Load> {
+    match o {
+        Outcome::Measured(l) => Some(l),
+        Outcome::Skipped(_) => None,
+    }
+}
+
+fn min_ratio(scales: &[Scale], f: impl Fn(&Scale) -> f64) -> Option<f64> {
+    scales.iter().map(f).reduce(f64::min)
+}
+
+fn targets(scales: &[Scale]) -> Vec<Target> {
+    let largest = scales.iter().max_by_key(|s| s.services);
+    let p99_growth = match (at(scales, 1), largest) {
+        (Some(one), Some(big)) if big.services > 1 => {
+            Some(big.socket.connect_p99_us / one.socket.connect_p99_us)
+        }
+        _ => None,
+    };
+    let at10k = at(scales, 10_000);
+    vec![
+        Target {
+            name: "socket LB request rate / direct (worst scale)",
+            value: min_ratio(scales, |s| s.socket.rps / s.direct.rps),
+            unit: "x",
+            op: ">=",
+            bound: 0.98,
+        },
+        Target {
+            name: "tc path request rate / direct (worst scale)",
+            value: min_ratio(scales, |s| s.tc.rps / s.direct.rps),
+            unit: "x",
+            op: ">=",
+            bound: 0.95,
+        },
+        Target {
+            name: "socket LB connect p99 at the largest count / at 1 service",
+            value: p99_growth,
+            unit: "x",
+            op: "<=",
+            bound: 1.1,
+        },
+        Target {
+            name: "socket LB CRR / iptables CRR at 10 000 services",
+            value: at10k.and_then(|s| measured(&s.iptables).map(|ipt| s.socket.crr / ipt.crr)),
+            unit: "x",
+            op: ">=",
+            bound: 2.0,
+        },
+        Target {
+            name: "10 000 services programmed (change seen -> maps updated)",
+            value: at10k.map(|s| s.sluice_program_ms),
+            unit: "ms",
+            op: "<=",
+            bound: 1000.0,
+        },
+        Target {
+            name: "agent RSS at 10 000 services",
+            value: at10k.map(|s| s.agent_rss_mb),
+            unit: "MB",
+            op: "<=",
+            bound: 64.0,
+        },
+    ]
+}
+
+fn load_json(l: &Load, direct: &Load) -> Value {
+    json!({
+        "requests_per_s": l.rps,
+        "crr_per_s": l.crr,
+        "connect_p50_us": l.connect_p50_us,
+        "connect_p99_us": l.connect_p99_us,
+        "errors": l.errors,
+        "rps_vs_direct": l.rps / direct.rps,
+        "crr_vs_direct": l.crr / direct.crr,
+    })
+}
+
+fn outcome_json(o: &Outcome, direct: &Load) -> Value {
+    match o {
+        Outcome::Measured(l) => load_json(l, direct),
+        Outcome::Skipped(why) => json!({ "skipped": why }),
+    }
+}
+
+fn machine() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    json!({ "kernel": kernel.trim(), "cpus": cpus })
+}
+
+pub fn write(o: &Opts, scales: &[Scale]) -> Result<(), String> {
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    let ts = targets(scales);
+    let doc = json!({
+        "machine": machine(),
+        "params": {
+            "endpoints_per_service": o.endpoints, "secs": o.secs, "rounds": o.rounds,
+            "rr_conns": o.rr_conns, "crr_conns": o.crr_conns, "sampled_services": o.sample,
+        },
+        "scales": scales.iter().map(|s| json!({
+            "services": s.services,
+            "direct": load_json(&s.direct, &s.direct),
+            "sluice_socket": load_json(&s.socket, &s.direct),
+            "sluice_tc": load_json(&s.tc, &s.direct),
+            "iptables": outcome_json(&s.iptables, &s.direct),
+            "ipvs": outcome_json(&s.ipvs, &s.direct),
+            "sluice_program_ms": s.sluice_program_ms,
+            "sluice_apply_ms": s.sluice_apply_ms,
+            "sluice_program_wall_ms": s.sluice_program_wall_ms,
+            "agent_rss_mb": s.agent_rss_mb,
+            "agent_peak_rss_mb": s.agent_peak_rss_mb,
+            "iptables_rules": s.iptables_rules,
+            "iptables_program_ms": s.iptables_program_ms,
+        })).collect::<Vec<_>>(),
+        "targets": ts.iter().map(|t| json!({
+            "name": t.name, "value": t.value, "unit": t.unit,
+            "target": format!("{} {}", t.op, t.bound), "verdict": t.verdict(),
+        })).collect::<Vec<_>>(),
+    });
+    let json_path = o.out.join("lb.json");
+    let pretty = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(&json_path, pretty + "\n")
+        .map_err(|e| format!("{}: {e}", json_path.display()))?;
+
+    let md = markdown(o, scales, &ts);
+    let md_path = o.out.join("lb.md");
+    std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    let svg_path = o.out.join("lb.svg");
+    plot(scales, &svg_path)?;
+    print!("{md}");
+    eprintln!(
+        "wrote {}, {}, {}",
+        md_path.display(),
+        json_path.display(),
+        svg_path.display()
+    );
+    Ok(())
+}
+
+fn markdown(o: &Opts, scales: &[Scale], ts: &[Target]) -> String {
+    let mut m = String::new();
+    let mach = machine();
+    let _ = writeln!(
+        m,
+        "# Service LB benchmark\n\nkernel {}, {} CPUs; {} endpoints per service; {} rounds x {} s per figure (median); \
+         rr over {} persistent connections, CRR (connect, read the reply, close) on {} threads over {} sampled services.\n",
+        mach["kernel"].as_str().unwrap_or("?"),
+        mach["cpus"],
+        o.endpoints,
+        o.rounds,
+        o.secs,
+        o.rr_conns,
+        o.crr_conns,
+        o.sample
+    );
+    for s in scales {
+        let _ = writeln!(m, "## {} services\n", s.services);
+        let _ = writeln!(
+            m,
+            "| path | req/s | x direct | CRR/s | x direct | connect p50 us | connect p99 us | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let rows: [(&str, Option<&Load>, &str); 5] = [
+            ("(a) direct to pod IPs", Some(&s.direct), ""),
+            ("(b) sluice socket LB", Some(&s.socket), ""),
+            ("(c) sluice tc path", Some(&s.tc), ""),
+            (
+                "(d) kube-proxy iptables",
+                measured(&s.iptables),
+                skipped(&s.iptables),
+            ),
+            ("(e) IPVS", measured(&s.ipvs), skipped(&s.ipvs)),
+        ];
+        for (name, l, why) in rows {
+            match l {
+                Some(l) => {
+                    let _ = writeln!(
+                        m,
+                        "| {name} | {:.0} | {:.3} | {:.0} | {:.3} | {:.0} | {:.0} | {} |",
+                        l.rps,
+                        l.rps / s.direct.rps,
+                        l.crr,
+                        l.crr / s.direct.crr,
+                        l.connect_p50_us,
+                        l.connect_p99_us,
+                        l.errors
+                    );
+                }
+                None => {
+                    let _ = writeln!(m, "| {name} | skipped: {why} | | | | | | |");
+                }
+            }
+        }
+        let _ = writeln!(
+            m,
+            "\nProgramming: sluice {:.1} ms (change seen -> maps updated; {:.1} ms of it model + map writes; {:.1} ms from the manifest's rename to the agent's log line), \
+             iptables-restore of {} rules {:.1} ms. Agent RSS {:.1} MB (peak {:.1} MB).\n",
+            s.sluice_program_ms,
+            s.sluice_apply_ms,
+            s.sluice_program_wall_ms,
+            s.iptables_rules,
+            s.iptables_program_ms,
+            s.agent_rss_mb,
+            s.agent_peak_rss_mb
+        );
+    }
+    let _ = writeln!(
+        m,
+        "## Targets\n\n| target | value | bound | verdict |\n|---|---:|---:|---|"
+    );
+    for t in ts {
+        let v = t
+            .value
+            .map_or("-".to_string(), |v| format!("{v:.3} {}", t.unit));
+        let _ = writeln!(
+            m,
+            "| {} | {v} | {} {} {} | {} |",
+            t.name,
+            t.op,
+            t.bound,
+            t.unit,
+            t.verdict()
+        );
+    }
+    m
+}
+
+fn skipped(o: &Outcome) -> &str {
+    match o {
+        Outcome::Skipped(why) => why,
+        Outcome::Measured(_) => "",
+    }
+}
+
+type Getter = fn(&Load) -> f64;
+
+fn plot(scales: &[Scale], path: &std::path::Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Debug| format!("plotting {}: {e:?}", path.display());
+    let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, 2));
+    let metrics: [(&str, Getter); 2] = [
+        ("new connections/s (CRR)", |l| l.crr),
+        ("connect p99 (us)", |l| l.connect_p99_us),
+    ];
+    let labels: Vec<String> = scales.iter().map(|s| s.services.to_string()).collect();
+    let n = scales.len() as i32;
+    for (panel, (title, get)) in panels.iter().zip(metrics) {
+        let series: Vec<(&str, RGBColor, Vec<(i32, f64)>)> = [
+            ("direct", BLACK),
+            ("sluice socket", BLUE),
+            ("sluice tc", GREEN),
+            ("iptables", RED),
+            ("ipvs", MAGENTA),
+        ]
+        .into_iter()
+        .map(|(name, color)| {
+            let pts = scales
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let l = match name {
+                        "direct" => Some(&s.direct),
+                        "sluice socket" => Some(&s.socket),
+                        "sluice tc" => Some(&s.tc),
+                        "iptables" => measured(&s.iptables),
+                        _ => measured(&s.ipvs),
+                    }?;
+                    let v = get(l);
+                    v.is_finite().then_some((i as i32, v))
+                })
+                .collect();
+            (name, color, pts)
+        })
+        .filter(|(_, _, pts): &(_, _, Vec<_>)| !pts.is_empty())
+        .collect();
+        let max = series
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|&(_, v)| v))
+            .fold(1.0f64, f64::max);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-1..n, 0f64..max * 1.15)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_labels((n + 1) as usize)
+            .x_label_formatter(&|i| labels.get(*i as usize).cloned().unwrap_or_default())
+            .x_desc("services")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (name, color, pts) in series {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
