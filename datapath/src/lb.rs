@@ -91,7 +91,7 @@ impl LbMaps {
     /// data plane (see [`LbMaps::commit_tables`]). `table` holds the backend
     /// id of each of the M slots; M is `table.len()`, and an empty table
     /// (M = 0) makes lookups find no backend.
-    pub fn build_table(&self, table: &[u32]) -> Result<BuiltTable, DatapathError> {
+    pub fn build_table(table: &[u32]) -> Result<BuiltTable, DatapathError> {
         let name = map_names::LB4_MAGLEV;
         let m = u32::try_from(table.len())
             .ok()
@@ -127,7 +127,7 @@ impl LbMaps {
             return Ok(());
         }
         let empty = if tables.iter().any(|(_, t)| t.is_none()) {
-            Some(self.build_table(&[])?)
+            Some(Self::build_table(&[])?)
         } else {
             None
         };
@@ -144,7 +144,7 @@ impl LbMaps {
 
     /// Installs one table (see [`LbMaps::commit_tables`]).
     pub fn set_table(&mut self, svc_id: u32, table: &[u32]) -> Result<(), DatapathError> {
-        let t = self.build_table(table)?;
+        let t = Self::build_table(table)?;
         self.commit_tables(&[(svc_id, Some(&t))])
     }
 

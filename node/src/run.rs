@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use sluice_datapath::{Datapath, DatapathError, LbIface, LbMaps, LoadOptions};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::mpsc,
 };
 
 use crate::{
@@ -110,7 +110,7 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             bpf_log_level = ?agent.bpf_log_level,
             "datapath attached"
         );
-        let (tx, rx) = watch::channel(None);
+        let (tx, rx) = mpsc::channel(1);
         if let Some(dir) = agent.manifests.clone() {
             let source = ManifestSource {
                 dir,
@@ -141,16 +141,16 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
 /// Waits for snapshots and applies the latest one. Errors in objects are
 /// logged when the set of errors changes (not on every resync).
 async fn reconcile_loop(
-    mut rx: watch::Receiver<Option<Update>>,
+    mut rx: mpsc::Receiver<Update>,
     mut reconciler: Reconciler,
     node: NodeInfo,
     metrics: Arc<Metrics>,
 ) {
     let mut last_errors: Vec<String> = Vec::new();
-    while rx.changed().await.is_ok() {
-        let Some(update) = rx.borrow_and_update().clone() else {
-            continue;
-        };
+    while let Some(mut update) = rx.recv().await {
+        while let Ok(newer) = rx.try_recv() {
+            update = newer;
+        }
         let node = node.clone();
         let res = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
@@ -168,6 +168,13 @@ async fn reconcile_loop(
             }
         };
         reconciler = r;
+        // The snapshot and model are gone now; hand their pages back (glibc
+        // keeps freed heap otherwise, and a big snapshot is tens of MB).
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let errors: Vec<String> = errors
             .iter()
             .map(|e| {

@@ -207,6 +207,12 @@ fn manifest_changes_move_new_connections_and_keep_existing_ones() {
         .wait_for_count("programmed", 1, Duration::from_secs(10), programmed);
     let mut held = Held::open(&t);
     assert_eq!(held.backend, "pod-0");
+    // Idle: nothing changed, so nothing is re-read (the agent's own reads
+    // must not count as changes).
+    let reads = |d: &sluice_tests::Daemon| d.count_lines(|l| l.contains("manifests read"));
+    let before = reads(t.agent());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(reads(t.agent()), before, "manifests re-read with no change");
 
     // pod-0 becomes terminating (still serving), pod-1 is the new ready one.
     let (ip0, ip1) = (t.backends[0].ip, t.backends[1].ip);

@@ -159,9 +159,9 @@ impl Reconciler {
             self.backend_ids.insert(*addr, (id, want));
             st.backends_written += 1;
         }
-        // 2. Tables, built then installed in batches (see install_tables).
-        let batch = table_batch_limit();
-        let mut pending: Vec<(u32, Option<BuiltTable>, ServiceInfo)> = Vec::new();
+        // 2. Tables. Decide which services need a new one, then build and
+        // install those in batches (see LbMaps::commit_tables).
+        let mut work: Vec<TableWork> = Vec::new();
         let mut frontends: HashMap<Frontend, Service> = HashMap::new();
         for (name, ds) in &desired.services {
             let id = match self.svc_ids.get(name) {
@@ -183,44 +183,13 @@ impl Reconciler {
             if self.applied.get(&id) != Some(&ids)
                 || self.infos.get(&id).map(|i| i.flags) != Some(flags)
             {
-                let (table, m) = if ids.is_empty() {
-                    (Vec::new(), 0)
-                } else {
-                    let names: Vec<String> =
-                        ds.table.iter().map(BackendAddr::maglev_name).collect();
-                    let m = maglev::table_size_for(names.len());
-                    let slots = maglev::build(&names, m);
-                    (
-                        slots.iter().map(|&i| ids[i as usize]).collect::<Vec<u32>>(),
-                        m,
-                    )
-                };
-                let mut digest_input = Vec::with_capacity(4 * (table.len() + 1));
-                digest_input.extend_from_slice(&m.to_le_bytes());
-                for id in &table {
-                    digest_input.extend_from_slice(&id.to_le_bytes());
-                }
-                let mut info = ServiceInfo {
-                    table_backends: ids.len() as u32,
-                    table_size: m,
-                    digest: xxh3_64(&digest_input),
+                work.push(TableWork {
+                    id,
+                    name,
+                    addrs: &ds.table,
+                    ids,
                     flags,
-                    ..Default::default()
-                };
-                info.set_name(name);
-                if self.infos.get(&id) != Some(&info) {
-                    let built = if table.is_empty() {
-                        None
-                    } else {
-                        Some(self.maps.build_table(&table)?)
-                    };
-                    pending.push((id, built, info));
-                    st.tables_written += 1;
-                    if pending.len() >= batch {
-                        self.install_tables(&mut pending)?;
-                    }
-                }
-                self.applied.insert(id, ids);
+                });
             }
             for (f, fl) in &ds.frontends {
                 frontends.insert(
@@ -234,7 +203,31 @@ impl Reconciler {
                 );
             }
         }
-        self.install_tables(&mut pending)?;
+        // Tables are built and installed a batch at a time: each built table
+        // holds an fd until installed. (Building on several threads did not
+        // help: map creation and mmap serialize in the kernel.)
+        for chunk in work.chunks_mut(table_batch_limit()) {
+            let built = chunk
+                .iter()
+                .map(|w| {
+                    let (info, table) = w.info();
+                    if self.infos.get(&w.id) == Some(&info) {
+                        return Ok((info, None, false));
+                    }
+                    let table = table.as_deref().map(LbMaps::build_table).transpose()?;
+                    Ok((info, table, true))
+                })
+                .collect::<Result<Vec<_>, DatapathError>>()?;
+            let mut pending = Vec::new();
+            for (w, (info, table, write)) in chunk.iter_mut().zip(built) {
+                if write {
+                    pending.push((w.id, table, info));
+                    st.tables_written += 1;
+                }
+                self.applied.insert(w.id, std::mem::take(&mut w.ids));
+            }
+            self.install_tables(&mut pending)?;
+        }
         st.frontends = frontends.len();
         // 3. Frontends: add/change, then remove stale ones.
         let name = sluice_common::map_names::LB4_SERVICES;
@@ -268,7 +261,7 @@ impl Reconciler {
             .collect();
         let emptied: Vec<(u32, Option<&BuiltTable>)> =
             stale.iter().map(|(_, id)| (*id, None)).collect();
-        for chunk in emptied.chunks(batch) {
+        for chunk in emptied.chunks(table_batch_limit()) {
             self.maps.commit_tables(chunk)?;
         }
         for (n, id) in stale {
@@ -300,6 +293,45 @@ impl Reconciler {
             st.removed += 1;
         }
         Ok(st)
+    }
+}
+
+/// A service whose table must be (re)computed.
+struct TableWork<'a> {
+    id: u32,
+    name: &'a str,
+    addrs: &'a BTreeSet<BackendAddr>,
+    /// Backend ids of `addrs`, in order.
+    ids: Vec<u32>,
+    flags: u32,
+}
+
+impl TableWork<'_> {
+    /// The service's info and its Maglev table (slot -> backend id); `None`
+    /// for a service without backends.
+    fn info(&self) -> (ServiceInfo, Option<Vec<u32>>) {
+        let (table, m) = if self.ids.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            let names: Vec<String> = self.addrs.iter().map(BackendAddr::maglev_name).collect();
+            let m = maglev::table_size_for(names.len());
+            let slots = maglev::build(&names, m);
+            (slots.iter().map(|&i| self.ids[i as usize]).collect(), m)
+        };
+        let mut digest_input = Vec::with_capacity(4 * (table.len() + 1));
+        digest_input.extend_from_slice(&m.to_le_bytes());
+        for id in &table {
+            digest_input.extend_from_slice(&id.to_le_bytes());
+        }
+        let mut info = ServiceInfo {
+            table_backends: self.ids.len() as u32,
+            table_size: m,
+            digest: xxh3_64(&digest_input),
+            flags: self.flags,
+            ..Default::default()
+        };
+        info.set_name(self.name);
+        (info, (!table.is_empty()).then_some(table))
     }
 }
 

@@ -272,6 +272,8 @@ fn skipped(o: &Outcome) -> &str {
 }
 
 type Getter = fn(&Load) -> f64;
+/// One plotted path: name, colour, (scale index, value) points.
+type Series = (&'static str, RGBColor, Vec<(i32, f64)>);
 
 fn plot(scales: &[Scale], path: &std::path::Path) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Debug| format!("plotting {}: {e:?}", path.display());
@@ -285,7 +287,7 @@ fn plot(scales: &[Scale], path: &std::path::Path) -> Result<(), String> {
     let labels: Vec<String> = scales.iter().map(|s| s.services.to_string()).collect();
     let n = scales.len() as i32;
     for (panel, (title, get)) in panels.iter().zip(metrics) {
-        let series: Vec<(&str, RGBColor, Vec<(i32, f64)>)> = [
+        let series: Vec<Series> = [
             ("direct", BLACK),
             ("sluice socket", BLUE),
             ("sluice tc", GREEN),
@@ -311,7 +313,7 @@ fn plot(scales: &[Scale], path: &std::path::Path) -> Result<(), String> {
                 .collect();
             (name, color, pts)
         })
-        .filter(|(_, _, pts): &(_, _, Vec<_>)| !pts.is_empty())
+        .filter(|(_, _, pts): &Series| !pts.is_empty())
         .collect();
         let max = series
             .iter()
