@@ -174,6 +174,28 @@ fn flow_hash(f: &Flow) -> u32 {
     h ^ (h >> 16)
 }
 
+/// How stale `last_seen_ns` may get before a packet refreshes it. The GC's
+/// shortest timeout is a minute, so a second of slack costs nothing, and
+/// most packets of a busy flow then do a lookup and no write.
+const LAST_SEEN_SLACK_NS: u64 = 1_000_000_000;
+
+/// The conntrack entry of `key`, refreshed in place (no re-insert: an LRU
+/// update allocates a new element and is several times dearer).
+#[inline(always)]
+fn tracked(key: &CtKey, now: u64) -> Option<CtValue> {
+    let p = LB4_CT.get_ptr_mut(key)?;
+    // SAFETY: the pointer is valid for this program run (RCU); the value is
+    // plain data. A racing refresh from another CPU writes the same kind of
+    // timestamp, so a torn order between them does not matter.
+    unsafe {
+        let ct = *p;
+        if now.wrapping_sub(ct.last_seen_ns) > LAST_SEEN_SLACK_NS {
+            (*p).last_seen_ns = now;
+        }
+        Some(ct)
+    }
+}
+
 #[inline(always)]
 fn count(svc_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
     if let Some(c) = LB4_SVC_STATS.get_ptr_mut(svc_id) {
@@ -226,16 +248,7 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
         dir: CT_DIR_FWD,
         pad: 0,
     };
-    // SAFETY: LRU values are plain data; we copy out and write back whole.
-    if let Some(ct) = unsafe { LB4_CT.get(key) }.copied() {
-        let _ = LB4_CT.insert(
-            key,
-            CtValue {
-                last_seen_ns: now,
-                ..ct
-            },
-            0,
-        );
+    if let Some(ct) = tracked(&key, now) {
         count(ct.svc_id, ct.backend_id, f.len, false);
         return apply(ctx, f.proto, Nat::dst(&f, ct.nat_addr, ct.nat_port));
     }
@@ -300,19 +313,10 @@ pub fn tc_lb_egress(mut ctx: TcContext) -> i32 {
         dir: CT_DIR_REV,
         pad: 0,
     };
-    // SAFETY: as in ingress.
-    let Some(ct) = unsafe { LB4_CT.get(key) }.copied() else {
-        return TC_ACT_OK;
-    };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = LB4_CT.insert(
-        key,
-        CtValue {
-            last_seen_ns: now,
-            ..ct
-        },
-        0,
-    );
+    let Some(ct) = tracked(&key, now) else {
+        return TC_ACT_OK;
+    };
     apply(&mut ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port))
 }

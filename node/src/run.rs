@@ -88,15 +88,29 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                 e => anyhow::Error::new(e),
             })?;
         }
-        let mut gc_maps = LbMaps::open(&node.bpffs, false)?;
+        let gc_maps = LbMaps::open(&node.bpffs, false)?;
         tokio::spawn(async move {
+            // The walk is a few syscalls per entry: a blocking thread, not
+            // an async worker, does it.
+            let mut gc_maps = Some(gc_maps);
             let mut tick = tokio::time::interval(Duration::from_secs(30));
-            loop {
+            while let Some(mut maps) = gc_maps.take() {
                 tick.tick().await;
-                match crate::lb::conntrack::gc(&mut gc_maps) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(removed = n, "conntrack GC"),
-                    Err(e) => tracing::warn!("conntrack GC: {e}"),
+                let res = tokio::task::spawn_blocking(move || {
+                    let r = crate::lb::conntrack::gc(&mut maps);
+                    (maps, r)
+                })
+                .await;
+                match res {
+                    Ok((maps, r)) => {
+                        gc_maps = Some(maps);
+                        match r {
+                            Ok(0) => {}
+                            Ok(n) => tracing::debug!(removed = n, "conntrack GC"),
+                            Err(e) => tracing::warn!("conntrack GC: {e}"),
+                        }
+                    }
+                    Err(e) => tracing::error!("conntrack GC task failed: {e}"),
                 }
             }
         });

@@ -184,6 +184,13 @@ impl LbTopology {
         }
     }
 
+    /// Wires one more pod netns to the node (not in the node's cgroup, not
+    /// on any `--pod-iface`): a client whose traffic no sluice program sees,
+    /// e.g. the benchmark's direct baseline. Dropping it removes it.
+    pub fn extra_pod(&self, ip: Ipv4Addr) -> NetNs {
+        wire_pod(&self.node, ip).0
+    }
+
     /// Arguments that make `sluice-agent` (or its `bpf` subcommands) act on
     /// this node.
     pub fn node_args(&self) -> Vec<String> {

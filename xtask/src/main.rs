@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's task runner. Every install a fresh machine
 //! needs happens in `bootstrap`, so CI and newcomers run the same steps.
+mod bench;
 mod bootstrap;
 mod build;
 mod cmd;
@@ -30,7 +31,8 @@ enum Command {
     Up,
     /// Install sluice on this host. Not built yet.
     Install,
-    /// Benchmarks (lb, cni, store). Not built yet.
+    /// Benchmarks: `bench lb [--services 1,1000,10000] ...` (service load balancing vs
+    /// direct, iptables and IPVS; reports in target/bench/). cni and store come later.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -45,7 +47,8 @@ fn main() -> std::process::ExitCode {
         Command::Test { cargo_test_args } => {
             bootstrap::run().and_then(|env| test::run(&env, &cargo_test_args))
         }
-        Command::Up | Command::Install | Command::Bench { .. } => Err(anyhow::anyhow!(
+        Command::Bench { args } => bootstrap::run().and_then(|env| bench::run(&env, &args)),
+        Command::Up | Command::Install => Err(anyhow::anyhow!(
             "not yet: this command arrives with the control plane / benchmark issues"
         )),
     };

@@ -67,26 +67,56 @@ fn serve(name: String, port: u16) {
     // Readiness marker for the test harness.
     println!("serving {name} on {port}");
     let _ = std::io::stdout().flush();
-    for conn in tcp.incoming().flatten() {
-        let name = name.clone();
-        std::thread::spawn(move || {
-            let _ = conn.set_nodelay(true);
-            let mut w = match conn.try_clone() {
-                Ok(w) => w,
-                Err(_) => return,
-            };
-            // One write per reply: split writes would meet Nagle and
-            // delayed ACKs and measure 40 ms timers instead of the path.
-            if w.write_all(format!("{name}\n").as_bytes()).is_err() {
-                return;
+    // A self-growing pool of accepting threads instead of a thread per
+    // connection: spawning one per connection made thread creation, not
+    // the network path, the cost a connection-rate benchmark measured.
+    let tcp = std::sync::Arc::new(tcp);
+    let idle = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    spawn_acceptor(tcp, idle, name);
+    loop {
+        std::thread::park();
+    }
+}
+
+fn spawn_acceptor(
+    tcp: std::sync::Arc<TcpListener>,
+    idle: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    name: String,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    std::thread::spawn(move || {
+        loop {
+            idle.fetch_add(1, SeqCst);
+            let conn = tcp.accept();
+            // The last idle acceptor took a connection: grow the pool so
+            // the next one is accepted while this one is served.
+            if idle.fetch_sub(1, SeqCst) == 1 {
+                spawn_acceptor(tcp.clone(), idle.clone(), name.clone());
             }
-            for line in BufReader::new(conn).lines() {
-                let Ok(line) = line else { return };
-                if w.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
-                    return;
-                }
+            if let Ok((conn, _)) = conn {
+                echo(conn, &name);
             }
-        });
+        }
+    });
+}
+
+/// Greets with NAME, then answers each line with "NAME line".
+fn echo(conn: TcpStream, name: &str) {
+    let _ = conn.set_nodelay(true);
+    let mut w = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    // One write per reply: split writes would meet Nagle and delayed ACKs
+    // and measure 40 ms timers instead of the path.
+    if w.write_all(format!("{name}\n").as_bytes()).is_err() {
+        return;
+    }
+    for line in BufReader::new(conn).lines() {
+        let Ok(line) = line else { return };
+        if w.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
+            return;
+        }
     }
 }
 
@@ -252,14 +282,24 @@ fn targets(file: &str) -> Vec<SocketAddr> {
 /// Request/response over persistent connections: the per-packet cost of a
 /// path, with connection setup excluded.
 fn rr(targets: &[SocketAddr], conns: u64, secs: u64) {
+    // Connect everything first: setup (and a retransmitted SYN) must not
+    // eat into the measured window.
+    let mut streams = Vec::new();
+    for i in 0..conns as usize {
+        match connect_once(targets[i % targets.len()]) {
+            Ok((_, s)) => streams.push(s),
+            Err(e) => {
+                eprintln!("connect: {e}");
+                println!("requests=0 errors={conns}");
+                return;
+            }
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let workers: Vec<_> = (0..conns as usize)
-        .map(|i| {
-            let to = targets[i % targets.len()];
+    let workers: Vec<_> = streams
+        .into_iter()
+        .map(|s| {
             std::thread::spawn(move || {
-                let Ok((_, s)) = connect_once(to) else {
-                    return (0u64, 1u64);
-                };
                 let _ = s.set_nodelay(true);
                 let mut r = BufReader::new(s.try_clone().expect("clone"));
                 let mut w = s;

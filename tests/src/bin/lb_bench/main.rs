@@ -27,7 +27,8 @@ use std::{
 };
 
 use sluice_tests::{
-    topology::{BACKEND_PORT, LbTopology, NODE_NAME, TempDir},
+    NetNs,
+    topology::{BACKEND_PORT, LbTopology, NODE_NAME, TempDir, testpod},
     unique,
 };
 
@@ -49,6 +50,8 @@ pub struct Opts {
     pub crr_conns: u64,
     /// Distinct services the load walks (spread over the whole list).
     pub sample: usize,
+    /// `iptables-legacy-restore` or `iptables-nft-restore`.
+    pub iptables_restore: String,
     pub out: PathBuf,
 }
 
@@ -62,6 +65,13 @@ pub struct Load {
     pub errors: u64,
 }
 
+/// Paired ratios against direct (request rate, CRR).
+#[derive(Clone, Copy, Debug)]
+pub struct Ratio {
+    pub rps: f64,
+    pub crr: f64,
+}
+
 #[derive(Debug)]
 pub enum Outcome {
     Measured(Load),
@@ -73,6 +83,9 @@ pub struct Scale {
     pub direct: Load,
     pub socket: Load,
     pub tc: Load,
+    /// Median over rounds of (path / direct) for alternated round pairs.
+    pub socket_ratio: Ratio,
+    pub tc_ratio: Ratio,
     pub iptables: Outcome,
     pub ipvs: Outcome,
     /// Agent-reported: change seen -> maps updated (includes YAML parsing).
@@ -82,22 +95,32 @@ pub struct Scale {
     /// Bench-observed: manifest renamed into place -> agent logged done.
     pub sluice_program_wall_ms: f64,
     pub agent_rss_mb: f64,
+    /// The agent's CPU use while the socket LB was under load.
+    pub agent_cpu_pct: f64,
+    /// The same during the tc-path rounds (conntrack GC runs then).
+    pub agent_cpu_tc_pct: f64,
     pub agent_peak_rss_mb: f64,
     pub iptables_rules: usize,
     pub iptables_program_ms: f64,
 }
 
-const USAGE: &str = "usage: sluice-lb-bench [--services 1,1000,10000] [--endpoints 10] [--secs 2] [--rounds 3] [--rr-conns 4] [--crr-conns 4] [--sample 64] [--out DIR]";
+const USAGE: &str = "usage: sluice-lb-bench [--services 1,1000,10000] [--endpoints 10] [--secs 2] [--rounds 5] [--rr-conns 4] [--crr-conns 2] [--sample 64] [--iptables legacy|nft] [--out DIR]";
 
 fn parse_opts() -> Result<Opts, String> {
     let mut o = Opts {
         scales: vec![1, 1000, 10_000],
         endpoints: 10,
         secs: 2,
-        rounds: 3,
+        rounds: 5,
         rr_conns: 4,
-        crr_conns: 4,
+        // One connecting thread per CPU of this machine kind: more only
+        // measures run-queue waits in the connect latency.
+        crr_conns: 2,
         sample: 64,
+        // kube-proxy writes whichever backend the host uses; legacy is the
+        // one that can restore 10 000 services in reasonable time (nft took
+        // 8.4 s for 1 000 services and over 10 minutes for 10 000 here).
+        iptables_restore: "iptables-legacy-restore".into(),
         out: PathBuf::from("target/bench"),
     };
     let mut args = std::env::args().skip(1);
@@ -124,6 +147,13 @@ fn parse_opts() -> Result<Opts, String> {
             "--rr-conns" => o.rr_conns = num(&val)?,
             "--crr-conns" => o.crr_conns = num(&val)?,
             "--sample" => o.sample = num(&val)? as usize,
+            "--iptables" => {
+                o.iptables_restore = match val.as_str() {
+                    "legacy" => "iptables-legacy-restore".into(),
+                    "nft" => "iptables-nft-restore".into(),
+                    _ => return Err(format!("--iptables {val:?}: expected legacy or nft")),
+                }
+            }
             "--out" => o.out = PathBuf::from(val),
             _ => return Err(format!("unknown flag {flag:?}")),
         }
@@ -153,12 +183,17 @@ fn main() {
         eprintln!("sluice-lb-bench: needs root (network namespaces, cgroups, eBPF, iptables)");
         std::process::exit(2);
     }
+    let steal0 = cpu_steal();
     let mut scales = Vec::new();
     for &n in &opts.scales {
         eprintln!("== {n} services x {} endpoints", opts.endpoints);
         scales.push(run_scale(n, &opts));
     }
-    if let Err(e) = report::write(&opts, &scales) {
+    let steal = match (steal0, cpu_steal()) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64,
+        _ => f64::NAN,
+    };
+    if let Err(e) = report::write(&opts, &scales, steal) {
         eprintln!("sluice-lb-bench: writing reports: {e}");
         std::process::exit(1);
     }
@@ -196,20 +231,24 @@ fn manifest(svcs: &[Svc]) -> String {
     y
 }
 
-fn run_scale(n: usize, o: &Opts) -> Scale {
-    let mut t = LbTopology::new(o.endpoints);
-    // The client opens many short connections: let it reuse TIME_WAIT
-    // ports and use the whole port range, as load generators do.
+/// Clients open many short connections: let them reuse TIME_WAIT ports
+/// and use the whole port range, as load generators do.
+fn tune_client(netns: &str) {
     for kv in [
         "net.ipv4.tcp_tw_reuse=1",
         "net.ipv4.ip_local_port_range=1024 65535",
     ] {
         let ok = Command::new("ip")
-            .args(["netns", "exec", &t.client.ns.name, "sysctl", "-qw", kv])
+            .args(["netns", "exec", netns, "sysctl", "-qw", kv])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "sysctl {kv} in the client pod");
+        assert!(ok, "sysctl {kv} in {netns}");
     }
+}
+
+fn run_scale(n: usize, o: &Opts) -> Scale {
+    let mut t = LbTopology::new(o.endpoints);
+    tune_client(&t.client.ns.name);
     let svcs = services(n, &t);
     let files = TempDir::new();
     let direct_file = files.0.join("direct.txt");
@@ -227,16 +266,21 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         .collect();
     std::fs::write(&vip_file, vips).expect("write service targets");
 
+    // The direct baseline runs from its own pod, which no sluice program
+    // sees, so it can alternate round by round with every sluice path and
+    // each ratio pairs rounds taken under the same conditions (this
+    // machine kind is noisy: one path's rate moves by +-20% over minutes).
+    let base_ns = t.extra_pod(BASELINE_IP);
+    tune_client(&base_ns.name);
+    let base = Client::Pod(&base_ns);
     let mut direct = Vec::new();
     let mut socket = Vec::new();
     let mut tc = Vec::new();
     eprintln!("-- direct (no agent)");
     for _ in 0..o.rounds {
-        direct.push(round(&t, false, &direct_file, o));
+        direct.push(round(&t, base, &direct_file, o));
     }
 
-    // sluice, socket LB only: the client outside the cgroup is then a
-    // clean direct baseline, so the two alternate round by round.
     eprintln!("-- sluice: programming {n} services");
     t.start_agent(&["--metrics-addr", "127.0.0.1:0"]);
     let staged = std::env::temp_dir().join(unique("bench-manifest"));
@@ -251,43 +295,59 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         });
     let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (rss, peak) = rss_mb(t.agent().pid().expect("agent running"));
-    eprintln!("-- sluice socket LB, alternating with direct");
+    eprintln!("-- sluice socket LB (client in the cgroup), alternating with direct");
+    let agent_pid = t.agent().pid().expect("agent running");
+    let (cpu0, wall0) = (cpu_secs(agent_pid), Instant::now());
+    let mut socket_direct = Vec::new();
     for _ in 0..o.rounds {
-        socket.push(round(&t, true, &vip_file, o));
-        direct.push(round(&t, false, &direct_file, o));
+        socket.push(round(&t, Client::InCgroup, &vip_file, o));
+        socket_direct.push(round(&t, base, &direct_file, o));
     }
+    let agent_cpu_pct = 100.0 * (cpu_secs(agent_pid) - cpu0) / wall0.elapsed().as_secs_f64();
+    eprintln!("   agent CPU while under load: {agent_cpu_pct:.1}%");
     // sluice tc path: the same pinned state, adopted by an agent that also
-    // balances on the client's veth; the client stays outside the cgroup.
+    // balances on the client's veth; the client runs outside the cgroup.
     t.agent().stop();
     t.agent = None;
     let pod_if = t.client_host_if.clone();
     t.start_agent(&["--pod-iface", &pod_if, "--metrics-addr", "127.0.0.1:0"]);
-    eprintln!("-- sluice tc path");
+    eprintln!("-- sluice tc path (client outside the cgroup), alternating with direct");
+    let mut tc_direct = Vec::new();
+    let agent_pid = t.agent().pid().expect("agent running");
+    let (cpu0, wall0) = (cpu_secs(agent_pid), Instant::now());
     for _ in 0..o.rounds {
-        tc.push(round(&t, false, &vip_file, o));
+        tc.push(round(&t, Client::OutsideCgroup, &vip_file, o));
+        tc_direct.push(round(&t, base, &direct_file, o));
     }
+    let agent_cpu_tc_pct = 100.0 * (cpu_secs(agent_pid) - cpu0) / wall0.elapsed().as_secs_f64();
+    eprintln!("   agent CPU while under load: {agent_cpu_tc_pct:.1}%");
     t.agent().stop();
     t.agent = None;
     // Detach: the links are pinned, so removing the pins is what lets go.
     let _ = std::fs::remove_dir_all(t.pins.path.join("links"));
+    let socket_ratio = paired(&socket, &socket_direct);
+    let tc_ratio = paired(&tc, &tc_direct);
+    direct.extend(socket_direct);
+    direct.extend(tc_direct);
 
     eprintln!("-- kube-proxy iptables: restoring rules");
     let payload = kube_proxy::iptables_nat(&svcs, "10.244.0.0/16");
     let t0 = Instant::now();
-    let restored = pipe_into(&t.node.name, &["iptables-restore", "--noflush"], &payload);
+    let restore = o.iptables_restore.as_str();
+    let restored = pipe_into(&t.node.name, &[restore, "--noflush"], &payload);
     let iptables_program_ms = t0.elapsed().as_secs_f64() * 1e3;
     let iptables = match restored {
-        Ok(()) => Outcome::Measured(measure(&t, false, &vip_file, o)),
-        Err(e) => Outcome::Skipped(format!("iptables-restore failed: {e}")),
+        Ok(()) => Outcome::Measured(measure(&t, Client::OutsideCgroup, &vip_file, o)),
+        Err(e) => Outcome::Skipped(format!("{restore} failed: {e}")),
     };
-    let _ = pipe_into(&t.node.name, &["iptables-restore"], "*nat\nCOMMIT\n");
+    let _ = pipe_into(&t.node.name, &[restore], "*nat\nCOMMIT\n");
 
     let ipvs = match ipvs_unavailable(&t) {
         Some(why) => Outcome::Skipped(why),
         None => {
             eprintln!("-- IPVS");
             match ipvs_setup(&t, &svcs) {
-                Ok(()) => Outcome::Measured(measure(&t, false, &vip_file, o)),
+                Ok(()) => Outcome::Measured(measure(&t, Client::OutsideCgroup, &vip_file, o)),
                 Err(e) => Outcome::Skipped(e),
             }
         }
@@ -297,12 +357,16 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         direct: median(&direct),
         socket: median(&socket),
         tc: median(&tc),
+        socket_ratio,
+        tc_ratio,
         iptables,
         ipvs,
         sluice_program_ms: field(&line, "latency_ms").unwrap_or(f64::NAN),
         sluice_apply_ms: field(&line, "apply_ms").unwrap_or(f64::NAN),
         sluice_program_wall_ms: wall_ms,
         agent_rss_mb: rss,
+        agent_cpu_pct,
+        agent_cpu_tc_pct,
         agent_peak_rss_mb: peak,
         iptables_rules: kube_proxy::rule_count(&payload),
         iptables_program_ms,
@@ -317,6 +381,37 @@ fn field(line: &str, key: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// (steal, total) jiffies of all CPUs: how much of the run a hypervisor
+/// gave to someone else, the main source of noise on a shared VM.
+fn cpu_steal() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Some((*cpu.get(7)?, cpu.iter().sum()))
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    f.iter().sum::<f64>() / hz
+}
+
 fn rss_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| -> f64 {
@@ -329,17 +424,30 @@ fn rss_mb(pid: u32) -> (f64, f64) {
     (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
 }
 
+/// Where the load generator runs.
+#[derive(Clone, Copy)]
+enum Client<'a> {
+    /// The client pod, inside the node's cgroup (socket LB applies).
+    InCgroup,
+    /// The client pod outside the cgroup (only the tc path can apply).
+    OutsideCgroup,
+    /// Another pod netns, outside the cgroup.
+    Pod(&'a NetNs),
+}
+
+/// The direct baseline's pod.
+const BASELINE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
+
 /// `o.rounds` rounds of one path; the median of each figure.
-fn measure(t: &LbTopology, in_cgroup: bool, targets: &Path, o: &Opts) -> Load {
+fn measure(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
     let runs: Vec<Load> = (0..o.rounds)
-        .map(|_| round(t, in_cgroup, targets, o))
+        .map(|_| round(t, client, targets, o))
         .collect();
     median(&runs)
 }
 
-/// One rr run then one crr run of `o.secs` each, from the client pod
-/// (inside the node's cgroup or not).
-fn round(t: &LbTopology, in_cgroup: bool, targets: &Path, o: &Opts) -> Load {
+/// One rr run then one crr run of `o.secs` each.
+fn round(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
     let run = |mode: &str, conns: u64| -> String {
         let args = [
             mode,
@@ -347,10 +455,16 @@ fn round(t: &LbTopology, in_cgroup: bool, targets: &Path, o: &Opts) -> Load {
             &conns.to_string(),
             &o.secs.to_string(),
         ];
-        let mut c = if in_cgroup {
-            t.client_command(&args)
-        } else {
-            t.client_outside_cgroup_command(&args)
+        let mut c = match client {
+            Client::InCgroup => t.client_command(&args),
+            Client::OutsideCgroup => t.client_outside_cgroup_command(&args),
+            Client::Pod(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name])
+                    .arg(testpod())
+                    .args(args);
+                c
+            }
         };
         let out = c.output().expect("run load generator");
         assert!(
@@ -370,20 +484,29 @@ fn round(t: &LbTopology, in_cgroup: bool, targets: &Path, o: &Opts) -> Load {
         connect_p99_us: field(&crr, "connect_p99_us").unwrap_or(f64::NAN),
         errors: (field(&rr, "errors").unwrap_or(1.0) + field(&crr, "errors").unwrap_or(1.0)) as u64,
     };
+    let who = match client {
+        Client::InCgroup => "in cgroup",
+        Client::OutsideCgroup => "outside  ",
+        Client::Pod(_) => "direct   ",
+    };
     eprintln!(
-        "   {} rr {:.0}/s  crr {:.0}/s  connect p50 {:.0} us p99 {:.0} us  errors {}",
-        if in_cgroup {
-            "in-cgroup "
-        } else {
-            "outside   "
-        },
-        l.rps,
-        l.crr,
-        l.connect_p50_us,
-        l.connect_p99_us,
-        l.errors
+        "   {who} rr {:.0}/s  crr {:.0}/s  connect p50 {:.0} us p99 {:.0} us  errors {}",
+        l.rps, l.crr, l.connect_p50_us, l.connect_p99_us, l.errors
     );
     l
+}
+
+/// Median of per-pair ratios `a[i] / b[i]`.
+fn paired(a: &[Load], b: &[Load]) -> Ratio {
+    let med = |f: fn(&Load) -> f64| -> f64 {
+        let mut v: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Ratio {
+        rps: med(|l| l.rps),
+        crr: med(|l| l.crr),
+    }
 }
 
 /// Per-figure medians (errors summed).

@@ -1,0 +1,32 @@
+//! `cargo xtask bench lb [ARGS]`: release-build everything, then run the
+//! benchmark binary (`sluice-lb-bench`, built from tests/) with reports
+//! under target/bench/. Extra arguments go to the benchmark (`--help`-style
+//! usage is printed on a bad one).
+use anyhow::bail;
+
+use crate::{
+    build,
+    cmd::{self, Env},
+};
+
+pub fn run(env: &Env, args: &[String]) -> anyhow::Result<()> {
+    let Some((what, rest)) = args.split_first() else {
+        bail!("which benchmark? available: lb (cni and store arrive with their issues)");
+    };
+    let bin = match what.as_str() {
+        "lb" => "sluice-lb-bench",
+        other => bail!("unknown benchmark {other:?}; available: lb"),
+    };
+    if !cmd::is_root() {
+        bail!("bench {what} needs root (network namespaces, cgroups, eBPF, iptables)");
+    }
+    let bin_dir = build::run(env)?;
+    let out = env.target_dir.join("bench");
+    cmd::run(
+        env.command(&bin_dir.join(bin).display().to_string())
+            .env("SLUICE_BIN_DIR", &bin_dir)
+            .arg("--out")
+            .arg(&out)
+            .args(rest),
+    )
+}
