@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sluice_common::lb::{
-    CT_DIR_FWD, CT_DIR_REV, CT_ENTRIES, CtKey, CtValue, Frontend, PROTO_TCP, PROTO_UDP,
+    Backend, CT_DIR_FWD, CT_DIR_REV, CT_ENTRIES, CtKey, CtValue, Frontend, PROTO_TCP, PROTO_UDP,
     SVC_F_EXTERNAL,
 };
 
@@ -36,6 +36,13 @@ const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
 /// Packets with IP options are passed untouched (rare; keeps offsets static).
 const L4_OFF: usize = ETH_HLEN + 20;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// Backends tried for a new flow before giving up on a collision-free one.
+const SELECT_TRIES: u32 = 8;
+/// How long a reverse entry keeps its backend-side tuple reserved after
+/// its last packet (FIN/RST are not tracked): TCP's TIME_WAIT length.
+const TUPLE_GUARD_NS: u64 = 60_000_000_000;
 
 struct Flow {
     saddr: u32,
@@ -43,6 +50,8 @@ struct Flow {
     sport: u16,
     dport: u16,
     proto: u8,
+    /// A TCP SYN without ACK: the first packet of a connection.
+    syn: bool,
     len: u64,
 }
 
@@ -65,12 +74,17 @@ fn parse(ctx: &TcContext) -> Option<Flow> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
+    let syn = proto == PROTO_TCP && {
+        let flags: u8 = ctx.load(L4_OFF + 13).ok()?;
+        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    };
     Some(Flow {
         saddr: ctx.load(IP_SRC_OFF).ok()?,
         daddr: ctx.load(IP_DST_OFF).ok()?,
         sport: ctx.load(L4_OFF).ok()?,
         dport: ctx.load(L4_OFF + 2).ok()?,
         proto,
+        syn,
         len: ctx.len() as u64,
     })
 }
@@ -196,6 +210,34 @@ fn tracked(key: &CtKey, now: u64) -> Option<CtValue> {
     }
 }
 
+/// The conntrack key of the replies of flow `f` once DNATed to `be`.
+#[inline(always)]
+fn reply_key(f: &Flow, be: &Backend) -> CtKey {
+    CtKey {
+        saddr: be.addr,
+        daddr: f.saddr,
+        sport: be.port,
+        dport: f.sport,
+        proto: f.proto,
+        dir: CT_DIR_REV,
+        pad: 0,
+    }
+}
+
+/// Whether the backend-side tuple (backend -> client port) of a new flow
+/// to `be` is held by a recent flow to a different frontend.
+#[inline(always)]
+fn tuple_taken(f: &Flow, be: &Backend, now: u64) -> bool {
+    // SAFETY: plain LRU lookup, value copied.
+    match unsafe { LB4_CT.get(reply_key(f, be)) } {
+        Some(v) => {
+            let ours = v.nat_addr == f.daddr && v.nat_port == f.dport;
+            !ours && now.wrapping_sub(v.last_seen_ns) < TUPLE_GUARD_NS
+        }
+        None => false,
+    }
+}
+
 #[inline(always)]
 fn count(svc_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
     if let Some(c) = LB4_SVC_STATS.get_ptr_mut(svc_id) {
@@ -249,8 +291,13 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
         pad: 0,
     };
     if let Some(ct) = tracked(&key, now) {
-        count(ct.svc_id, ct.backend_id, f.len, false);
-        return apply(ctx, f.proto, Nat::dst(&f, ct.nat_addr, ct.nat_port));
+        // A SYN on a tracked tuple is a new connection reusing the client
+        // port (TIME_WAIT reuse): choose again below, since the old
+        // backend-side tuple may now belong to another live flow.
+        if !f.syn {
+            count(ct.svc_id, ct.backend_id, f.len, false);
+            return apply(ctx, f.proto, Nat::dst(&f, ct.nat_addr, ct.nat_port));
+        }
     }
     let fe = Frontend {
         addr: f.daddr,
@@ -265,9 +312,29 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
     if svc.flags & required_flags != required_flags {
         return TC_ACT_OK;
     }
-    let Some((backend_id, be)) = select_backend(&svc, flow_hash(&f), f.saddr as u64) else {
-        // No usable backend: drop now rather than leave the client to a
-        // host that has no such port open.
+    // DNAT without source-port translation: two client sockets that share
+    // a source port (allowed, they go to different frontends) must not
+    // land on the same backend address, or they become one tuple on the
+    // wire and break each other. Prefer a backend whose tuple is free.
+    let hash = flow_hash(&f);
+    let mut chosen = None;
+    let mut tries = 0;
+    while tries < SELECT_TRIES {
+        let h = hash ^ tries.wrapping_mul(0x9e37_79b9);
+        tries += 1;
+        let Some((id, be)) = select_backend(&svc, h, f.saddr as u64) else {
+            // No usable backend: drop now rather than leave the client to
+            // a host that has no such port open.
+            return TC_ACT_SHOT;
+        };
+        if !tuple_taken(&f, &be, now) {
+            chosen = Some((id, be));
+            break;
+        }
+    }
+    // Every try collided (e.g. a one-backend service): drop the SYN; the
+    // client retries, and the live flow it would break is left alone.
+    let Some((backend_id, be)) = chosen else {
         return TC_ACT_SHOT;
     };
     let fwd = CtValue {
@@ -278,15 +345,7 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
         svc_id: svc.svc_id,
         last_seen_ns: now,
     };
-    let rev_key = CtKey {
-        saddr: be.addr,
-        daddr: f.saddr,
-        sport: be.port,
-        dport: f.sport,
-        proto: f.proto,
-        dir: CT_DIR_REV,
-        pad: 0,
-    };
+    let rev_key = reply_key(&f, &be);
     let rev = CtValue {
         nat_addr: f.daddr,
         nat_port: f.dport,

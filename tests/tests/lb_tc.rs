@@ -170,3 +170,50 @@ fn cluster_ip_from_a_pod_outside_the_socket_hooks_is_balanced_per_packet() {
         "ClusterIP answered from outside the cluster: {ext:?}"
     );
 }
+
+#[test]
+fn tc_path_keeps_two_flows_sharing_a_client_port_apart() {
+    if !require_root("tc_path_keeps_two_flows_sharing_a_client_port_apart") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    // "one" has only pod-0; "many" has all three. A client socket on port P
+    // to "one" is DNATed to pod-0:8080; a second socket on the same port to
+    // "many" must not also become P -> pod-0:8080 on the wire.
+    let ep = |i: usize| (t.backends[i].ip, true, true, false, NODE_NAME);
+    let one = SvcSpec {
+        name: "one",
+        cluster_ip: "10.96.0.61",
+        ports: &[("http", "TCP", 80)],
+        extra_spec: "",
+        endpoints: &[ep(0)],
+        with_slice: true,
+    }
+    .yaml();
+    let many = SvcSpec {
+        name: "many",
+        cluster_ip: "10.96.0.62",
+        ports: &[("http", "TCP", 80)],
+        extra_spec: "",
+        endpoints: &[ep(0), ep(1), ep(2)],
+        with_slice: true,
+    }
+    .yaml();
+    t.write_manifest("svcs.yaml", &format!("{one}---\n{many}"));
+    let pod_if = t.client_host_if.clone();
+    t.start_agent(&["--pod-iface", &pod_if]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), |l| {
+            l.contains("services programmed")
+        });
+    let lines =
+        t.client_outside_cgroup(&["same-port", "10.96.0.61:80", "10.96.0.62:80", "40100", "12"]);
+    assert_eq!(lines.len(), 12, "{lines:?}");
+    for l in &lines {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 4, "{l}");
+        assert_eq!(f[0], "pod-0", "{l}");
+        assert_ne!(f[1], "pod-0", "second flow collided with the first: {l}");
+        assert_eq!(&f[2..], ["ok", "ok"], "both connections keep working: {l}");
+    }
+}

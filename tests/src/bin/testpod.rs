@@ -9,6 +9,9 @@
 //!                                 "new_ok=N new_failed=M persist_ok=P persist_failed=Q"
 //! hold ADDR:PORT                  one connection: prints "NAME" once connected, then
 //!                                 echoes a line per stdin line ("NAME line" or "BROKEN")
+//! same-port A B PORT COUNT       COUNT times: from local PORT+i, one connection to A
+//!                                 and, while it is open, one to B from the same port;
+//!                                 then a ping on each; prints "NAME_A NAME_B PING_A PING_B"
 //! rr FILE CONNS SECS              benchmark: CONNS persistent connections (to the
 //!                                 ADDR:PORT lines of FILE, round robin) doing request/
 //!                                 response for SECS; prints "requests=N errors=E"
@@ -32,6 +35,7 @@ fn main() {
         "load" => load(addr(a(2)), num(a(3)), num(a(4))),
         "hold" => hold(addr(a(2))),
         "rr" => rr(&targets(a(2)), num(a(3)), num(a(4))),
+        "same-port" => same_port(addr(a(2)), addr(a(3)), num(a(4)) as u16, num(a(5)) as u16),
         "crr" => crr(&targets(a(2)), num(a(3)), num(a(4))),
         _ => usage(),
     }
@@ -39,7 +43,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT | rr|crr FILE CONNS SECS"
+        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT | same-port A B PORT COUNT | rr|crr FILE CONNS SECS"
     );
     std::process::exit(2)
 }
@@ -382,4 +386,91 @@ fn crr(targets: &[SocketAddr], conns: u64, secs: u64) {
         pct(0.50),
         pct(0.99)
     );
+}
+
+/// A TCP connection from a fixed local port (SO_REUSEADDR, so two sockets
+/// may share it towards different destinations, as the kernel's own port
+/// choice does under pressure).
+fn connect_from(port: u16, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V4(to) = to else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket syscalls on an fd we own; it is closed on every
+    // error path or handed to TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let local = sin(std::net::Ipv4Addr::UNSPECIFIED, port);
+        let remote = sin(*to.ip(), to.port());
+        // SO_SNDTIMEO also bounds connect() on Linux.
+        let timeout = libc::timeval {
+            tv_sec: 3,
+            tv_usec: 0,
+        };
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+            || libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            ) != 0
+            || libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0
+            || libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(stream)
+    }
+}
+
+fn same_port(a: SocketAddr, b: SocketAddr, port: u16, count: u16) {
+    let greet = |s: &TcpStream| -> String {
+        let mut line = String::new();
+        match BufReader::new(s).read_line(&mut line) {
+            Ok(n) if n > 0 => line.trim().to_string(),
+            _ => "NOREPLY".into(),
+        }
+    };
+    let ping = |s: &mut TcpStream| -> &'static str {
+        let mut line = String::new();
+        let ok = s.write_all(b"ping\n").is_ok()
+            && BufReader::new(&*s).read_line(&mut line).is_ok()
+            && line.ends_with("ping\n");
+        if ok { "ok" } else { "BROKEN" }
+    };
+    for i in 0..count {
+        let p = port + i;
+        let (mut sa, mut sb) = match (connect_from(p, a), connect_from(p, b)) {
+            (Ok(x), Ok(y)) => (x, y),
+            (x, y) => {
+                println!("ERROR {:?} {:?}", x.err(), y.err());
+                continue;
+            }
+        };
+        let (na, nb) = (greet(&sa), greet(&sb));
+        let (pa, pb) = (ping(&mut sa), ping(&mut sb));
+        println!("{na} {nb} {pa} {pb}");
+    }
 }

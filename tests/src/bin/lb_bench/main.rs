@@ -99,6 +99,9 @@ pub struct Scale {
     pub agent_cpu_pct: f64,
     /// The same during the tc-path rounds (conntrack GC runs then).
     pub agent_cpu_tc_pct: f64,
+    /// sluice's programs: (name, runs, mean ns per run), from one extra
+    /// round per path with kernel BPF run-time stats on.
+    pub prog_costs: Vec<(String, u64, f64)>,
     pub agent_peak_rss_mb: f64,
     pub iptables_rules: usize,
     pub iptables_program_ms: f64,
@@ -305,6 +308,9 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     }
     let agent_cpu_pct = 100.0 * (cpu_secs(agent_pid) - cpu0) / wall0.elapsed().as_secs_f64();
     eprintln!("   agent CPU while under load: {agent_cpu_pct:.1}%");
+    let socket_cost = with_bpf_stats(|| {
+        round(&t, Client::InCgroup, &vip_file, o);
+    });
     // sluice tc path: the same pinned state, adopted by an agent that also
     // balances on the client's veth; the client runs outside the cgroup.
     t.agent().stop();
@@ -321,6 +327,9 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     }
     let agent_cpu_tc_pct = 100.0 * (cpu_secs(agent_pid) - cpu0) / wall0.elapsed().as_secs_f64();
     eprintln!("   agent CPU while under load: {agent_cpu_tc_pct:.1}%");
+    let tc_cost = with_bpf_stats(|| {
+        round(&t, Client::OutsideCgroup, &vip_file, o);
+    });
     t.agent().stop();
     t.agent = None;
     // Detach: the links are pinned, so removing the pins is what lets go.
@@ -367,6 +376,7 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         agent_rss_mb: rss,
         agent_cpu_pct,
         agent_cpu_tc_pct,
+        prog_costs: socket_cost.into_iter().chain(tc_cost).collect(),
         agent_peak_rss_mb: peak,
         iptables_rules: kube_proxy::rule_count(&payload),
         iptables_program_ms,
@@ -379,6 +389,57 @@ fn field(line: &str, key: &str) -> Option<f64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&needle))
         .and_then(|v| v.parse().ok())
+}
+
+/// Runs `f` (an extra, unreported round) with kernel.bpf_stats_enabled on
+/// and returns the mean run time of each sluice program that ran. Stats
+/// cost every BPF program two clock reads, so the measured rounds run
+/// without them.
+fn with_bpf_stats(f: impl FnOnce()) -> Vec<(String, u64, f64)> {
+    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before_knob = std::fs::read_to_string(KNOB).unwrap_or_else(|_| "0".into());
+    if std::fs::write(KNOB, "1").is_err() {
+        return Vec::new();
+    }
+    let before = prog_stats();
+    f();
+    let after = prog_stats();
+    let _ = std::fs::write(KNOB, before_knob.trim());
+    let mut out: Vec<(String, u64, f64)> = after
+        .iter()
+        .filter_map(|(name, &(ns, runs))| {
+            let (ns0, runs0) = before.get(name).copied().unwrap_or((0, 0));
+            let runs = runs.checked_sub(runs0)?;
+            (runs > 0).then(|| (name.clone(), runs, (ns - ns0) as f64 / runs as f64))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// (run_time_ns, run_cnt) per sluice program name (bpftool shows names cut
+/// to 15 characters; loaded copies of one program are summed).
+fn prog_stats() -> std::collections::HashMap<String, (u64, u64)> {
+    let mut m = std::collections::HashMap::new();
+    let Ok(out) = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+    else {
+        return m;
+    };
+    let Ok(progs) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return m;
+    };
+    for p in progs.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("");
+        let known = ["sock4_", "tc_lb_"].iter().any(|pre| name.starts_with(pre));
+        if known {
+            let e = m.entry(name.to_string()).or_insert((0, 0));
+            e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    m
 }
 
 /// (steal, total) jiffies of all CPUs: how much of the run a hypervisor

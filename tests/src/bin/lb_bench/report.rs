@@ -1,6 +1,6 @@
 //! lb.md (tables of ratios against direct, targets met or not), lb.json
-//! (every number) and lb.svg (CRR and connect p99 per path over service
-//! counts).
+//! (every number) and lb.svg (CRR and connect p50/p99 per path over
+//! service counts).
 use std::fmt::Write as _;
 
 use plotters::prelude::*;
@@ -168,6 +168,9 @@ pub fn write(o: &Opts, scales: &[Scale], steal_pct: f64) -> Result<(), String> {
             "agent_cpu_pct_under_socket_load": s.agent_cpu_pct,
             "agent_cpu_pct_under_tc_load": s.agent_cpu_tc_pct,
             "agent_peak_rss_mb": s.agent_peak_rss_mb,
+            "prog_costs": s.prog_costs.iter().map(|(n, runs, ns)| json!({
+                "program": n, "runs": runs, "ns_per_run": ns,
+            })).collect::<Vec<_>>(),
             "iptables_rules": s.iptables_rules,
             "iptables_program_ms": s.iptables_program_ms,
         })).collect::<Vec<_>>(),
@@ -279,6 +282,17 @@ fn markdown(o: &Opts, scales: &[Scale], ts: &[Target], steal_pct: f64) -> String
     }
     let _ = writeln!(
         m,
+        "## In-kernel cost of sluice's programs\n\nMean run time per invocation (kernel BPF stats, one extra round per path; \
+         a connect runs sock4_connect once, a packet runs tc_lb_* once per direction).\n\n| services | program | runs | ns per run |\n|---:|---|---:|---:|"
+    );
+    for s in scales {
+        for (name, runs, ns) in &s.prog_costs {
+            let _ = writeln!(m, "| {} | {name} | {runs} | {ns:.0} |", s.services);
+        }
+    }
+    let _ = writeln!(m);
+    let _ = writeln!(
+        m,
         "## Targets\n\n| target | value | bound | verdict |\n|---|---:|---:|---|"
     );
     for t in ts {
@@ -318,11 +332,12 @@ type Series = (&'static str, RGBColor, Vec<(i32, f64)>);
 
 fn plot(scales: &[Scale], path: &std::path::Path) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Debug| format!("plotting {}: {e:?}", path.display());
-    let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
+    let root = SVGBackend::new(path, (1500, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let panels = root.split_evenly((1, 2));
-    let metrics: [(&str, Getter); 2] = [
+    let panels = root.split_evenly((1, 3));
+    let metrics: [(&str, Getter); 3] = [
         ("new connections/s (CRR)", |l| l.crr),
+        ("connect p50 (us)", |l| l.connect_p50_us),
         ("connect p99 (us)", |l| l.connect_p99_us),
     ];
     let labels: Vec<String> = scales.iter().map(|s| s.services.to_string()).collect();
