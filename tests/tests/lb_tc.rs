@@ -9,6 +9,8 @@ use sluice_tests::{
 };
 
 const EXTERNAL_VIP: &str = "192.168.77.100";
+/// The Service's status.loadBalancer.ingress IP.
+const LB_VIP: &str = "192.168.77.101";
 
 fn svc(t: &LbTopology, etp_local: bool, node_of: impl Fn(usize) -> &'static str) -> String {
     let eps: Vec<(Ipv4Addr, bool, bool, bool, &str)> = (0..t.backends.len())
@@ -20,29 +22,36 @@ fn svc(t: &LbTopology, etp_local: bool, node_of: impl Fn(usize) -> &'static str)
         cluster_ip: "10.96.0.50",
         ports: &[("http", "TCP", 80), ("dns", "UDP", 53)],
         extra_spec: &format!(
-            "  type: NodePort\n  externalTrafficPolicy: {policy}\n  externalIPs: [\"{EXTERNAL_VIP}\"]\n"
+            "  type: LoadBalancer\n  externalTrafficPolicy: {policy}\n  externalIPs: [\"{EXTERNAL_VIP}\"]\n"
         ),
         endpoints: &eps,
         with_slice: true,
     }
     .yaml()
+    .replacen(
+        "---\n",
+        &format!("status:\n  loadBalancer:\n    ingress:\n    - ip: {LB_VIP}\n---\n"),
+        1,
+    )
     .replace("port: 80\n", "port: 80\n    nodePort: 30080\n")
     .replace("port: 53\n", "port: 53\n    nodePort: 30053\n")
 }
 
 #[test]
-fn nodeport_and_external_ip_from_outside_are_dnatted_and_reverse_natted() {
-    if !require_root("nodeport_and_external_ip_from_outside_are_dnatted_and_reverse_natted") {
+fn nodeport_external_ip_and_lb_ip_from_outside_are_dnatted_and_reverse_natted() {
+    if !require_root("nodeport_external_ip_and_lb_ip_from_outside_are_dnatted_and_reverse_natted") {
         return;
     }
     let mut t = LbTopology::new(3);
-    t.external.ip([
-        "route",
-        "add",
-        &format!("{EXTERNAL_VIP}/32"),
-        "via",
-        &NODE_IP.to_string(),
-    ]);
+    for vip in [EXTERNAL_VIP, LB_VIP] {
+        t.external.ip([
+            "route",
+            "add",
+            &format!("{vip}/32"),
+            "via",
+            &NODE_IP.to_string(),
+        ]);
+    }
     t.write_manifest("np.yaml", &svc(&t, false, |_| NODE_NAME));
     t.start_agent(&[]);
     t.agent()
@@ -68,6 +77,14 @@ fn nodeport_and_external_ip_from_outside_are_dnatted_and_reverse_natted() {
     let eip = format!("{EXTERNAL_VIP}:80");
     let e = tally(&t.external(&["tcp", &eip, "30"]), &eip);
     assert_eq!(e.values().sum::<u64>(), 30, "{e:?}");
+
+    let lb = format!("{LB_VIP}:80");
+    let l = tally(&t.external(&["tcp", &lb, "30"]), &lb);
+    assert_eq!(
+        l.values().sum::<u64>(),
+        30,
+        "LoadBalancer ingress IP: {l:?}"
+    );
 
     // Conntrack holds forward entries that point at the backends.
     let ct = t.ct_list_json();
@@ -95,8 +112,8 @@ fn nodeport_and_external_ip_from_outside_are_dnatted_and_reverse_natted() {
         .iter()
         .find(|s| s["name"] == "default/np:http/TCP")
         .unwrap_or_else(|| panic!("{list}"));
-    assert!(http["conns"].as_u64().unwrap_or(0) >= 330, "{http}");
-    assert!(http["packets"].as_u64().unwrap_or(0) >= 330 * 3, "{http}");
+    assert!(http["conns"].as_u64().unwrap_or(0) >= 360, "{http}");
+    assert!(http["packets"].as_u64().unwrap_or(0) >= 360 * 3, "{http}");
     assert!(http["bytes"].as_u64().unwrap_or(0) > 0, "{http}");
 }
 
