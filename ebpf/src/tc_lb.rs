@@ -55,34 +55,56 @@ struct Flow {
     len: u64,
 }
 
+/// Reads a `T` at `off` through direct packet access (no helper call per
+/// field, which cost ~30 ns each); `None` past the end of linear data.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Flow> {
-    let ethertype: u16 = ctx.load(12).ok()?;
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: bounds-checked above against data_end (the verifier checks
+    // the same); unaligned because IP headers start at offset 14.
+    Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+}
+
+#[inline(always)]
+fn parse(ctx: &mut TcContext) -> Option<Flow> {
+    // Headers are normally linear; pull them in when they are not (as
+    // much of a TCP header as the packet has, at least a UDP header).
+    if ctx.data() + L4_OFF + 20 > ctx.data_end() {
+        let want = core::cmp::min(ctx.len() as usize, L4_OFF + 20);
+        if want < L4_OFF + 8 {
+            return None;
+        }
+        ctx.pull_data(want as u32).ok()?;
+    }
+    let ethertype: u16 = read(ctx, 12)?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return None;
     }
-    let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let vihl: u8 = read(ctx, ETH_HLEN)?;
     if vihl != 0x45 {
         return None;
     }
     // Fragments other than the first carry no ports.
-    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
+    let frag: u16 = read(ctx, ETH_HLEN + 6)?;
     if u16::from_be(frag) & 0x1fff != 0 {
         return None;
     }
-    let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    let proto: u8 = read(ctx, ETH_HLEN + 9)?;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
     let syn = proto == PROTO_TCP && {
-        let flags: u8 = ctx.load(L4_OFF + 13).ok()?;
+        let flags: u8 = read(ctx, L4_OFF + 13)?;
         flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     };
     Some(Flow {
-        saddr: ctx.load(IP_SRC_OFF).ok()?,
-        daddr: ctx.load(IP_DST_OFF).ok()?,
-        sport: ctx.load(L4_OFF).ok()?,
-        dport: ctx.load(L4_OFF + 2).ok()?,
+        saddr: read(ctx, IP_SRC_OFF)?,
+        daddr: read(ctx, IP_DST_OFF)?,
+        sport: read(ctx, L4_OFF)?,
+        dport: read(ctx, L4_OFF + 2)?,
         proto,
         syn,
         len: ctx.len() as u64,
@@ -360,7 +382,7 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
 
 #[classifier]
 pub fn tc_lb_egress(mut ctx: TcContext) -> i32 {
-    let Some(f) = parse(&ctx) else {
+    let Some(f) = parse(&mut ctx) else {
         return TC_ACT_OK;
     };
     let key = CtKey {
