@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sluice_common::lb::{
-    Backend, CT_DIR_FWD, CT_DIR_REV, CT_ENTRIES, CtKey, CtValue, Frontend, PROTO_TCP, PROTO_UDP,
-    SVC_F_EXTERNAL,
+    Backend, CT_DIR_FWD, CT_DIR_REV, CT_ENTRIES, CT_F_CLOSING, CtKey, CtValue, Frontend, PROTO_TCP,
+    PROTO_UDP, SVC_F_EXTERNAL,
 };
 
 use crate::{
@@ -36,12 +36,14 @@ const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
 /// Packets with IP options are passed untouched (rare; keeps offsets static).
 const L4_OFF: usize = ETH_HLEN + 20;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 /// Backends tried for a new flow before giving up on a collision-free one.
 const SELECT_TRIES: u32 = 8;
-/// How long a reverse entry keeps its backend-side tuple reserved after
-/// its last packet (FIN/RST are not tracked): TCP's TIME_WAIT length.
+/// How long a reverse entry of a flow that was not seen closing keeps its
+/// backend-side tuple reserved after its last packet: TCP's TIME_WAIT.
 const TUPLE_GUARD_NS: u64 = 60_000_000_000;
 
 struct Flow {
@@ -50,9 +52,22 @@ struct Flow {
     sport: u16,
     dport: u16,
     proto: u8,
-    /// A TCP SYN without ACK: the first packet of a connection.
-    syn: bool,
+    /// TCP flags (0 for UDP).
+    tcp_flags: u8,
     len: u64,
+}
+
+impl Flow {
+    /// A TCP SYN without ACK: the first packet of a connection.
+    #[inline(always)]
+    fn syn(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+    /// A TCP FIN or RST: the connection is closing.
+    #[inline(always)]
+    fn closing(&self) -> bool {
+        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
 }
 
 /// Reads a `T` at `off` through direct packet access (no helper call per
@@ -96,9 +111,10 @@ fn parse(ctx: &mut TcContext) -> Option<Flow> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
-    let syn = proto == PROTO_TCP && {
-        let flags: u8 = read(ctx, L4_OFF + 13)?;
-        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    let tcp_flags = if proto == PROTO_TCP {
+        read(ctx, L4_OFF + 13)?
+    } else {
+        0
     };
     Some(Flow {
         saddr: read(ctx, IP_SRC_OFF)?,
@@ -106,7 +122,7 @@ fn parse(ctx: &mut TcContext) -> Option<Flow> {
         sport: read(ctx, L4_OFF)?,
         dport: read(ctx, L4_OFF + 2)?,
         proto,
-        syn,
+        tcp_flags,
         len: ctx.len() as u64,
     })
 }
@@ -216,9 +232,10 @@ fn flow_hash(f: &Flow) -> u32 {
 const LAST_SEEN_SLACK_NS: u64 = 1_000_000_000;
 
 /// The conntrack entry of `key`, refreshed in place (no re-insert: an LRU
-/// update allocates a new element and is several times dearer).
+/// update allocates a new element and is several times dearer), and
+/// marked closing on a FIN or RST.
 #[inline(always)]
-fn tracked(key: &CtKey, now: u64) -> Option<CtValue> {
+fn tracked(key: &CtKey, now: u64, closing: bool) -> Option<CtValue> {
     let p = LB4_CT.get_ptr_mut(key)?;
     // SAFETY: the pointer is valid for this program run (RCU); the value is
     // plain data. A racing refresh from another CPU writes the same kind of
@@ -228,7 +245,29 @@ fn tracked(key: &CtKey, now: u64) -> Option<CtValue> {
         if now.wrapping_sub(ct.last_seen_ns) > LAST_SEEN_SLACK_NS {
             (*p).last_seen_ns = now;
         }
+        if closing && ct.flags & CT_F_CLOSING == 0 {
+            (*p).flags |= CT_F_CLOSING;
+        }
         Some(ct)
+    }
+}
+
+/// Marks the reverse entry of a forward flow closing (the tuple check in
+/// `tuple_taken` looks at reverse entries).
+#[inline(always)]
+fn mark_reply_closing(f: &Flow, ct: &CtValue) {
+    let rev = CtKey {
+        saddr: ct.nat_addr,
+        daddr: f.saddr,
+        sport: ct.nat_port,
+        dport: f.sport,
+        proto: f.proto,
+        dir: CT_DIR_REV,
+        pad: 0,
+    };
+    if let Some(p) = LB4_CT.get_ptr_mut(rev) {
+        // SAFETY: as in `tracked`.
+        unsafe { (*p).flags |= CT_F_CLOSING };
     }
 }
 
@@ -254,7 +293,8 @@ fn tuple_taken(f: &Flow, be: &Backend, now: u64) -> bool {
     match unsafe { LB4_CT.get(reply_key(f, be)) } {
         Some(v) => {
             let ours = v.nat_addr == f.daddr && v.nat_port == f.dport;
-            !ours && now.wrapping_sub(v.last_seen_ns) < TUPLE_GUARD_NS
+            let closed = v.flags & CT_F_CLOSING != 0;
+            !ours && !closed && now.wrapping_sub(v.last_seen_ns) < TUPLE_GUARD_NS
         }
         None => false,
     }
@@ -312,11 +352,14 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
         dir: CT_DIR_FWD,
         pad: 0,
     };
-    if let Some(ct) = tracked(&key, now) {
+    if let Some(ct) = tracked(&key, now, f.closing()) {
+        if f.closing() {
+            mark_reply_closing(&f, &ct);
+        }
         // A SYN on a tracked tuple is a new connection reusing the client
         // port (TIME_WAIT reuse): choose again below, since the old
         // backend-side tuple may now belong to another live flow.
-        if !f.syn {
+        if !f.syn() {
             count(ct.svc_id, ct.backend_id, f.len, false);
             return apply(ctx, f.proto, Nat::dst(&f, ct.nat_addr, ct.nat_port));
         }
@@ -362,7 +405,7 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
     let fwd = CtValue {
         nat_addr: be.addr,
         nat_port: be.port,
-        pad: 0,
+        flags: 0,
         backend_id,
         svc_id: svc.svc_id,
         last_seen_ns: now,
@@ -396,7 +439,7 @@ pub fn tc_lb_egress(mut ctx: TcContext) -> i32 {
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(ct) = tracked(&key, now) else {
+    let Some(ct) = tracked(&key, now, f.closing()) else {
         return TC_ACT_OK;
     };
     apply(&mut ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port))

@@ -103,6 +103,14 @@ fn nodeport_external_ip_and_lb_ip_from_outside_are_dnatted_and_reverse_natted() 
         fwd.iter()
             .all(|r| r["nat"].as_str().unwrap_or("").starts_with("10.244.0."))
     );
+    // Those connections are closed: FIN/RST marked them closing (short GC
+    // timeout, and their backend-side tuples are free for reuse).
+    let closing = fwd.iter().filter(|r| r["closing"] == true).count();
+    assert!(
+        closing >= 300,
+        "closed flows marked closing: {closing} of {}",
+        fwd.len()
+    );
 
     // Per-service counters on the tc path count packets and bytes too.
     let list = t.lb_list_json();

@@ -235,12 +235,17 @@ pub struct CtValue {
     /// frontend to rewrite the source back to. Network order.
     pub nat_addr: u32,
     pub nat_port: u16,
-    pub pad: u16,
+    /// `CT_F_*`.
+    pub flags: u16,
     pub backend_id: u32,
     pub svc_id: u32,
     /// bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC).
     pub last_seen_ns: u64,
 }
+
+/// Conntrack flag: a TCP FIN or RST was seen; the flow is closing, its
+/// backend-side tuple may be reused, and the GC's short timeout applies.
+pub const CT_F_CLOSING: u16 = 1 << 0;
 
 /// Length of [`ServiceInfo::name`].
 pub const SVC_NAME_LEN: usize = 104;

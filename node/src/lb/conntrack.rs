@@ -3,15 +3,15 @@
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
-use sluice_common::lb::{CT_DIR_FWD, CtKey, CtValue, PROTO_TCP};
+use sluice_common::lb::{CT_DIR_FWD, CT_F_CLOSING, CtKey, CtValue, PROTO_TCP};
 use sluice_datapath::{DatapathError, LbMaps};
 
 use super::model::proto_name;
 
-/// Idle timeouts (Cilium's defaults for established TCP and for UDP). TCP
-/// FIN/RST are not tracked yet, so a closed TCP flow lingers until this
-/// timeout or LRU eviction.
+/// Idle timeouts (Cilium's defaults for established TCP, closing TCP and
+/// UDP). A TCP flow counts as closing once the tc path saw a FIN or RST.
 pub const TCP_TIMEOUT_S: u64 = 21_600;
+pub const TCP_CLOSING_TIMEOUT_S: u64 = 10;
 pub const UDP_TIMEOUT_S: u64 = 60;
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
@@ -26,10 +26,12 @@ pub fn monotonic_ns() -> u64 {
 }
 
 fn expired(k: &CtKey, v: &CtValue, now: u64) -> bool {
-    let timeout = if k.proto == PROTO_TCP {
-        TCP_TIMEOUT_S
-    } else {
+    let timeout = if k.proto != PROTO_TCP {
         UDP_TIMEOUT_S
+    } else if v.flags & CT_F_CLOSING != 0 {
+        TCP_CLOSING_TIMEOUT_S
+    } else {
+        TCP_TIMEOUT_S
     };
     now.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
 }
@@ -66,6 +68,8 @@ pub struct CtRow {
     pub service_id: u32,
     pub backend_id: u32,
     pub idle_s: u64,
+    /// A FIN or RST was seen (TCP): the short timeout applies.
+    pub closing: bool,
 }
 
 fn ep(addr: u32, port: u16) -> String {
@@ -90,6 +94,7 @@ pub fn list(maps: &LbMaps) -> Result<Vec<CtRow>, DatapathError> {
             service_id: v.svc_id,
             backend_id: v.backend_id,
             idle_s: now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+            closing: v.flags & CT_F_CLOSING != 0,
         });
     }
     rows.sort_by(|a, b| (a.direction, &a.src, &a.dst).cmp(&(b.direction, &b.src, &b.dst)));
@@ -99,14 +104,22 @@ pub fn list(maps: &LbMaps) -> Result<Vec<CtRow>, DatapathError> {
 pub fn render_table(rows: &[CtRow]) -> String {
     use std::fmt::Write as _;
     let mut s = format!(
-        "{:<4} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>7}\n",
+        "{:<4} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>7} STATE\n",
         "DIR", "PROTO", "SRC", "DST", "NAT", "SVC", "BACKEND", "IDLE_S"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<4} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>7}",
-            r.direction, r.protocol, r.src, r.dst, r.nat, r.service_id, r.backend_id, r.idle_s
+            "{:<4} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>7} {}",
+            r.direction,
+            r.protocol,
+            r.src,
+            r.dst,
+            r.nat,
+            r.service_id,
+            r.backend_id,
+            r.idle_s,
+            if r.closing { "closing" } else { "open" }
         );
     }
     s

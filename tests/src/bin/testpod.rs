@@ -357,7 +357,14 @@ fn crr(targets: &[SocketAddr], conns: u64, secs: u64) {
                     let connect = t0.elapsed();
                     s.set_read_timeout(Some(Duration::from_secs(3))).ok();
                     line.clear();
-                    if BufReader::new(&s).read_line(&mut line).unwrap_or(0) == 0 {
+                    if let Ok(0) | Err(_) = BufReader::new(&s).read_line(&mut line).map_err(|e| {
+                        if errors < 3 {
+                            eprintln!("read {to}: {e}");
+                        }
+                    }) {
+                        if errors < 3 {
+                            eprintln!("no greeting from {to} via {:?}", s.local_addr());
+                        }
                         errors += 1;
                         continue;
                     }

@@ -533,6 +533,10 @@ fn round(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
             "load generator {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for l in stderr.lines().take(3) {
+            eprintln!("   [{mode}] {l}");
+        }
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let rr = run("rr", o.rr_conns);
