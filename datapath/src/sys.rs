@@ -49,10 +49,14 @@ pub fn map_update_batch_u32(
             )
         };
         let err = (ret < 0).then(std::io::Error::last_os_error);
-        done += attr.count as usize;
+        // The kernel writes `count` back after processing elements; on an
+        // early error it may not have, so it is trusted only on success or
+        // an interrupted batch.
         match err {
-            None => {}
-            Some(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            None => done += attr.count as usize,
+            Some(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                done += (attr.count as usize).min(keys.len() - done)
+            }
             Some(e) => {
                 return Err(std::io::Error::new(
                     e.kind(),

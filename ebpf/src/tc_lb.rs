@@ -17,12 +17,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sluice_common::lb::{
-    Backend, CT_DIR_FWD, CT_DIR_REV, CT_ENTRIES, CT_F_CLOSING, CtKey, CtValue, Frontend, PROTO_TCP,
-    PROTO_UDP, SVC_F_EXTERNAL,
+    BACKEND_F_TERMINATING, CT_DIR_FWD, CT_DIR_REV, CT_ENTRIES, CT_F_CLOSING, CtKey, CtValue,
+    Frontend, PROTO_TCP, PROTO_UDP, SVC_F_AFFINITY, SVC_F_EXTERNAL,
 };
 
 use crate::{
-    lb_maps::{LB4_BE_STATS, LB4_SERVICES, LB4_SVC_STATS},
+    lb_maps::{LB4_BACKENDS, LB4_BE_STATS, LB4_SERVICES, LB4_SVC_STATS},
     select::select_backend,
 };
 
@@ -42,8 +42,8 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 /// Backends tried for a new flow before giving up on a collision-free one.
 const SELECT_TRIES: u32 = 8;
-/// How long a reverse entry of a flow that was not seen closing keeps its
-/// backend-side tuple reserved after its last packet: TCP's TIME_WAIT.
+/// How long a UDP flow keeps its backend-side tuple reserved after its last
+/// packet (TCP flows hold theirs until seen closing).
 const TUPLE_GUARD_NS: u64 = 60_000_000_000;
 
 struct Flow {
@@ -271,13 +271,14 @@ fn mark_reply_closing(f: &Flow, ct: &CtValue) {
     }
 }
 
-/// The conntrack key of the replies of flow `f` once DNATed to `be`.
+/// The conntrack key of the replies of flow `f` once DNATed to
+/// `addr:port` (a backend).
 #[inline(always)]
-fn reply_key(f: &Flow, be: &Backend) -> CtKey {
+fn reply_key(f: &Flow, addr: u32, port: u16) -> CtKey {
     CtKey {
-        saddr: be.addr,
+        saddr: addr,
         daddr: f.saddr,
-        sport: be.port,
+        sport: port,
         dport: f.sport,
         proto: f.proto,
         dir: CT_DIR_REV,
@@ -286,15 +287,21 @@ fn reply_key(f: &Flow, be: &Backend) -> CtKey {
 }
 
 /// Whether the backend-side tuple (backend -> client port) of a new flow
-/// to `be` is held by a recent flow to a different frontend.
+/// to `addr:port` is held by a live flow to a different frontend: a TCP
+/// flow not seen closing (however idle: connection pools idle for long),
+/// or a UDP flow seen within the guard time.
 #[inline(always)]
-fn tuple_taken(f: &Flow, be: &Backend, now: u64) -> bool {
+fn tuple_taken(f: &Flow, addr: u32, port: u16, now: u64) -> bool {
     // SAFETY: plain LRU lookup, value copied.
-    match unsafe { LB4_CT.get(reply_key(f, be)) } {
+    match unsafe { LB4_CT.get(reply_key(f, addr, port)) } {
         Some(v) => {
             let ours = v.nat_addr == f.daddr && v.nat_port == f.dport;
-            let closed = v.flags & CT_F_CLOSING != 0;
-            !ours && !closed && now.wrapping_sub(v.last_seen_ns) < TUPLE_GUARD_NS
+            let live = if f.proto == PROTO_TCP {
+                v.flags & CT_F_CLOSING == 0
+            } else {
+                now.wrapping_sub(v.last_seen_ns) < TUPLE_GUARD_NS
+            };
+            !ours && live
         }
         None => false,
     }
@@ -352,16 +359,26 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
         dir: CT_DIR_FWD,
         pad: 0,
     };
+    // (backend id, address, port) a SYN on a tracked tuple keeps.
+    let mut keep = None;
     if let Some(ct) = tracked(&key, now, f.closing()) {
         if f.closing() {
             mark_reply_closing(&f, &ct);
         }
-        // A SYN on a tracked tuple is a new connection reusing the client
-        // port (TIME_WAIT reuse): choose again below, since the old
-        // backend-side tuple may now belong to another live flow.
         if !f.syn() {
             count(ct.svc_id, ct.backend_id, f.len, false);
             return apply(ctx, f.proto, Nat::dst(&f, ct.nat_addr, ct.nat_port));
+        }
+        // A SYN on a tracked tuple is a retransmission or a new connection
+        // reusing the client port (TIME_WAIT reuse): keep the backend
+        // unless its tuple now belongs to another live flow, and record
+        // the flow afresh below (clearing the old flow's closing state).
+        // SAFETY: plain hash lookup, value copied.
+        let usable = unsafe { LB4_BACKENDS.get(ct.backend_id) }.is_some_and(|b| {
+            b.addr == ct.nat_addr && b.port == ct.nat_port && b.flags & BACKEND_F_TERMINATING == 0
+        });
+        if usable && !tuple_taken(&f, ct.nat_addr, ct.nat_port, now) {
+            keep = Some((ct.backend_id, ct.nat_addr, ct.nat_port));
         }
     }
     let fe = Frontend {
@@ -382,8 +399,8 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
     // land on the same backend address, or they become one tuple on the
     // wire and break each other. Prefer a backend whose tuple is free.
     let hash = flow_hash(&f);
-    let mut chosen = None;
-    let mut tries = 0;
+    let mut chosen = keep;
+    let mut tries = if keep.is_some() { SELECT_TRIES } else { 0 };
     while tries < SELECT_TRIES {
         let h = hash ^ tries.wrapping_mul(0x9e37_79b9);
         tries += 1;
@@ -392,25 +409,27 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
             // a host that has no such port open.
             return TC_ACT_SHOT;
         };
-        if !tuple_taken(&f, &be, now) {
-            chosen = Some((id, be));
+        // With session affinity every try returns the client's pinned
+        // backend; that choice stands (a collision there is accepted).
+        if svc.flags & SVC_F_AFFINITY != 0 || !tuple_taken(&f, be.addr, be.port, now) {
+            chosen = Some((id, be.addr, be.port));
             break;
         }
     }
     // Every try collided (e.g. a one-backend service): drop the SYN; the
     // client retries, and the live flow it would break is left alone.
-    let Some((backend_id, be)) = chosen else {
+    let Some((backend_id, be_addr, be_port)) = chosen else {
         return TC_ACT_SHOT;
     };
     let fwd = CtValue {
-        nat_addr: be.addr,
-        nat_port: be.port,
+        nat_addr: be_addr,
+        nat_port: be_port,
         flags: 0,
         backend_id,
         svc_id: svc.svc_id,
         last_seen_ns: now,
     };
-    let rev_key = reply_key(&f, &be);
+    let rev_key = reply_key(&f, be_addr, be_port);
     let rev = CtValue {
         nat_addr: f.daddr,
         nat_port: f.dport,
@@ -420,7 +439,7 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
         return TC_ACT_SHOT;
     }
     count(svc.svc_id, backend_id, f.len, true);
-    apply(ctx, f.proto, Nat::dst(&f, be.addr, be.port))
+    apply(ctx, f.proto, Nat::dst(&f, be_addr, be_port))
 }
 
 #[classifier]

@@ -152,6 +152,9 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Delay before re-applying a snapshot whose programming failed.
+const RETRY: Duration = Duration::from_secs(5);
+
 /// Waits for snapshots and applies the latest one. Errors in objects are
 /// logged when the set of errors changes (not on every resync).
 async fn reconcile_loop(
@@ -161,7 +164,18 @@ async fn reconcile_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut last_errors: Vec<String> = Vec::new();
-    while let Some(mut update) = rx.recv().await {
+    // A snapshot whose programming failed: retried after RETRY unless a
+    // newer one arrives first (the source does not resend an unchanged one).
+    let mut failed: Option<Update> = None;
+    loop {
+        let next = match failed.take() {
+            Some(f) => tokio::select! {
+                u = rx.recv() => u,
+                _ = tokio::time::sleep(RETRY) => Some(f),
+            },
+            None => rx.recv().await,
+        };
+        let Some(mut update) = next else { return };
         while let Ok(newer) = rx.try_recv() {
             update = newer;
         }
@@ -171,10 +185,10 @@ async fn reconcile_loop(
             let desired = model::desired(&update.snapshot, &node);
             let res = reconciler.apply(&desired);
             let apply_ms = started.elapsed().as_secs_f64() * 1e3;
-            (reconciler, desired.errors, res, update.seen_at, apply_ms)
+            (reconciler, desired.errors, res, update, apply_ms)
         })
         .await;
-        let (r, errors, res, seen_at, apply_ms) = match res {
+        let (r, errors, res, update, apply_ms) = match res {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!("reconciler task failed: {e}");
@@ -182,7 +196,13 @@ async fn reconcile_loop(
             }
         };
         reconciler = r;
-        // The snapshot and model are gone now; hand their pages back (glibc
+        let seen_at = update.seen_at;
+        if res.is_err() {
+            failed = Some(update);
+        } else {
+            drop(update);
+        }
+        // The snapshot (once applied) and model are gone now; hand their pages back (glibc
         // keeps freed heap otherwise, and a big snapshot is tens of MB).
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only releases free memory.
@@ -230,10 +250,14 @@ async fn reconcile_loop(
                 "services programmed"
             ),
             Ok(_) => tracing::debug!("no LB changes"),
-            // Level-triggered: the next change or resync retries from scratch.
+            // Level-triggered: the retry (or a newer snapshot) starts from
+            // scratch.
             Err(e) => {
                 metrics.reconcile_errors.inc();
-                tracing::error!("programming services failed: {e}");
+                tracing::error!(
+                    retry_in_s = RETRY.as_secs(),
+                    "programming services failed: {e}"
+                );
             }
         }
     }

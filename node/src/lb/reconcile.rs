@@ -219,14 +219,18 @@ impl Reconciler {
                 })
                 .collect::<Result<Vec<_>, DatapathError>>()?;
             let mut pending = Vec::new();
-            for (w, (info, table, write)) in chunk.iter_mut().zip(built) {
+            for (w, (info, table, write)) in chunk.iter().zip(built) {
                 if write {
                     pending.push((w.id, table, info));
                     st.tables_written += 1;
                 }
-                self.applied.insert(w.id, std::mem::take(&mut w.ids));
             }
             self.install_tables(&mut pending)?;
+            // Only now: a failed install must leave these services looking
+            // stale, so the retry rebuilds them.
+            for w in chunk.iter_mut() {
+                self.applied.insert(w.id, std::mem::take(&mut w.ids));
+            }
         }
         st.frontends = frontends.len();
         // 3. Frontends: add/change, then remove stale ones.
