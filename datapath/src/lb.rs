@@ -142,12 +142,6 @@ impl LbMaps {
         })
     }
 
-    /// Installs one table (see [`LbMaps::commit_tables`]).
-    pub fn set_table(&mut self, svc_id: u32, table: &[u32]) -> Result<(), DatapathError> {
-        let t = Self::build_table(table)?;
-        self.commit_tables(&[(svc_id, Some(&t))])
-    }
-
     /// Reads the table of `svc_id` (slot -> backend id), or `None` when the
     /// service has no table or an empty one.
     pub fn table(&self, svc_id: u32) -> Result<Option<Vec<u32>>, DatapathError> {

@@ -58,6 +58,19 @@ struct Flow {
 }
 
 impl Flow {
+    /// This packet's own conntrack key in direction `dir`.
+    #[inline(always)]
+    fn key(&self, dir: u8) -> CtKey {
+        CtKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            dir,
+            pad: 0,
+        }
+    }
     /// A TCP SYN without ACK: the first packet of a connection.
     #[inline(always)]
     fn syn(&self) -> bool {
@@ -256,16 +269,7 @@ fn tracked(key: &CtKey, now: u64, closing: bool) -> Option<CtValue> {
 /// `tuple_taken` looks at reverse entries).
 #[inline(always)]
 fn mark_reply_closing(f: &Flow, ct: &CtValue) {
-    let rev = CtKey {
-        saddr: ct.nat_addr,
-        daddr: f.saddr,
-        sport: ct.nat_port,
-        dport: f.sport,
-        proto: f.proto,
-        dir: CT_DIR_REV,
-        pad: 0,
-    };
-    if let Some(p) = LB4_CT.get_ptr_mut(rev) {
+    if let Some(p) = LB4_CT.get_ptr_mut(reply_key(f, ct.nat_addr, ct.nat_port)) {
         // SAFETY: as in `tracked`.
         unsafe { (*p).flags |= CT_F_CLOSING };
     }
@@ -350,15 +354,7 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = CtKey {
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir: CT_DIR_FWD,
-        pad: 0,
-    };
+    let key = f.key(CT_DIR_FWD);
     // (backend id, address, port) a SYN on a tracked tuple keeps.
     let mut keep = None;
     if let Some(ct) = tracked(&key, now, f.closing()) {
@@ -447,15 +443,7 @@ pub fn tc_lb_egress(mut ctx: TcContext) -> i32 {
     let Some(f) = parse(&mut ctx) else {
         return TC_ACT_OK;
     };
-    let key = CtKey {
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir: CT_DIR_REV,
-        pad: 0,
-    };
+    let key = f.key(CT_DIR_REV);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(ct) = tracked(&key, now, f.closing()) else {

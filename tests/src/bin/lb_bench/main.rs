@@ -277,8 +277,6 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     tune_client(&base_ns.name);
     let base = Client::Pod(&base_ns);
     let mut direct = Vec::new();
-    let mut socket = Vec::new();
-    let mut tc = Vec::new();
     eprintln!("-- direct (no agent)");
     for _ in 0..o.rounds {
         direct.push(round(&t, base, &direct_file, o));
@@ -299,18 +297,7 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (rss, peak) = rss_mb(t.agent().pid().expect("agent running"));
     eprintln!("-- sluice socket LB (client in the cgroup), alternating with direct");
-    let agent_pid = t.agent().pid().expect("agent running");
-    let (cpu0, wall0) = (cpu_secs(agent_pid), Instant::now());
-    let mut socket_direct = Vec::new();
-    for _ in 0..o.rounds {
-        socket.push(round(&t, Client::InCgroup, &vip_file, o));
-        socket_direct.push(round(&t, base, &direct_file, o));
-    }
-    let agent_cpu_pct = 100.0 * (cpu_secs(agent_pid) - cpu0) / wall0.elapsed().as_secs_f64();
-    eprintln!("   agent CPU while under load: {agent_cpu_pct:.1}%");
-    let socket_cost = with_bpf_stats(|| {
-        round(&t, Client::InCgroup, &vip_file, o);
-    });
+    let socket_phase = alternate(&t, Client::InCgroup, base, &vip_file, &direct_file, o);
     // sluice tc path: the same pinned state, adopted by an agent that also
     // balances on the client's veth; the client runs outside the cgroup.
     t.agent().stop();
@@ -318,26 +305,13 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     let pod_if = t.client_host_if.clone();
     t.start_agent(&["--pod-iface", &pod_if, "--metrics-addr", "127.0.0.1:0"]);
     eprintln!("-- sluice tc path (client outside the cgroup), alternating with direct");
-    let mut tc_direct = Vec::new();
-    let agent_pid = t.agent().pid().expect("agent running");
-    let (cpu0, wall0) = (cpu_secs(agent_pid), Instant::now());
-    for _ in 0..o.rounds {
-        tc.push(round(&t, Client::OutsideCgroup, &vip_file, o));
-        tc_direct.push(round(&t, base, &direct_file, o));
-    }
-    let agent_cpu_tc_pct = 100.0 * (cpu_secs(agent_pid) - cpu0) / wall0.elapsed().as_secs_f64();
-    eprintln!("   agent CPU while under load: {agent_cpu_tc_pct:.1}%");
-    let tc_cost = with_bpf_stats(|| {
-        round(&t, Client::OutsideCgroup, &vip_file, o);
-    });
+    let tc_phase = alternate(&t, Client::OutsideCgroup, base, &vip_file, &direct_file, o);
     t.agent().stop();
     t.agent = None;
     // Detach: the links are pinned, so removing the pins is what lets go.
     let _ = std::fs::remove_dir_all(t.pins.path.join("links"));
-    let socket_ratio = paired(&socket, &socket_direct);
-    let tc_ratio = paired(&tc, &tc_direct);
-    direct.extend(socket_direct);
-    direct.extend(tc_direct);
+    direct.extend(socket_phase.direct.iter().copied());
+    direct.extend(tc_phase.direct.iter().copied());
 
     eprintln!("-- kube-proxy iptables: restoring rules");
     let payload = kube_proxy::iptables_nat(&svcs, "10.244.0.0/16");
@@ -364,19 +338,23 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     Scale {
         services: n,
         direct: median(&direct),
-        socket: median(&socket),
-        tc: median(&tc),
-        socket_ratio,
-        tc_ratio,
+        socket: median(&socket_phase.path),
+        tc: median(&tc_phase.path),
+        socket_ratio: paired(&socket_phase.path, &socket_phase.direct),
+        tc_ratio: paired(&tc_phase.path, &tc_phase.direct),
         iptables,
         ipvs,
         sluice_program_ms: field(&line, "latency_ms").unwrap_or(f64::NAN),
         sluice_apply_ms: field(&line, "apply_ms").unwrap_or(f64::NAN),
         sluice_program_wall_ms: wall_ms,
         agent_rss_mb: rss,
-        agent_cpu_pct,
-        agent_cpu_tc_pct,
-        prog_costs: socket_cost.into_iter().chain(tc_cost).collect(),
+        agent_cpu_pct: socket_phase.agent_cpu_pct,
+        agent_cpu_tc_pct: tc_phase.agent_cpu_pct,
+        prog_costs: socket_phase
+            .costs
+            .into_iter()
+            .chain(tc_phase.costs)
+            .collect(),
         agent_peak_rss_mb: peak,
         iptables_rules: kube_proxy::rule_count(&payload),
         iptables_program_ms,
@@ -559,6 +537,49 @@ fn round(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
         l.rps, l.crr, l.connect_p50_us, l.connect_p99_us, l.errors
     );
     l
+}
+
+/// One sluice path measured against direct under the running agent.
+struct Phase {
+    path: Vec<Load>,
+    direct: Vec<Load>,
+    agent_cpu_pct: f64,
+    costs: Vec<(String, u64, f64)>,
+}
+
+/// `o.rounds` rounds of the path (`client` to the services) alternating
+/// with direct rounds from `base`, the agent's CPU use meanwhile, then one
+/// extra round with kernel BPF stats for the programs' run time.
+fn alternate(
+    t: &LbTopology,
+    client: Client,
+    base: Client,
+    vip_file: &Path,
+    direct_file: &Path,
+    o: &Opts,
+) -> Phase {
+    let pid = t
+        .agent
+        .as_ref()
+        .and_then(|a| a.pid())
+        .expect("agent running");
+    let (cpu0, wall0) = (cpu_secs(pid), Instant::now());
+    let (mut path, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..o.rounds {
+        path.push(round(t, client, vip_file, o));
+        direct.push(round(t, base, direct_file, o));
+    }
+    let agent_cpu_pct = 100.0 * (cpu_secs(pid) - cpu0) / wall0.elapsed().as_secs_f64();
+    eprintln!("   agent CPU while under load: {agent_cpu_pct:.1}%");
+    let costs = with_bpf_stats(|| {
+        round(t, client, vip_file, o);
+    });
+    Phase {
+        path,
+        direct,
+        agent_cpu_pct,
+        costs,
+    }
 }
 
 /// Median of per-pair ratios `a[i] / b[i]`.
