@@ -1,10 +1,26 @@
-//! `sluice-cni`: the CNI plugin. Not implemented yet (its own issue); until
-//! then it answers every invocation with a CNI error result, so a runtime that
-//! calls it fails loudly instead of believing a pod got a network.
-fn main() -> std::process::ExitCode {
-    // CNI spec error shape; code 100+ is plugin-specific.
-    println!(
-        r#"{{"cniVersion":"1.1.0","code":100,"msg":"sluice-cni is not implemented yet","details":""}}"#
-    );
-    std::process::ExitCode::FAILURE
+//! `sluice-cni`: the CNI plugin (spec 1.1.0; results rendered in 0.3.1,
+//! 0.4.0, 1.0.0 or 1.1.0 format as the config asks). Gives each pod an
+//! address from the node's pod CIDR and a veth whose host side runs
+//! sluice's pod datapath. See ARCHITECTURE.md.
+mod config;
+mod ipam;
+mod net;
+mod plugin;
+
+use rscni_plugin::{cni::Plugin, version::SpecVersion};
+
+fn main() {
+    let versions = vec![
+        SpecVersion::new(0, 3, 1),
+        SpecVersion::new(0, 4, 0),
+        SpecVersion::new(1, 0, 0),
+        SpecVersion::new(1, 1, 0),
+    ];
+    let plugin = Plugin::new(SpecVersion::new(1, 1, 0), versions)
+        .msg(concat!("sluice-cni ", env!("CARGO_PKG_VERSION")));
+    // The error result is already on stdout; exit non-zero as the spec asks.
+    if let Err(e) = plugin.run(&plugin::Sluice) {
+        eprintln!("sluice-cni: {e}");
+        std::process::exit(i32::try_from(u32::from(&e)).unwrap_or(1).max(1));
+    }
 }

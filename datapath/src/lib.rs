@@ -12,6 +12,7 @@ mod lb;
 mod loader;
 mod log_forward;
 pub mod node;
+mod pod;
 mod sys;
 
 pub use bpffs::ensure_pin_dir;
@@ -19,6 +20,7 @@ pub use error::DatapathError;
 pub use lb::{BuiltTable, LbMaps, table_batch_limit};
 pub use loader::{BpfLogLevel, Datapath, LbIface, LoadOptions, pinned_counters};
 pub use log_forward::spawn_log_forwarder;
+pub use pod::PodDatapath;
 
 /// The eBPF object built from `ebpf/` by build.rs (aya-build, release).
 pub static EBPF_OBJECT: &[u8] =

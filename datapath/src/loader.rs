@@ -174,7 +174,7 @@ impl Datapath {
     pub fn attach_lb_iface(&mut self, iface: &str, role: LbIface) -> Result<(), DatapathError> {
         let ingress = match role {
             LbIface::External => prog_names::TC_LB_INGRESS,
-            LbIface::Pod => prog_names::TC_LB_POD_INGRESS,
+            LbIface::Pod => prog_names::TC_POD_INGRESS,
         };
         for (name, ty, dir) in [
             (ingress, TcAttachType::Ingress, "ingress"),
@@ -189,27 +189,12 @@ impl Datapath {
                     reason: e.to_string(),
                 })?;
             }
-            let tcx = aya::util::KernelVersion::current()
-                .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-                .unwrap_or(false);
             let prog = self.classifier(name)?;
             if prog.fd().is_err() {
                 prog.load()
                     .map_err(|source| DatapathError::Program { name, source })?;
             }
-            if !tcx {
-                let _ = aya::programs::tc::qdisc_add_clsact(iface);
-            }
-            let id = prog
-                .attach(iface, ty)
-                .map_err(|source| DatapathError::Program { name, source })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| DatapathError::Program { name, source })?;
-            match FdLink::try_from(link) {
-                Ok(link) => pin_replacing(link, &pin)?,
-                Err(e) => tracing::warn!(iface, "{name}: no tcx, link not pinned: {e}"),
-            }
+            attach_pinned(prog, name, iface, ty, &pin)?;
         }
         Ok(())
     }
@@ -229,10 +214,7 @@ impl Datapath {
         }
         // clsact is only needed on the netlink path; on tcx kernels this is a
         // no-op error we can ignore (EEXIST or unused qdisc).
-        let tcx = aya::util::KernelVersion::current()
-            .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-            .unwrap_or(false);
-        if !tcx {
+        if !tcx_available() {
             let _ = aya::programs::tc::qdisc_add_clsact(iface);
         }
         prog.attach(iface, TcAttachType::Ingress)
@@ -250,7 +232,10 @@ impl Datapath {
             .map_err(|source| DatapathError::Program { name, source })
     }
 
-    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+    pub(crate) fn classifier(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut SchedClassifier, DatapathError> {
         self.ebpf
             .program_mut(name)
             .ok_or(DatapathError::ProgramMissing(name))?
@@ -308,6 +293,42 @@ fn pin_replacing(link: FdLink, pin: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Attaches `prog` to `iface` and pins the tcx link at `pin` (replacing a
+/// previous one), so the attachment outlives this process. Without tcx
+/// the clsact filter cannot be pinned (known gap: it detaches with us).
+pub(crate) fn attach_pinned(
+    prog: &mut SchedClassifier,
+    name: &'static str,
+    iface: &str,
+    ty: TcAttachType,
+    pin: &Path,
+) -> Result<(), DatapathError> {
+    if !tcx_available() {
+        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+    }
+    let id = prog
+        .attach(iface, ty)
+        .map_err(|source| DatapathError::Program { name, source })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|source| DatapathError::Program { name, source })?;
+    match FdLink::try_from(link) {
+        Ok(link) => pin_replacing(link, pin),
+        Err(e) => {
+            tracing::warn!(iface, "{name}: no tcx, link not pinned: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// tcx (link-based tc attachment, pinnable) exists from Linux 6.6; older
+/// kernels get a clsact qdisc and netlink filters.
+fn tcx_available() -> bool {
+    aya::util::KernelVersion::current()
+        .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+        .unwrap_or(false)
+}
+
 /// Each Maglev table being built holds an fd until its batch is installed
 /// (see `LbMaps::commit_tables`); lift the soft open-file limit to the hard
 /// one so batches can be large.
@@ -327,7 +348,7 @@ fn raise_nofile_rlimit() {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so map
 /// creation does not fail there. Harmless (and ignored on failure) elsewhere.
-fn raise_memlock_rlimit() {
+pub(crate) fn raise_memlock_rlimit() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,

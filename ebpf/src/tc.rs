@@ -1,13 +1,94 @@
-//! tc (tcx) classifiers for pod veths and node interfaces.
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use sluice_common::ProgStat;
+//! The pod datapath: the classifier on the host side of every pod veth.
+//!
+//! A packet leaving a pod is first service-balanced (DNAT for any frontend,
+//! ClusterIPs included, for sockets the cgroup hooks did not translate),
+//! then, when its destination is a pod on this node, handed straight to
+//! that pod with `bpf_redirect_peer`: no host routing, no neighbour lookup,
+//! no bridge, no iptables. Everything else goes up the host stack.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_ns, bpf_redirect_peer},
+    macros::{classifier, map},
+    maps::HashMap,
+    programs::TcContext,
+};
+use sluice_common::{
+    ProgStat,
+    endpoint::{Endpoint, MAX_ENDPOINTS},
+    lb::CT_DIR_REV,
+};
 
-use crate::stats;
+use crate::{
+    stats,
+    tc_lb::{ETH_HLEN, IP_CSUM_OFF, IP_DST_OFF, Nat, apply, lb_flow, parse, read, tracked},
+};
 
-/// Host side of a pod veth, traffic leaving the pod. Counts and passes; the
-/// endpoint redirect lands here with the CNI datapath.
+/// Written by the CNI plugin (ADD inserts, DEL removes).
+#[map(name = "EP4_ENDPOINTS")]
+pub static EP4_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Host side of a pod veth, traffic leaving the pod.
 #[classifier]
-pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
+pub fn tc_pod_ingress(mut ctx: TcContext) -> i32 {
     stats::count(ProgStat::TcPodIngress, ctx.len() as u64);
-    TC_ACT_OK
+    let Some(f) = parse(&mut ctx) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: plain hash lookup, value copied.
+    let to_local = unsafe { EP4_ENDPOINTS.get(f.daddr) }.is_some();
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A backend's reply to a local client: restore the frontend as source
+    // here, because the redirect below skips the client veth's egress
+    // program. Replies leaving the node keep their reverse NAT on the
+    // outgoing interface (a node address as source must not re-enter the
+    // host stack: it would be dropped as martian).
+    let verdict = match to_local.then(|| tracked(&f.key(CT_DIR_REV), now, f.closing())) {
+        Some(Some(ct)) => apply(&mut ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port)),
+        _ => lb_flow(&mut ctx, &f, 0, now),
+    };
+    if verdict != TC_ACT_OK {
+        return verdict;
+    }
+    redirect_local(&mut ctx)
+}
+
+/// Hands the packet to the local pod it is addressed to (after any DNAT),
+/// as a router would: TTL decremented, Ethernet addresses rewritten to
+/// gateway -> pod. Not a local pod, or TTL expiring: up the host stack
+/// (which answers with ICMP time exceeded).
+#[inline(always)]
+fn redirect_local(ctx: &mut TcContext) -> i32 {
+    let Some(daddr) = read::<u32>(ctx, IP_DST_OFF) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: plain hash lookup, value copied.
+    let Some(ep) = (unsafe { EP4_ENDPOINTS.get(daddr) }).copied() else {
+        return TC_ACT_OK;
+    };
+    // TTL and protocol share one checksummed 16-bit word; in memory order
+    // TTL is the first byte, so on this little-endian target the word read
+    // as u16 has TTL in its low byte.
+    let Some(word) = read::<u16>(ctx, ETH_HLEN + 8) else {
+        return TC_ACT_OK;
+    };
+    if word & 0xff <= 1 {
+        return TC_ACT_OK;
+    }
+    let new = word - 1;
+    if ctx
+        .l3_csum_replace(IP_CSUM_OFF, word as u64, new as u64, 2)
+        .is_err()
+        || ctx.store(ETH_HLEN + 8, &new, 0).is_err()
+    {
+        return TC_ACT_SHOT;
+    }
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&ep.mac);
+    eth[6..].copy_from_slice(&ep.host_mac);
+    if ctx.store(0, &eth, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: helper; an unknown ifindex makes it return TC_ACT_SHOT.
+    unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }

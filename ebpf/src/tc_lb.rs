@@ -1,8 +1,8 @@
 //! Per-packet service load balancing for traffic that never passes the
 //! socket hooks: NodePort, ExternalIP and LoadBalancer traffic arriving on a
 //! node's external interfaces (`tc_lb_ingress`), and ClusterIP traffic from
-//! pods whose sockets the cgroup hooks do not see (`tc_lb_pod_ingress`, on
-//! the host side of a pod's veth).
+//! pods whose sockets the cgroup hooks do not see (`lb_flow` called by
+//! `tc_pod_ingress` on the host side of a pod's veth, see `tc.rs`).
 //!
 //! Ingress: a packet to an external frontend gets its destination rewritten
 //! to a backend (DNAT) and a conntrack pair is recorded; later packets of
@@ -29,11 +29,11 @@ use crate::{
 #[map(name = "LB4_CT")]
 pub static LB4_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_ENTRIES, 0);
 
-const ETH_HLEN: usize = 14;
+pub(crate) const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+pub(crate) const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
-const IP_DST_OFF: usize = ETH_HLEN + 16;
+pub(crate) const IP_DST_OFF: usize = ETH_HLEN + 16;
 /// Packets with IP options are passed untouched (rare; keeps offsets static).
 const L4_OFF: usize = ETH_HLEN + 20;
 const TCP_FIN: u8 = 0x01;
@@ -46,21 +46,22 @@ const SELECT_TRIES: u32 = 8;
 /// packet (TCP flows hold theirs until seen closing).
 const TUPLE_GUARD_NS: u64 = 60_000_000_000;
 
-struct Flow {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
+#[derive(Clone, Copy)]
+pub(crate) struct Flow {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
     /// TCP flags (0 for UDP).
-    tcp_flags: u8,
-    len: u64,
+    pub tcp_flags: u8,
+    pub len: u64,
 }
 
 impl Flow {
     /// This packet's own conntrack key in direction `dir`.
     #[inline(always)]
-    fn key(&self, dir: u8) -> CtKey {
+    pub fn key(&self, dir: u8) -> CtKey {
         CtKey {
             saddr: self.saddr,
             daddr: self.daddr,
@@ -78,7 +79,7 @@ impl Flow {
     }
     /// A TCP FIN or RST: the connection is closing.
     #[inline(always)]
-    fn closing(&self) -> bool {
+    pub fn closing(&self) -> bool {
         self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
 }
@@ -86,7 +87,7 @@ impl Flow {
 /// Reads a `T` at `off` through direct packet access (no helper call per
 /// field, which cost ~30 ns each); `None` past the end of linear data.
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + off + core::mem::size_of::<T>() > end {
         return None;
@@ -97,7 +98,7 @@ fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
 }
 
 #[inline(always)]
-fn parse(ctx: &mut TcContext) -> Option<Flow> {
+pub(crate) fn parse(ctx: &mut TcContext) -> Option<Flow> {
     // Headers are normally linear; pull them in when they are not (as
     // much of a TCP header as the packet has, at least a UDP header).
     if ctx.data() + L4_OFF + 20 > ctx.data_end() {
@@ -151,7 +152,7 @@ fn l4_csum_off(proto: u8) -> usize {
 
 /// One address + port rewrite: destination (DNAT) or source (reverse NAT).
 #[derive(Clone, Copy)]
-struct Nat {
+pub(crate) struct Nat {
     addr_off: usize,
     old_addr: u32,
     new_addr: u32,
@@ -173,7 +174,7 @@ impl Nat {
         }
     }
     #[inline(always)]
-    fn src(f: &Flow, addr: u32, port: u16) -> Self {
+    pub fn src(f: &Flow, addr: u32, port: u16) -> Self {
         Self {
             addr_off: IP_SRC_OFF,
             old_addr: f.saddr,
@@ -188,7 +189,7 @@ impl Nat {
 /// Applies `n`, fixing the IP header checksum and the L4 checksum (pseudo
 /// header), then maps the result to a tc verdict.
 #[inline(always)]
-fn apply(ctx: &mut TcContext, proto: u8, n: Nat) -> i32 {
+pub(crate) fn apply(ctx: &mut TcContext, proto: u8, n: Nat) -> i32 {
     match rewrite(ctx, proto, &n) {
         Ok(()) => TC_ACT_OK,
         Err(_) => TC_ACT_SHOT,
@@ -248,7 +249,7 @@ const LAST_SEEN_SLACK_NS: u64 = 1_000_000_000;
 /// update allocates a new element and is several times dearer), and
 /// marked closing on a FIN or RST.
 #[inline(always)]
-fn tracked(key: &CtKey, now: u64, closing: bool) -> Option<CtValue> {
+pub(crate) fn tracked(key: &CtKey, now: u64, closing: bool) -> Option<CtValue> {
     let p = LB4_CT.get_ptr_mut(key)?;
     // SAFETY: the pointer is valid for this program run (RCU); the value is
     // plain data. A racing refresh from another CPU writes the same kind of
@@ -339,14 +340,6 @@ pub fn tc_lb_ingress(mut ctx: TcContext) -> i32 {
     lb_ingress(&mut ctx, SVC_F_EXTERNAL)
 }
 
-/// Pod-facing interfaces: every frontend, ClusterIPs included.
-#[classifier]
-pub fn tc_lb_pod_ingress(mut ctx: TcContext) -> i32 {
-    lb_ingress(&mut ctx, 0)
-}
-
-/// DNAT for a new or tracked flow. `required_flags`: service flags a
-/// frontend must carry to be balanced on this interface.
 #[inline(always)]
 fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
     let Some(f) = parse(ctx) else {
@@ -354,6 +347,15 @@ fn lb_ingress(ctx: &mut TcContext, required_flags: u32) -> i32 {
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    lb_flow(ctx, &f, required_flags, now)
+}
+
+/// DNAT for a new or tracked flow; `TC_ACT_OK` also when `f` is not to a
+/// frontend. `required_flags`: service flags a frontend must carry to be
+/// balanced on this interface.
+#[inline(always)]
+pub(crate) fn lb_flow(ctx: &mut TcContext, f: &Flow, required_flags: u32, now: u64) -> i32 {
+    let f = *f;
     let key = f.key(CT_DIR_FWD);
     // (backend id, address, port) a SYN on a tracked tuple keeps.
     let mut keep = None;

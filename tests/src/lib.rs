@@ -25,6 +25,7 @@ use nix::{
     unistd::Pid,
 };
 
+pub mod cni_suite;
 pub mod topology;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -11,11 +11,12 @@ use crate::{
 
 pub fn run(env: &Env, args: &[String]) -> anyhow::Result<()> {
     let Some((what, rest)) = args.split_first() else {
-        bail!("which benchmark? available: lb (cni and store arrive with their issues)");
+        bail!("which benchmark? available: lb, cni (store arrives with its issue)");
     };
     let bin = match what.as_str() {
         "lb" => "sluice-lb-bench",
-        other => bail!("unknown benchmark {other:?}; available: lb"),
+        "cni" => "sluice-cni-bench",
+        other => bail!("unknown benchmark {other:?}; available: lb, cni"),
     };
     if !cmd::is_root() {
         bail!("bench {what} needs root (network namespaces, cgroups, eBPF, iptables)");
@@ -28,5 +29,18 @@ pub fn run(env: &Env, args: &[String]) -> anyhow::Result<()> {
             .arg("--out")
             .arg(&out)
             .args(rest),
+    )
+}
+
+/// `cargo xtask cni-conformance ARGS`: build, then run the suite binary
+/// (`sluice-cni-conformance`, built from tests/) with ARGS.
+pub fn cni_conformance(env: &Env, args: &[String]) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("cni-conformance needs root (network namespaces)");
+    }
+    let bin_dir = build::run(env)?;
+    cmd::run(
+        env.command(&bin_dir.join("sluice-cni-conformance").display().to_string())
+            .args(args),
     )
 }

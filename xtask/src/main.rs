@@ -27,12 +27,20 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Run the black-box CNI conformance suite against any plugin binary:
+    /// `cni-conformance --plugin PATH --conf FILE [--cni-path DIRS]`
+    /// (prints `N passed, M failed, K skipped`; needs root).
+    CniConformance {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a single-node cluster (control plane + agent). Not built yet.
     Up,
     /// Install sluice on this host. Not built yet.
     Install,
     /// Benchmarks: `bench lb [--services 1,1000,10000] ...` (service load balancing vs
-    /// direct, iptables and IPVS; reports in target/bench/). cni and store come later.
+    /// direct, iptables and IPVS), `bench cni [--adds 100]` (sluice-cni vs bridge +
+    /// host-local); reports in target/bench/. store comes later.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -48,6 +56,9 @@ fn main() -> std::process::ExitCode {
             bootstrap::run().and_then(|env| test::run(&env, &cargo_test_args))
         }
         Command::Bench { args } => bootstrap::run().and_then(|env| bench::run(&env, &args)),
+        Command::CniConformance { args } => {
+            bootstrap::run().and_then(|env| bench::cni_conformance(&env, &args))
+        }
         Command::Up | Command::Install => Err(anyhow::anyhow!(
             "not yet: this command arrives with the control plane / benchmark issues"
         )),

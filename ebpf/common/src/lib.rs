@@ -31,6 +31,8 @@ pub mod map_names {
     pub const LB4_SVC_INFO: &str = "LB4_SVC_INFO";
     /// tc-path conntrack: [`crate::lb::CtKey`] -> [`crate::lb::CtValue`] (LRU).
     pub const CT4: &str = "LB4_CT";
+    /// Local pods: pod address -> [`crate::endpoint::Endpoint`] (written by the CNI plugin).
+    pub const EP4_ENDPOINTS: &str = "EP4_ENDPOINTS";
 }
 
 /// Pin paths (relative to the node's bpffs dir) of the program links, so
@@ -45,6 +47,7 @@ pub mod link_pins {
     pub const TC_PREFIX: &str = "links/tc_";
 }
 
+pub mod endpoint;
 pub mod lb;
 
 /// Names of the programs in the eBPF object (their Rust function names).
@@ -57,12 +60,11 @@ pub mod prog_names {
     pub const SOCK4_RECVMSG: &str = "sock4_recvmsg";
     /// cgroup/getpeername4: report the service address, not the backend.
     pub const SOCK4_GETPEERNAME: &str = "sock4_getpeername";
-    /// tc classifier for a pod's host-side veth (ingress from the pod).
+    /// tc ingress on a pod's host-side veth (traffic from the pod): service
+    /// DNAT for every frontend, then an in-kernel hand-off to a local pod.
     pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
     /// tc ingress on a node's external interface: DNAT to service backends.
     pub const TC_LB_INGRESS: &str = "tc_lb_ingress";
-    /// tc ingress on a pod-facing interface: DNAT for ClusterIPs too.
-    pub const TC_LB_POD_INGRESS: &str = "tc_lb_pod_ingress";
     /// tc egress on an LB interface (external or pod-facing): reverse NAT of replies.
     pub const TC_LB_EGRESS: &str = "tc_lb_egress";
 }

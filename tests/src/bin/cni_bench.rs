@@ -1,0 +1,300 @@
+//! `sluice-cni-bench --out DIR [--adds N] [--secs S] [--rounds R]`, run by
+//! `cargo xtask bench cni`: sluice-cni side by side with the reference
+//! bridge + host-local in one run. ADD and DEL latency (sequential and 8
+//! parallel callers) and pod-to-pod request/response rate between two pods
+//! on one node, rounds alternating between the plugins. Writes
+//! DIR/cni.{md,json}.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use sluice_tests::{
+    Daemon, NetNs, PinDir, bin,
+    cni_suite::{invoke, pod_ip},
+    topology::{TempDir, testpod},
+    unique,
+};
+
+const REFERENCE: &str = "/usr/lib/cni";
+
+struct Opts {
+    out: PathBuf,
+    adds: usize,
+    secs: u64,
+    rounds: usize,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("sluice-cni-bench: {msg}");
+    eprintln!("usage: sluice-cni-bench --out DIR [--adds 100] [--secs 3] [--rounds 3]");
+    std::process::exit(2);
+}
+
+struct Plugin {
+    name: &'static str,
+    path: PathBuf,
+    conf: Value,
+    node: NetNs,
+    _dirs: (TempDir, PinDir),
+}
+
+impl Plugin {
+    fn call(&self, cmd: &str, cid: &str, pod: &NetNs) -> (bool, Duration, Value) {
+        let env = [
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", cid.to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_NETNS", pod.path().display().to_string()),
+        ];
+        let t = Instant::now();
+        let r = invoke(
+            &self.node,
+            &self.path,
+            REFERENCE,
+            &env,
+            &self.conf.to_string(),
+        );
+        let dt = t.elapsed();
+        if !r.ok {
+            eprintln!("{} {cmd} {cid} failed: {}", self.name, r.describe());
+        }
+        (r.ok, dt, r.json())
+    }
+}
+
+fn plugins() -> Vec<Plugin> {
+    let (d1, p1) = (TempDir::new(), PinDir::new());
+    let sluice_conf = json!({"cniVersion": "1.0.0", "name": unique("bench"), "type": "sluice-cni",
+        "podCIDR": "10.82.0.0/22", "dataDir": d1.0.join("ipam").display().to_string(),
+        "bpffs": p1.path.display().to_string(), "mtu": 1500});
+    let (d2, p2) = (TempDir::new(), PinDir::new());
+    let bridge_conf = json!({"cniVersion": "1.0.0", "name": unique("bench"), "type": "bridge",
+        "bridge": "slbbr0", "isGateway": true,
+        "ipam": {"type": "host-local", "subnet": "10.83.0.0/22",
+                 "dataDir": d2.0.display().to_string()}});
+    vec![
+        Plugin {
+            name: "sluice-cni",
+            path: bin("sluice-cni"),
+            conf: sluice_conf,
+            node: NetNs::new(),
+            _dirs: (d1, p1),
+        },
+        Plugin {
+            name: "bridge+host-local",
+            path: Path::new(REFERENCE).join("bridge"),
+            conf: bridge_conf,
+            node: NetNs::new(),
+            _dirs: (d2, p2),
+        },
+    ]
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+/// ADD then DEL latencies for `n` pods with `par` concurrent callers.
+fn latencies(p: &Plugin, n: usize, par: usize, tag: &str) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let pods: Vec<NetNs> = (0..n).map(|_| NetNs::new()).collect();
+    let run = |cmd: &str| -> (Vec<Duration>, usize) {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..par)
+                .map(|w| {
+                    let pods = &pods;
+                    s.spawn(move || {
+                        let (mut d, mut errs) = (Vec::new(), 0);
+                        for i in (w..n).step_by(par) {
+                            let (ok, dt, _) = p.call(cmd, &format!("{tag}-{i}"), &pods[i]);
+                            d.push(dt);
+                            errs += usize::from(!ok);
+                        }
+                        (d, errs)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("worker")).fold(
+                (Vec::new(), 0),
+                |(mut a, e), (d, x)| {
+                    a.extend(d);
+                    (a, e + x)
+                },
+            )
+        })
+    };
+    let (adds, e1) = run("ADD");
+    let (dels, e2) = run("DEL");
+    (adds, dels, e1 + e2)
+}
+
+/// Request/response rate between two pods of `p` on its node.
+fn pod_rr(p: &Plugin, secs: u64, round: usize) -> f64 {
+    let (a, b) = (NetNs::new(), NetNs::new());
+    let (ca, cb) = (format!("rr-a-{round}"), format!("rr-b-{round}"));
+    let (ok_a, _, _) = p.call("ADD", &ca, &a);
+    let (ok_b, _, rb) = p.call("ADD", &cb, &b);
+    let mut rate = f64::NAN;
+    if ok_a && ok_b {
+        let ip_b = pod_ip(&rb, "eth0").unwrap_or_default();
+        let mut server = Daemon::from_command("pod-b", {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &b.name])
+                .arg(testpod())
+                .args(["serve", "pod-b", "8080"]);
+            c
+        });
+        server.wait_for_line("serving", Duration::from_secs(10), |l| {
+            l.contains("serving")
+        });
+        let file = TempDir::new();
+        let targets = file.0.join("targets");
+        std::fs::write(&targets, format!("{ip_b}:8080\n")).expect("targets");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &a.name])
+            .arg(testpod())
+            .arg("rr")
+            .arg(&targets)
+            .args(["4", &secs.to_string()])
+            .output()
+            .expect("rr");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let reqs: f64 = text
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("requests="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        rate = reqs / secs as f64;
+        drop(server);
+    }
+    p.call("DEL", &ca, &a);
+    p.call("DEL", &cb, &b);
+    rate
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut o = Opts {
+        out: PathBuf::from("target/bench"),
+        adds: 100,
+        secs: 3,
+        rounds: 3,
+    };
+    while let Some(a) = args.next() {
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
+        let num = |s: String| -> usize {
+            s.parse()
+                .unwrap_or_else(|_| usage(&format!("{a}: not a number: {s}")))
+        };
+        match a.as_str() {
+            "--out" => o.out = PathBuf::from(val()),
+            "--adds" => o.adds = num(val()),
+            "--secs" => o.secs = num(val()) as u64,
+            "--rounds" => o.rounds = num(val()),
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        usage("needs root (network namespaces, eBPF)");
+    }
+    let ps = plugins();
+    // First use (sluice loads and pins its programs; bridge creates the
+    // bridge) is not what a steady node pays per pod.
+    for p in &ps {
+        let w = NetNs::new();
+        p.call("ADD", "warm", &w);
+        p.call("DEL", "warm", &w);
+    }
+    let mut rows = Vec::new();
+    for p in &ps {
+        eprintln!("-- {}: {} sequential ADD/DEL", p.name, o.adds);
+        let (mut a1, mut d1, e1) = latencies(p, o.adds, 1, "seq");
+        eprintln!("-- {}: {} ADD/DEL from 8 callers", p.name, o.adds);
+        let (mut a8, mut d8, e8) = latencies(p, o.adds, 8, "par");
+        rows.push(json!({
+            "plugin": p.name,
+            "add_seq_p50_ms": pct(&mut a1, 0.5), "add_seq_p99_ms": pct(&mut a1, 0.99),
+            "del_seq_p50_ms": pct(&mut d1, 0.5), "del_seq_p99_ms": pct(&mut d1, 0.99),
+            "add_par8_p50_ms": pct(&mut a8, 0.5), "add_par8_p99_ms": pct(&mut a8, 0.99),
+            "del_par8_p50_ms": pct(&mut d8, 0.5), "del_par8_p99_ms": pct(&mut d8, 0.99),
+            "errors": e1 + e8,
+        }));
+    }
+    let mut rr: Vec<Vec<f64>> = vec![Vec::new(); ps.len()];
+    for round in 0..o.rounds {
+        for (i, p) in ps.iter().enumerate() {
+            eprintln!("-- {}: pod-to-pod rr, round {}", p.name, round + 1);
+            rr[i].push(pod_rr(p, o.secs, round));
+        }
+    }
+    let ratios: Vec<f64> = rr[0].iter().zip(&rr[1]).map(|(a, b)| a / b).collect();
+    for (i, row) in rows.iter_mut().enumerate() {
+        row["pod_rr_per_s"] = json!(median(rr[i].clone()));
+    }
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let add_ratio = f(&rows[0], "add_seq_p50_ms") / f(&rows[1], "add_seq_p50_ms");
+    let rr_ratio = median(ratios);
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut md = format!(
+        "# CNI benchmark\n\n{} ADDs then DELs per mode; pod-to-pod request/response over 4 \
+         persistent connections for {} s, {} rounds alternating plugins (median).\n\n\
+         | plugin | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | ADD p50 ms (8 par) | ADD p99 ms (8 par) | DEL p50 ms (8 par) | DEL p99 ms (8 par) | pod-to-pod req/s | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        o.adds, o.secs, o.rounds
+    );
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} |\n",
+            r["plugin"].as_str().unwrap_or(""),
+            f(r, "add_seq_p50_ms"),
+            f(r, "add_seq_p99_ms"),
+            f(r, "del_seq_p50_ms"),
+            f(r, "del_seq_p99_ms"),
+            f(r, "add_par8_p50_ms"),
+            f(r, "add_par8_p99_ms"),
+            f(r, "del_par8_p50_ms"),
+            f(r, "del_par8_p99_ms"),
+            f(r, "pod_rr_per_s"),
+            r["errors"]
+        ));
+    }
+    md.push_str(&format!(
+        "\n## Targets\n\n| target | value | bound | verdict |\n|---|---:|---:|---|\n\
+         | ADD p50, sluice / reference | {add_ratio:.2} x | <= 1 x | {} |\n\
+         | pod-to-pod request rate, sluice / bridge (median of paired rounds) | {rr_ratio:.2} x | >= 1.1 x | {} |\n",
+        verdict(add_ratio <= 1.0),
+        verdict(rr_ratio >= 1.1)
+    ));
+    print!("{md}");
+    let json =
+        json!({"rows": rows, "rr_rounds": rr, "add_p50_ratio": add_ratio, "rr_ratio": rr_ratio});
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&o.out)?;
+        std::fs::write(o.out.join("cni.md"), &md)?;
+        std::fs::write(
+            o.out.join("cni.json"),
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
+    };
+    if let Err(e) = write() {
+        eprintln!("sluice-cni-bench: writing reports: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,235 @@
+//! sluice-cni end to end: the conformance suite against sluice-cni and
+//! against the reference bridge + host-local (which shows the suite is
+//! right), plus what only sluice promises: pod-to-pod traffic handed over
+//! in the kernel, and an ADD that fails leaving nothing at all behind.
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::{Value, json};
+use sluice_tests::{
+    Daemon, NetNs, PinDir, bin,
+    cni_suite::{self, Invocation, Options, invoke, links, pod_ip},
+    require_root,
+    topology::{TempDir, testpod},
+    unique,
+};
+
+const REFERENCE: &str = "/usr/lib/cni";
+
+struct Node {
+    ns: NetNs,
+    pins: PinDir,
+    data: TempDir,
+    conf: Value,
+}
+
+impl Node {
+    fn new(cidr: &str) -> Self {
+        let (ns, pins, data) = (NetNs::new(), PinDir::new(), TempDir::new());
+        let conf = json!({
+            "cniVersion": "1.1.0", "name": unique("net"), "type": "sluice-cni",
+            "podCIDR": cidr, "dataDir": data.0.join("ipam").display().to_string(),
+            "bpffs": pins.path.display().to_string(), "mtu": 1500
+        });
+        Self {
+            ns,
+            pins,
+            data,
+            conf,
+        }
+    }
+
+    fn call(&self, cmd: &str, cid: &str, pod: Option<&NetNs>, conf: &Value) -> Invocation {
+        let mut env = vec![
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", cid.to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+        ];
+        if let Some(p) = pod {
+            env.push(("CNI_NETNS", p.path().display().to_string()));
+        }
+        invoke(
+            &self.ns,
+            &bin("sluice-cni"),
+            REFERENCE,
+            &env,
+            &conf.to_string(),
+        )
+    }
+
+    fn allocations(&self) -> Vec<String> {
+        let dir = self
+            .data
+            .0
+            .join("ipam")
+            .join(self.conf["name"].as_str().unwrap_or(""));
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn link_pins(&self) -> usize {
+        std::fs::read_dir(self.pins.path.join("links"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn endpoints(&self) -> usize {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(self.pins.path.join("EP4_ENDPOINTS"))
+            .output()
+            .expect("bpftool");
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    }
+}
+
+fn suite(plugin: &Path, conf: Value) -> cni_suite::Report {
+    let o = Options {
+        plugin: plugin.to_path_buf(),
+        conf,
+        cni_path: format!(
+            "{}:{REFERENCE}",
+            plugin
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+        testpod: testpod(),
+    };
+    let report = cni_suite::run(&o, |l| eprintln!("{l}"));
+    eprintln!("{}", report.summary());
+    report
+}
+
+#[test]
+fn conformance_suite_passes_against_sluice_cni() {
+    if !require_root("conformance_suite_passes_against_sluice_cni") {
+        return;
+    }
+    let node = Node::new("10.80.1.0/26");
+    let report = suite(&bin("sluice-cni"), node.conf.clone());
+    let (passed, failed, skipped) = report.counts();
+    assert_eq!(failed, 0, "{}", report.summary());
+    // sluice speaks 1.1.0: nothing may be skipped.
+    assert_eq!(skipped, 0, "{}", report.summary());
+    assert!(passed >= 19, "{}", report.summary());
+    assert_eq!(node.allocations(), Vec::<String>::new(), "leaked addresses");
+    assert_eq!(node.link_pins(), 0, "leaked link pins");
+}
+
+#[test]
+fn conformance_suite_passes_against_reference_bridge() {
+    if !require_root("conformance_suite_passes_against_reference_bridge") {
+        return;
+    }
+    let data = TempDir::new();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": unique("br"), "type": "bridge",
+        "bridge": "slcbr0", "isGateway": true,
+        "ipam": {"type": "host-local", "subnet": "10.81.0.0/26",
+                 "dataDir": data.0.display().to_string()}
+    });
+    let report = suite(&Path::new(REFERENCE).join("bridge"), conf);
+    let (passed, failed, skipped) = report.counts();
+    assert_eq!(failed, 0, "{}", report.summary());
+    // Only the 1.1.0-only cases (result shape at 1.1.0, STATUS, GC) skip.
+    assert_eq!(skipped, 3, "{}", report.summary());
+    assert!(passed >= 16, "{}", report.summary());
+}
+
+/// With forwarding off in the node namespace the host stack cannot route
+/// between pods; only the in-kernel hand-off on the host-side veth can.
+#[test]
+fn pod_to_pod_is_handed_over_in_the_kernel() {
+    if !require_root("pod_to_pod_is_handed_over_in_the_kernel") {
+        return;
+    }
+    let node = Node::new("10.80.2.0/24");
+    let (a, b) = (NetNs::new(), NetNs::new());
+    let ra = node.call("ADD", "a", Some(&a), &node.conf);
+    let rb = node.call("ADD", "b", Some(&b), &node.conf);
+    assert!(ra.ok && rb.ok, "{} / {}", ra.describe(), rb.describe());
+    assert_eq!(node.endpoints(), 2, "one endpoint entry per pod");
+    let ip_b = pod_ip(&rb.json(), "eth0").expect("b's address");
+    let mut server = Daemon::from_command("pod-b", {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &b.name])
+            .arg(testpod())
+            .args(["serve", "pod-b", "8080"]);
+        c
+    });
+    server.wait_for_line("serving", Duration::from_secs(10), |l| {
+        l.contains("serving")
+    });
+    node.ns
+        .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "0"))
+        .expect("forwarding off");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a.name])
+        .arg(testpod())
+        .args(["tcp", &format!("{ip_b}:8080"), "5"])
+        .output()
+        .expect("client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("pod-b")).count(),
+        5,
+        "pod -> pod with host forwarding off: {text}"
+    );
+    let del = node.call("DEL", "b", Some(&b), &node.conf);
+    assert!(del.ok, "{}", del.describe());
+    assert_eq!(node.endpoints(), 1);
+    let d = node.call("DEL", "a", Some(&a), &node.conf);
+    assert!(d.ok, "{}", d.describe());
+    assert_eq!(node.endpoints(), 0);
+    assert!(node.allocations().is_empty());
+}
+
+/// An ADD that fails half-way (the pod already has an `eth0`) undoes all
+/// of it before answering: no veth, no address, no endpoint, no pins.
+#[test]
+fn failed_add_leaves_nothing_behind() {
+    if !require_root("failed_add_leaves_nothing_behind") {
+        return;
+    }
+    let node = Node::new("10.80.3.0/24");
+    // Bring the datapath up with one healthy pod first.
+    let ok_pod = NetNs::new();
+    assert!(node.call("ADD", "ok", Some(&ok_pod), &node.conf).ok);
+    let (links_before, allocs_before) = (links(&node.ns), node.allocations());
+    let pins_before = node.link_pins();
+    let pod = NetNs::new();
+    pod.ip([
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let r = node.call("ADD", "clash", Some(&pod), &node.conf);
+    assert!(!r.ok, "ADD over an existing eth0 succeeded");
+    assert!(r.code().is_some(), "not an error result: {}", r.describe());
+    assert!(
+        r.stdout.contains("eth0"),
+        "error does not name eth0: {}",
+        r.stdout
+    );
+    assert_eq!(links(&node.ns), links_before, "node interfaces changed");
+    assert_eq!(node.allocations(), allocs_before, "address leaked");
+    assert_eq!(node.link_pins(), pins_before, "link pins leaked");
+    assert_eq!(node.endpoints(), 1, "endpoint entry leaked");
+
+    // A bad podCIDR is refused before anything is touched, with code 7
+    // naming the key and the value.
+    let mut bad = node.conf.clone();
+    bad["podCIDR"] = json!("10.80.3.0/40");
+    let r = node.call("ADD", "bad", Some(&pod), &bad);
+    assert_eq!(r.code(), Some(7), "{}", r.describe());
+    assert!(r.stdout.contains("podCIDR") && r.stdout.contains("10.80.3.0/40"));
+    assert_eq!(links(&node.ns), links_before);
+    assert!(node.call("DEL", "ok", Some(&ok_pod), &node.conf).ok);
+}
