@@ -33,21 +33,12 @@ fn fail(msg: &str, details: impl std::fmt::Display) -> Error {
     Error::Custom(CODE_SLUICE, msg.into(), details.to_string())
 }
 
-impl From<IpamErrorWrap> for Error {
-    fn from(e: IpamErrorWrap) -> Self {
-        match e.0 {
-            // A DEL frees an address: retrying can succeed.
-            e @ IpamError::Exhausted(_) => {
-                Error::Custom(11, "Try again later".into(), e.to_string())
-            }
-            e @ IpamError::Io { .. } => Error::Custom(5, "I/O failure".into(), e.to_string()),
-        }
-    }
-}
-struct IpamErrorWrap(IpamError);
-
 fn ipam(e: IpamError) -> Error {
-    IpamErrorWrap(e).into()
+    match e {
+        // A DEL frees an address: retrying can succeed.
+        e @ IpamError::Exhausted(_) => Error::Custom(11, "Try again later".into(), e.to_string()),
+        e @ IpamError::Io { .. } => Error::Custom(5, "I/O failure".into(), e.to_string()),
+    }
 }
 fn netlink(e: NetError) -> Error {
     fail("netlink", e)

@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 
 use crate::{Daemon, NetNs};
 
+/// Where Debian's containernetworking-plugins (the reference plugins) live.
+pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
 /// What to test and how to reach it.
 pub struct Options {
     pub plugin: PathBuf,
@@ -784,18 +787,13 @@ impl Suite<'_> {
     /// plugin (at 1.0.0, the newest tuning speaks): prevResult passes
     /// through and tuning's sysctl lands in the pod.
     fn chain_tuning(&self) -> CaseResult {
-        let tuning = Path::new(&self.rt.o.cni_path)
-            .join("tuning")
-            .exists()
-            .then(|| Path::new(&self.rt.o.cni_path).join("tuning"))
-            .or_else(|| {
-                self.rt
-                    .o
-                    .cni_path
-                    .split(':')
-                    .map(|d| Path::new(d).join("tuning"))
-                    .find(|p| p.exists())
-            });
+        let tuning = self
+            .rt
+            .o
+            .cni_path
+            .split(':')
+            .map(|d| Path::new(d).join("tuning"))
+            .find(|p| p.exists());
         let Some(tuning) = tuning else {
             return Err(Outcome::Skip("no tuning plugin on CNI_PATH".into()));
         };

@@ -13,7 +13,7 @@ use sluice_tests::{
     unique,
 };
 
-const REFERENCE: &str = "/usr/lib/cni";
+use sluice_tests::cni_suite::REFERENCE_PLUGINS as REFERENCE;
 
 struct Node {
     ns: NetNs,

@@ -18,7 +18,7 @@ use sluice_tests::{
     unique,
 };
 
-const REFERENCE: &str = "/usr/lib/cni";
+use sluice_tests::cni_suite::REFERENCE_PLUGINS as REFERENCE;
 
 struct Opts {
     out: PathBuf,
