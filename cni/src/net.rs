@@ -8,15 +8,18 @@ use std::{
     os::fd::AsRawFd,
 };
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+    packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Nla, NlasIterator},
     packet_route::{
+        RouteNetlinkMessage,
         address::{AddressAttribute, AddressFlags},
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags},
         route::{RouteAddress, RouteAttribute, RouteScope},
+        tc::{TcAttribute, TcHandle, TcMessage, TcOption},
     },
 };
 
@@ -269,6 +272,59 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Names of the cls_bpf filters on `index`'s clsact ingress (or
+    /// egress) hook. rtnetlink has no filter dump by parent and leaves the
+    /// `bpf` options undecoded, so both are done here.
+    pub async fn bpf_filters(&self, index: u32, egress: bool) -> Result<Vec<String>, NetError> {
+        /// TCA_BPF_NAME in linux/pkt_cls.h.
+        const TCA_BPF_NAME: u16 = 7;
+        let mut msg = TcMessage::default();
+        msg.header.index = index as i32;
+        msg.header.parent = TcHandle {
+            major: u16::MAX,
+            minor: if egress {
+                TcHandle::MIN_EGRESS
+            } else {
+                TcHandle::MIN_INGRESS
+            },
+        };
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetTrafficFilter(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let op = || format!("list tc filters of link {index}");
+        let mut resp = self.handle.clone().request(req).map_err(nl(op()))?;
+        let mut names = Vec::new();
+        while let Some(m) = resp.next().await {
+            let f = match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(f)) => f,
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(nl(op())(rtnetlink::Error::NetlinkError(e)));
+                }
+                _ => continue,
+            };
+            if !f.attributes.contains(&TcAttribute::Kind("bpf".into())) {
+                continue;
+            }
+            for a in &f.attributes {
+                let TcAttribute::Options(opts) = a else {
+                    continue;
+                };
+                for o in opts {
+                    let TcOption::Other(nested) = o else { continue };
+                    let mut buf = vec![0; nested.value_len()];
+                    nested.emit_value(&mut buf);
+                    for nla in NlasIterator::new(&buf[..]).flatten() {
+                        if nla.kind() == TCA_BPF_NAME {
+                            let v = nla.value();
+                            let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+                            names.push(String::from_utf8_lossy(&v[..end]).into_owned());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(names)
     }
 }
 

@@ -5,7 +5,6 @@ use std::{
     collections::HashSet,
     fs::File,
     net::{IpAddr, Ipv4Addr},
-    path::Path,
 };
 
 use ipnet::{IpNet, Ipv4Net};
@@ -15,7 +14,7 @@ use rscni_plugin::{
     types::{Args, CNIResult, Interface, IpConfig, Route},
 };
 use sluice_common::endpoint::Endpoint;
-use sluice_datapath::{DatapathError, PodDatapath};
+use sluice_datapath::{DatapathError, Endpoints, POD_PROGRAMS, PodDatapath};
 
 use crate::{
     config::{self, Conf},
@@ -100,18 +99,15 @@ fn enable_forwarding() -> Result<(), Error> {
 struct Undo {
     new_ip: Option<Ipv4Addr>,
     host_link: Option<u32>,
-    attached: Option<String>,
     endpoint: Option<Ipv4Addr>,
 }
 
 impl Undo {
     async fn run(self, c: &Conf, host: &Netlink, dp: Option<&mut PodDatapath>) {
         if let (Some(ip), Some(dp)) = (self.endpoint, dp) {
-            let _ = dp.remove_endpoint(ip);
+            let _ = dp.endpoints().remove_endpoint(ip);
         }
-        if let Some(ifname) = &self.attached {
-            let _ = PodDatapath::detach(&c.bpffs, ifname);
-        }
+        // Deleting the veth also removes the tc filters on it.
         if let Some(index) = self.host_link {
             let _ = host.del_link(index).await;
         }
@@ -263,30 +259,32 @@ async fn add_steps(
     .map_err(netlink)?;
 
     dp.attach(&host_if).map_err(datapath)?;
-    undo.attached = Some(host_if.clone());
-    dp.set_endpoint(
-        ip,
-        Endpoint {
-            ifindex: hl.index,
-            flags: 0,
-            mac,
-            host_mac: hl.mac,
-        },
-    )
-    .map_err(datapath)?;
+    dp.endpoints()
+        .set_endpoint(
+            ip,
+            Endpoint {
+                ifindex: hl.index,
+                flags: 0,
+                mac,
+                host_mac: hl.mac,
+            },
+        )
+        .map_err(datapath)?;
     undo.endpoint = Some(ip);
     Ok((ip, host_if, hl.mac, mac))
 }
 
 /// Releases everything of one attachment; each part may already be gone.
-async fn release(
-    c: &Conf,
-    store: &Store,
-    host: &Netlink,
-    cid: &str,
-    ifname: &str,
-    ip: Option<Ipv4Addr>,
-) -> Result<(), Error> {
+///
+/// The IPAM lock is not held across the veth deletion: deleting a device
+/// waits out RCU grace periods after the kernel drops its own lock, so
+/// parallel DELs overlap that wait unless we serialise them here. The
+/// address is released last, under the lock, and only if (cid, ifname)
+/// still holds it.
+async fn release(c: &Conf, host: &Netlink, cid: &str, ifname: &str) -> Result<(), Error> {
+    let ip = Store::open(&c.data_dir, &c.network)
+        .and_then(|s| s.find(cid, ifname))
+        .map_err(ipam)?;
     let host_if = host_ifname(&c.network, cid, ifname);
     if let Some(l) = host.link(&host_if).await.map_err(netlink)? {
         match host.del_link(l.index).await {
@@ -294,30 +292,22 @@ async fn release(
             _ => {}
         }
     }
-    PodDatapath::detach(&c.bpffs, &host_if).map_err(datapath)?;
     if let Some(ip) = ip {
-        if let Some(mut dp) = open_existing(&c.bpffs)? {
-            dp.remove_endpoint(ip).map_err(datapath)?;
+        if let Some(mut eps) = Endpoints::open_existing(&c.bpffs).map_err(datapath)? {
+            eps.remove_endpoint(ip).map_err(datapath)?;
         }
-        store.release(ip).map_err(ipam)?;
+        let store = Store::open(&c.data_dir, &c.network).map_err(ipam)?;
+        if store.find(cid, ifname).map_err(ipam)? == Some(ip) {
+            store.release(ip).map_err(ipam)?;
+        }
     }
     Ok(())
-}
-
-/// The pinned datapath if this node has one; DEL and GC never create it.
-fn open_existing(bpffs: &Path) -> Result<Option<PodDatapath>, Error> {
-    if !bpffs.join(sluice_common::map_names::EP4_ENDPOINTS).exists() {
-        return Ok(None);
-    }
-    PodDatapath::open(bpffs).map(Some).map_err(datapath)
 }
 
 async fn del(a: &Args, c: &Conf) -> Result<(), Error> {
     let (cid, ifname) = ids(a)?;
     let host = Netlink::current().map_err(netlink)?;
-    let store = Store::open(&c.data_dir, &c.network).map_err(ipam)?;
-    let ip = store.find(&cid, &ifname).map_err(ipam)?;
-    release(c, &store, &host, &cid, &ifname, ip).await
+    release(c, &host, &cid, &ifname).await
 }
 
 fn check_fail(what: impl std::fmt::Display) -> Error {
@@ -417,12 +407,17 @@ async fn check(a: &Args, c: &Conf) -> Result<(), Error> {
             "node lacks the route {ip}/32 dev {host_if}"
         )));
     }
-    if !PodDatapath::attached(&c.bpffs, &host_if) {
-        return Err(check_fail(format!(
-            "pod programs not attached to {host_if}"
-        )));
+    for (name, ty) in POD_PROGRAMS {
+        let egress = ty == aya::programs::TcAttachType::Egress;
+        let names = host.bpf_filters(hl.index, egress).await.map_err(netlink)?;
+        if !names.iter().any(|n| n == name) {
+            return Err(check_fail(format!(
+                "{name} not attached to {host_if} {} (tc bpf filters: {names:?})",
+                if egress { "egress" } else { "ingress" }
+            )));
+        }
     }
-    let dp = PodDatapath::open(&c.bpffs).map_err(datapath)?;
+    let dp = Endpoints::open(&c.bpffs).map_err(datapath)?;
     let want = Endpoint {
         ifindex: hl.index,
         flags: 0,
@@ -451,22 +446,24 @@ async fn gc(a: &Args, c: &Conf) -> Result<(), Error> {
         .map(|v| (v.container_id.clone(), v.ifname.clone()))
         .collect();
     let host = Netlink::current().map_err(netlink)?;
-    let store = Store::open(&c.data_dir, &c.network).map_err(ipam)?;
-    let allocs = store.list().map_err(ipam)?;
-    let mut kept = HashSet::new();
+    let allocs = Store::open(&c.data_dir, &c.network)
+        .and_then(|s| s.list())
+        .map_err(ipam)?;
     for al in allocs {
         if valid.contains(&(al.container_id.clone(), al.ifname.clone())) {
-            kept.insert(al.ip);
             continue;
         }
-        release(c, &store, &host, &al.container_id, &al.ifname, Some(al.ip)).await?;
+        release(c, &host, &al.container_id, &al.ifname).await?;
     }
     // Endpoint entries of this pod CIDR that no allocation backs (e.g. an
-    // ADD killed between map write and rollback).
-    if let Some(mut dp) = open_existing(&c.bpffs)? {
-        for (ip, _) in dp.endpoints() {
-            if c.pod_cidr.contains(&ip) && !kept.contains(&ip) {
-                dp.remove_endpoint(ip).map_err(datapath)?;
+    // ADD killed between map write and rollback). Listed afresh under the
+    // lock: an ADD running meanwhile allocates before it writes its entry.
+    if let Some(mut eps) = Endpoints::open_existing(&c.bpffs).map_err(datapath)? {
+        let store = Store::open(&c.data_dir, &c.network).map_err(ipam)?;
+        let held: HashSet<Ipv4Addr> = store.list().map_err(ipam)?.iter().map(|a| a.ip).collect();
+        for (ip, _) in eps.list() {
+            if c.pod_cidr.contains(&ip) && !held.contains(&ip) {
+                eps.remove_endpoint(ip).map_err(datapath)?;
             }
         }
     }

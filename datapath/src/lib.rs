@@ -20,7 +20,7 @@ pub use error::DatapathError;
 pub use lb::{BuiltTable, LbMaps, table_batch_limit};
 pub use loader::{BpfLogLevel, Datapath, LbIface, LoadOptions, pinned_counters};
 pub use log_forward::spawn_log_forwarder;
-pub use pod::PodDatapath;
+pub use pod::{Endpoints, POD_FILTER_PRIORITY, POD_PROGRAMS, PodDatapath};
 
 /// The eBPF object built from `ebpf/` by build.rs (aya-build, release).
 pub static EBPF_OBJECT: &[u8] =

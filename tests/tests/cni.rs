@@ -72,10 +72,25 @@ impl Node {
             .unwrap_or_default()
     }
 
-    fn link_pins(&self) -> usize {
-        std::fs::read_dir(self.pins.path.join("links"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+    /// Every file under the node's bpffs dir: programs and maps are
+    /// pinned once per node, so a per-pod pin shows up as a change.
+    fn pin_files(&self) -> usize {
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| {
+                            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                                count(&e.path())
+                            } else {
+                                1
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&self.pins.path)
     }
 
     fn endpoints(&self) -> usize {
@@ -122,7 +137,10 @@ fn conformance_suite_passes_against_sluice_cni() {
     assert_eq!(skipped, 0, "{}", report.summary());
     assert!(passed >= 19, "{}", report.summary());
     assert_eq!(node.allocations(), Vec::<String>::new(), "leaked addresses");
-    assert_eq!(node.link_pins(), 0, "leaked link pins");
+    assert!(
+        !node.pins.path.join("links").exists(),
+        "pod attachments must not be pinned (tc filters live with the veth)"
+    );
 }
 
 #[test]
@@ -205,7 +223,7 @@ fn failed_add_leaves_nothing_behind() {
     let ok_pod = NetNs::new();
     assert!(node.call("ADD", "ok", Some(&ok_pod), &node.conf).ok);
     let (links_before, allocs_before) = (links(&node.ns), node.allocations());
-    let pins_before = node.link_pins();
+    let pins_before = node.pin_files();
     let pod = NetNs::new();
     pod.ip([
         "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
@@ -220,7 +238,7 @@ fn failed_add_leaves_nothing_behind() {
     );
     assert_eq!(links(&node.ns), links_before, "node interfaces changed");
     assert_eq!(node.allocations(), allocs_before, "address leaked");
-    assert_eq!(node.link_pins(), pins_before, "link pins leaked");
+    assert_eq!(node.pin_files(), pins_before, "pins leaked");
     assert_eq!(node.endpoints(), 1, "endpoint entry leaked");
 
     // A bad podCIDR is refused before anything is touched, with code 7
@@ -232,4 +250,46 @@ fn failed_add_leaves_nothing_behind() {
     assert!(r.stdout.contains("podCIDR") && r.stdout.contains("10.80.3.0/40"));
     assert_eq!(links(&node.ns), links_before);
     assert!(node.call("DEL", "ok", Some(&ok_pod), &node.conf).ok);
+}
+
+/// CHECK looks at the data plane too: a pod whose host-side veth lost its
+/// ingress program fails CHECK with the program and the veth named.
+#[test]
+fn check_notices_a_detached_pod_program() {
+    if !require_root("check_notices_a_detached_pod_program") {
+        return;
+    }
+    let node = Node::new("10.80.4.0/28");
+    let pod = NetNs::new();
+    let add = node.call("ADD", "p", Some(&pod), &node.conf);
+    assert!(add.ok, "{}", add.describe());
+    let mut with_prev = node.conf.clone();
+    with_prev["prevResult"] = add.json();
+    let ok = node.call("CHECK", "p", Some(&pod), &with_prev);
+    assert!(ok.ok, "CHECK right after ADD: {}", ok.describe());
+
+    let host_if = add.json()["interfaces"][0]["name"]
+        .as_str()
+        .expect("host veth in the result")
+        .to_string();
+    sluice_tests::run_ok(
+        "tc",
+        [
+            "-n",
+            &node.ns.name,
+            "filter",
+            "del",
+            "dev",
+            &host_if,
+            "ingress",
+        ],
+    );
+    let bad = node.call("CHECK", "p", Some(&pod), &with_prev);
+    assert!(!bad.ok, "CHECK passed without the ingress program");
+    assert!(
+        bad.stdout.contains("tc_pod_ingress") && bad.stdout.contains(&host_if),
+        "{}",
+        bad.describe()
+    );
+    assert!(node.call("DEL", "p", Some(&pod), &node.conf).ok);
 }
