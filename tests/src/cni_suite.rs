@@ -12,9 +12,7 @@
 //! bridge + host-local too, which is what shows the suite itself is right.
 use std::{
     collections::HashSet,
-    fs::File,
     io::Write as _,
-    os::{fd::AsRawFd, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -115,9 +113,7 @@ pub fn invoke(
     env: &[(&str, String)],
     stdin: &str,
 ) -> Invocation {
-    let ns = File::open(node.path()).expect("open node netns");
-    let fd = ns.as_raw_fd();
-    let mut c = Command::new(plugin);
+    let mut c = node.command(plugin);
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_PATH", cni_path)
@@ -125,16 +121,6 @@ pub fn invoke(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setns is async-signal-safe; the fd stays open (owned by `ns`)
-    // until after spawn returns.
-    unsafe {
-        c.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut child = c
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", plugin.display()));
@@ -142,7 +128,6 @@ pub fn invoke(
         let _ = i.write_all(stdin.as_bytes());
     }
     let out = child.wait_with_output().expect("wait plugin");
-    drop(ns);
     Invocation {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -26,6 +26,7 @@ use nix::{
 };
 
 pub mod cni_suite;
+pub mod cri;
 pub mod topology;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -123,6 +124,26 @@ impl NetNs {
         let mut all: Vec<std::ffi::OsString> = vec!["-n".into(), self.name.clone().into()];
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         run_ok("ip", all)
+    }
+
+    /// A command that joins this namespace between fork and exec (setns,
+    /// not `ip netns exec`, which would remount /sys and hide the host's
+    /// cgroup and bpffs mounts).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        use std::os::fd::AsRawFd as _;
+        let ns = File::open(self.path()).expect("open netns");
+        let mut c = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `ns` (O_CLOEXEC) lives in the
+        // closure, so its fd is open until the command is dropped.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c
     }
 
     /// Runs `f` on a fresh thread that has joined this namespace (setns), so
@@ -253,6 +274,21 @@ impl PinDir {
         let path = PathBuf::from("/sys/fs/bpf").join(unique("pin"));
         // Created by the code under test; we only own the name.
         Self { path }
+    }
+}
+
+impl PinDir {
+    /// Entries in the pinned pod endpoint map (0 when it does not exist).
+    pub fn endpoints(&self) -> usize {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(self.path.join("EP4_ENDPOINTS"))
+            .output()
+            .expect("bpftool");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
     }
 }
 

@@ -94,15 +94,7 @@ impl Node {
     }
 
     fn endpoints(&self) -> usize {
-        let out = Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(self.pins.path.join("EP4_ENDPOINTS"))
-            .output()
-            .expect("bpftool");
-        serde_json::from_slice::<Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().map(Vec::len))
-            .unwrap_or(0)
+        self.pins.endpoints()
     }
 }
 
