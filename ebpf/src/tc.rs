@@ -28,44 +28,55 @@ use crate::{
 pub static EP4_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 /// Host side of a pod veth, traffic leaving the pod.
+///
+/// Pod-to-pod packets (the common case) cost two map lookups: the
+/// destination endpoint and the reverse conntrack entry. A local pod's
+/// address is never a service frontend (frontends are ClusterIPs, node IPs
+/// and external IPs), so such packets skip the service lookup entirely.
 #[classifier]
 pub fn tc_pod_ingress(mut ctx: TcContext) -> i32 {
     stats::count(ProgStat::TcPodIngress, ctx.len() as u64);
     let Some(f) = parse(&mut ctx) else {
         return TC_ACT_OK;
     };
-    // SAFETY: plain hash lookup, value copied.
-    let to_local = unsafe { EP4_ENDPOINTS.get(f.daddr) }.is_some();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    // A backend's reply to a local client: restore the frontend as source
-    // here, because the redirect below skips the client veth's egress
-    // program. Replies leaving the node keep their reverse NAT on the
-    // outgoing interface (a node address as source must not re-enter the
-    // host stack: it would be dropped as martian).
-    let verdict = match to_local.then(|| tracked(&f.key(CT_DIR_REV), now, f.closing())) {
-        Some(Some(ct)) => apply(&mut ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port)),
-        _ => lb_flow(&mut ctx, &f, 0, now),
-    };
+    // SAFETY: plain hash lookup, value copied.
+    if let Some(ep) = unsafe { EP4_ENDPOINTS.get(f.daddr) }.copied() {
+        // Possibly a backend's reply to a local client: restore the
+        // frontend as source here, because the redirect below skips the
+        // client veth's egress program. Replies leaving the node keep
+        // their reverse NAT on the outgoing interface (a node address as
+        // source must not re-enter the host stack: it would be dropped as
+        // martian).
+        if let Some(ct) = tracked(&f.key(CT_DIR_REV), now, f.closing()) {
+            let verdict = apply(&mut ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port));
+            if verdict != TC_ACT_OK {
+                return verdict;
+            }
+        }
+        return redirect_to(&mut ctx, &ep);
+    }
+    let verdict = lb_flow(&mut ctx, &f, 0, now);
     if verdict != TC_ACT_OK {
         return verdict;
     }
-    redirect_local(&mut ctx)
-}
-
-/// Hands the packet to the local pod it is addressed to (after any DNAT),
-/// as a router would: TTL decremented, Ethernet addresses rewritten to
-/// gateway -> pod. Not a local pod, or TTL expiring: up the host stack
-/// (which answers with ICMP time exceeded).
-#[inline(always)]
-fn redirect_local(ctx: &mut TcContext) -> i32 {
-    let Some(daddr) = read::<u32>(ctx, IP_DST_OFF) else {
+    // After DNAT the destination may be a local backend.
+    let Some(daddr) = read::<u32>(&ctx, IP_DST_OFF) else {
         return TC_ACT_OK;
     };
     // SAFETY: plain hash lookup, value copied.
-    let Some(ep) = (unsafe { EP4_ENDPOINTS.get(daddr) }).copied() else {
-        return TC_ACT_OK;
-    };
+    match unsafe { EP4_ENDPOINTS.get(daddr) }.copied() {
+        Some(ep) => redirect_to(&mut ctx, &ep),
+        None => TC_ACT_OK,
+    }
+}
+
+/// Hands the packet to local pod `ep`, as a router would: TTL decremented,
+/// Ethernet addresses rewritten to gateway -> pod. TTL expiring: up the
+/// host stack (which answers with ICMP time exceeded).
+#[inline(always)]
+fn redirect_to(ctx: &mut TcContext, ep: &Endpoint) -> i32 {
     // TTL and protocol share one checksummed 16-bit word; in memory order
     // TTL is the first byte, so on this little-endian target the word read
     // as u16 has TTL in its low byte.

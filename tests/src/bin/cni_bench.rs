@@ -1,12 +1,11 @@
 //! `sluice-cni-bench --out DIR [--adds N] [--secs S] [--rounds R]`, run by
 //! `cargo xtask bench cni`: sluice-cni side by side with the reference
 //! bridge + host-local in one run. ADD and DEL latency (sequential and 8
-//! parallel callers) and pod-to-pod request/response rate between two pods
-//! on one node, rounds alternating between the plugins. Writes
+//! parallel callers), pod-to-pod request/response rate and bulk throughput
+//! between two pods on one node, rounds alternating between the plugins. Writes
 //! DIR/cni.{md,json}.
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -135,48 +134,52 @@ fn latencies(p: &Plugin, n: usize, par: usize, tag: &str) -> (Vec<Duration>, Vec
     (adds, dels, e1 + e2)
 }
 
-/// Request/response rate between two pods of `p` on its node.
-fn pod_rr(p: &Plugin, secs: u64, round: usize) -> f64 {
+/// Pod-to-pod on `p`'s node: request/response rate (4 persistent
+/// connections) and bulk throughput (one connection), in Gbit/s.
+fn pod_to_pod(p: &Plugin, secs: u64, round: usize) -> (f64, f64) {
     let (a, b) = (NetNs::new(), NetNs::new());
-    let (ca, cb) = (format!("rr-a-{round}"), format!("rr-b-{round}"));
+    let (ca, cb) = (format!("p2p-a-{round}"), format!("p2p-b-{round}"));
     let (ok_a, _, _) = p.call("ADD", &ca, &a);
     let (ok_b, _, rb) = p.call("ADD", &cb, &b);
-    let mut rate = f64::NAN;
+    let (mut rate, mut gbit) = (f64::NAN, f64::NAN);
     if ok_a && ok_b {
         let ip_b = pod_ip(&rb, "eth0").unwrap_or_default();
-        let mut server = Daemon::from_command("pod-b", {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &b.name])
-                .arg(testpod())
-                .args(["serve", "pod-b", "8080"]);
+        let in_b = |args: &[&str]| {
+            let mut c = b.command(testpod());
+            c.args(args);
             c
-        });
-        server.wait_for_line("serving", Duration::from_secs(10), |l| {
+        };
+        let mut echo = Daemon::from_command("pod-b", in_b(&["serve", "pod-b", "8080"]));
+        echo.wait_for_line("serving", Duration::from_secs(10), |l| {
             l.contains("serving")
         });
+        let mut sink = Daemon::from_command("pod-b-sink", in_b(&["sink", "9090"]));
+        sink.wait_for_line("sink", Duration::from_secs(10), |l| l.contains("sink"));
         let file = TempDir::new();
         let targets = file.0.join("targets");
         std::fs::write(&targets, format!("{ip_b}:8080\n")).expect("targets");
-        let out = Command::new("ip")
-            .args(["netns", "exec", &a.name])
-            .arg(testpod())
-            .arg("rr")
-            .arg(&targets)
-            .args(["4", &secs.to_string()])
-            .output()
-            .expect("rr");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let reqs: f64 = text
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("requests="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        rate = reqs / secs as f64;
-        drop(server);
+        let from_a = |args: &[&str]| -> String {
+            let out = a.command(testpod()).args(args).output().expect("client");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let value = |text: &str, key: &str| -> f64 {
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let secs_s = secs.to_string();
+        let targets_s = targets.display().to_string();
+        rate = value(&from_a(&["rr", &targets_s, "4", &secs_s]), "requests=") / secs as f64;
+        let bytes = value(
+            &from_a(&["stream", &format!("{ip_b}:9090"), &secs_s]),
+            "bytes=",
+        );
+        gbit = bytes * 8.0 / secs as f64 / 1e9;
     }
     p.call("DEL", &ca, &a);
     p.call("DEL", &cb, &b);
-    rate
+    (rate, gbit)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -238,30 +241,37 @@ fn main() {
         }));
     }
     let mut rr: Vec<Vec<f64>> = vec![Vec::new(); ps.len()];
+    let mut tput: Vec<Vec<f64>> = vec![Vec::new(); ps.len()];
     for round in 0..o.rounds {
         for (i, p) in ps.iter().enumerate() {
-            eprintln!("-- {}: pod-to-pod rr, round {}", p.name, round + 1);
-            rr[i].push(pod_rr(p, o.secs, round));
+            eprintln!("-- {}: pod-to-pod, round {}", p.name, round + 1);
+            let (r, t) = pod_to_pod(p, o.secs, round);
+            rr[i].push(r);
+            tput[i].push(t);
         }
     }
     let ratios: Vec<f64> = rr[0].iter().zip(&rr[1]).map(|(a, b)| a / b).collect();
+    let tput_ratios: Vec<f64> = tput[0].iter().zip(&tput[1]).map(|(a, b)| a / b).collect();
     for (i, row) in rows.iter_mut().enumerate() {
         row["pod_rr_per_s"] = json!(median(rr[i].clone()));
+        row["pod_gbit_per_s"] = json!(median(tput[i].clone()));
     }
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let add_ratio = f(&rows[0], "add_seq_p50_ms") / f(&rows[1], "add_seq_p50_ms");
     let rr_ratio = median(ratios);
+    let tput_ratio = median(tput_ratios);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut md = format!(
         "# CNI benchmark\n\n{} ADDs then DELs per mode; pod-to-pod request/response over 4 \
-         persistent connections for {} s, {} rounds alternating plugins (median).\n\n\
-         | plugin | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | ADD p50 ms (8 par) | ADD p99 ms (8 par) | DEL p50 ms (8 par) | DEL p99 ms (8 par) | pod-to-pod req/s | errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         persistent connections and bulk throughput over one connection, {} s each, {} rounds \
+         alternating plugins (median).\n\n\
+         | plugin | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | ADD p50 ms (8 par) | ADD p99 ms (8 par) | DEL p50 ms (8 par) | DEL p99 ms (8 par) | pod-to-pod req/s | pod-to-pod Gbit/s | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         o.adds, o.secs, o.rounds
     );
     for r in &rows {
         md.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} |\n",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.2} | {} |\n",
             r["plugin"].as_str().unwrap_or(""),
             f(r, "add_seq_p50_ms"),
             f(r, "add_seq_p99_ms"),
@@ -272,19 +282,21 @@ fn main() {
             f(r, "del_par8_p50_ms"),
             f(r, "del_par8_p99_ms"),
             f(r, "pod_rr_per_s"),
+            f(r, "pod_gbit_per_s"),
             r["errors"]
         ));
     }
     md.push_str(&format!(
         "\n## Targets\n\n| target | value | bound | verdict |\n|---|---:|---:|---|\n\
          | ADD p50, sluice / reference | {add_ratio:.2} x | <= 1 x | {} |\n\
-         | pod-to-pod request rate, sluice / bridge (median of paired rounds) | {rr_ratio:.2} x | >= 1.1 x | {} |\n",
+         | pod-to-pod request rate, sluice / bridge (median of paired rounds) | {rr_ratio:.2} x | >= 1.1 x | {} |\n\
+         | pod-to-pod throughput, sluice / bridge (median of paired rounds; reported, no target) | {tput_ratio:.2} x | - | - |\n",
         verdict(add_ratio <= 1.0),
         verdict(rr_ratio >= 1.1)
     ));
     print!("{md}");
-    let json =
-        json!({"rows": rows, "rr_rounds": rr, "add_p50_ratio": add_ratio, "rr_ratio": rr_ratio});
+    let json = json!({"rows": rows, "rr_rounds": rr, "gbit_rounds": tput, "add_p50_ratio": add_ratio,
+               "rr_ratio": rr_ratio, "gbit_ratio": tput_ratio});
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(&o.out)?;
         std::fs::write(o.out.join("cni.md"), &md)?;

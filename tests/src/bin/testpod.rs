@@ -18,6 +18,9 @@
 //! crr FILE CONNS SECS             benchmark: CONNS threads doing connect, read the
 //!                                 greeting, close, for SECS, walking FILE's targets;
 //!                                 prints "conns=N errors=E connect_p50_us=.. connect_p99_us=.."
+//! sink PORT                       TCP server that reads and discards everything
+//! stream ADDR:PORT SECS           benchmark: one connection writing 128 KiB chunks for
+//!                                 SECS; prints "bytes=N"
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -37,13 +40,15 @@ fn main() {
         "rr" => rr(&targets(a(2)), num(a(3)), num(a(4))),
         "same-port" => same_port(addr(a(2)), addr(a(3)), num(a(4)) as u16, num(a(5)) as u16),
         "crr" => crr(&targets(a(2)), num(a(3)), num(a(4))),
+        "sink" => sink(a(2).parse().unwrap_or_else(|_| usage())),
+        "stream" => stream(addr(a(2)), num(a(3))),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT | same-port A B PORT COUNT | rr|crr FILE CONNS SECS"
+        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT | same-port A B PORT COUNT | rr|crr FILE CONNS SECS | sink PORT | stream ADDR:PORT SECS"
     );
     std::process::exit(2)
 }
@@ -281,6 +286,42 @@ fn targets(file: &str) -> Vec<SocketAddr> {
         usage()
     }
     t
+}
+
+fn sink(port: u16) {
+    let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+    eprintln!("serving sink on {port}");
+    for c in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut c = c;
+            let _ = std::io::copy(&mut c, &mut std::io::sink());
+        });
+    }
+}
+
+/// Bulk transfer over one connection: what a path costs per byte.
+fn stream(to: SocketAddr, secs: u64) {
+    let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("connect: {e}");
+            println!("bytes=0");
+            return;
+        }
+    };
+    let buf = vec![0x5au8; 128 << 10];
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut bytes = 0u64;
+    while Instant::now() < deadline {
+        match s.write(&buf) {
+            Ok(n) => bytes += n as u64,
+            Err(e) => {
+                eprintln!("write: {e}");
+                break;
+            }
+        }
+    }
+    println!("bytes={bytes}");
 }
 
 /// Request/response over persistent connections: the per-packet cost of a
