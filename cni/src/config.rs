@@ -96,9 +96,86 @@ pub fn parse(network: &str, custom: &HashMap<String, Value>) -> Result<Conf, Err
     })
 }
 
+/// Which directions of a pod's traffic a chained `bandwidth` plugin will
+/// shape, from `runtimeConfig.bandwidth` (sluice sees it when its own entry
+/// in the conflist declares `"capabilities": {"bandwidth": true}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shaping {
+    /// Into the pod (a qdisc on the host veth's egress): local pod-to-pod
+    /// packets must go through it instead of straight to the peer.
+    pub ingress: bool,
+    /// Out of the pod (the host veth's ingress qdisc slot, so no clsact).
+    pub egress: bool,
+}
+
+/// Reads [`Shaping`]; rates are bits per second, 0 or absent meaning none.
+/// Keys match case-insensitively, as Go's JSON decoding (the bandwidth
+/// plugin's) does: containerd 1.6 sends `IngressRate`, the spec
+/// `ingressRate`.
+pub fn shaping(runtime: Option<&HashMap<String, Value>>) -> Result<Shaping, Error> {
+    let Some(bw) = runtime.and_then(|r| r.get("bandwidth")) else {
+        return Ok(Shaping::default());
+    };
+    let rate = |key: &str| -> Result<bool, Error> {
+        let found = bw
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)))
+            .map(|(_, v)| v);
+        match found {
+            None | Some(Value::Null) => Ok(false),
+            Some(v) => v.as_u64().map(|r| r > 0).ok_or_else(|| {
+                invalid(
+                    &format!("runtimeConfig.bandwidth.{key}"),
+                    v,
+                    "must be a non-negative integer",
+                )
+            }),
+        }
+    };
+    Ok(Shaping {
+        ingress: rate("ingressRate")?,
+        egress: rate("egressRate")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shaping_from_runtime_config() {
+        let rc = |v: Value| -> HashMap<String, Value> { serde_json::from_value(v).expect("map") };
+        assert_eq!(shaping(None).expect("none"), Shaping::default());
+        let both = rc(
+            serde_json::json!({"bandwidth": {"ingressRate": 1000000, "ingressBurst": 1, "egressRate": 2000000}}),
+        );
+        assert_eq!(
+            shaping(Some(&both)).expect("both"),
+            Shaping {
+                ingress: true,
+                egress: true
+            }
+        );
+        // containerd 1.6's spelling (Go field names).
+        let go = rc(serde_json::json!({"bandwidth": {"IngressRate": 0, "EgressRate": 5}}));
+        assert_eq!(
+            shaping(Some(&go)).expect("go"),
+            Shaping {
+                ingress: false,
+                egress: true
+            }
+        );
+        let zero = rc(serde_json::json!({"bandwidth": {"ingressRate": 0}}));
+        assert_eq!(shaping(Some(&zero)).expect("zero"), Shaping::default());
+        let bad = rc(serde_json::json!({"bandwidth": {"egressRate": "fast"}}));
+        let e = shaping(Some(&bad)).expect_err("bad rate");
+        assert_eq!(u32::from(&e), 7);
+        assert!(
+            e.details().contains("runtimeConfig.bandwidth.egressRate"),
+            "{}",
+            e.details()
+        );
+    }
 
     fn conf(v: Value) -> Result<Conf, Error> {
         let m: HashMap<String, Value> = serde_json::from_value(v).expect("object");

@@ -65,6 +65,10 @@ fn conf(a: &Args) -> Result<Conf, Error> {
     config::parse(&a.config().name, &a.config().custom)
 }
 
+fn shaping(a: &Args) -> Result<config::Shaping, Error> {
+    config::shaping(a.config().runtime_config.as_ref().map(|r| &r.custom))
+}
+
 fn ids(a: &Args) -> Result<(String, String), Error> {
     let cid = a
         .container_id()
@@ -99,13 +103,20 @@ fn enable_forwarding() -> Result<(), Error> {
 struct Undo {
     new_ip: Option<Ipv4Addr>,
     host_link: Option<u32>,
+    /// Host veth with pinned tcx links (shaped pods only).
+    linked: Option<String>,
     endpoint: Option<Ipv4Addr>,
+    /// The datapath handle the endpoint was written through.
+    dp: Option<PodDatapath>,
 }
 
 impl Undo {
-    async fn run(self, c: &Conf, host: &Netlink, dp: Option<&mut PodDatapath>) {
-        if let (Some(ip), Some(dp)) = (self.endpoint, dp) {
+    async fn run(mut self, c: &Conf, host: &Netlink) {
+        if let (Some(ip), Some(dp)) = (self.endpoint, self.dp.as_mut()) {
             let _ = dp.endpoints().remove_endpoint(ip);
+        }
+        if let Some(ifname) = &self.linked {
+            let _ = PodDatapath::unlink(&c.bpffs, ifname);
         }
         // Deleting the veth also removes the tc filters on it.
         if let Some(index) = self.host_link {
@@ -129,8 +140,8 @@ async fn add(a: &Args, c: &Conf) -> Result<CNIResult, Error> {
         .map_err(|e| env_err("CNI_NETNS", format!("{}: {e}", netns_path.display())))?;
     let host = Netlink::current().map_err(netlink)?;
     let mut undo = Undo::default();
-    let mut dp = None;
-    let res = add_steps(c, &cid, &ifname, &ns, &host, &mut undo, &mut dp).await;
+    let shape = shaping(a)?;
+    let res = add_steps(c, &cid, &ifname, &ns, shape, &host, &mut undo).await;
     match res {
         Ok((ip, host_if, host_mac, mac)) => {
             let gw = c.gateway();
@@ -173,7 +184,7 @@ async fn add(a: &Args, c: &Conf) -> Result<CNIResult, Error> {
             })
         }
         Err(e) => {
-            undo.run(c, &host, dp.as_mut()).await;
+            undo.run(c, &host).await;
             Err(e)
         }
     }
@@ -184,12 +195,12 @@ async fn add_steps(
     cid: &str,
     ifname: &str,
     ns: &File,
+    shape: config::Shaping,
     host: &Netlink,
     undo: &mut Undo,
-    dp_slot: &mut Option<PodDatapath>,
 ) -> Result<(Ipv4Addr, String, [u8; 6], [u8; 6]), Error> {
     // The data plane first: if bpffs is unusable nothing else is created.
-    let dp = dp_slot.insert(PodDatapath::open(&c.bpffs).map_err(datapath)?);
+    let dp = PodDatapath::open(&c.bpffs).map_err(datapath)?;
     let ip = {
         let store = Store::open(&c.data_dir, &c.network).map_err(ipam)?;
         match store.find(cid, ifname).map_err(ipam)? {
@@ -258,13 +269,17 @@ async fn add_steps(
     .await
     .map_err(netlink)?;
 
-    dp.attach(&host_if).map_err(datapath)?;
+    if shape.egress {
+        undo.linked = Some(host_if.clone());
+    }
+    let dp = undo.dp.insert(dp);
+    dp.attach(&host_if, shape.egress).map_err(datapath)?;
     dp.endpoints()
         .set_endpoint(
             ip,
             Endpoint {
                 ifindex: hl.index,
-                flags: 0,
+                flags: endpoint_flags(shape),
                 mac,
                 host_mac: hl.mac,
             },
@@ -272,6 +287,14 @@ async fn add_steps(
         .map_err(datapath)?;
     undo.endpoint = Some(ip);
     Ok((ip, host_if, hl.mac, mac))
+}
+
+fn endpoint_flags(shape: config::Shaping) -> u32 {
+    if shape.ingress {
+        sluice_common::endpoint::EP_F_VIA_QDISC
+    } else {
+        0
+    }
 }
 
 /// Releases everything of one attachment; each part may already be gone.
@@ -292,6 +315,7 @@ async fn release(c: &Conf, host: &Netlink, cid: &str, ifname: &str) -> Result<()
             _ => {}
         }
     }
+    PodDatapath::unlink(&c.bpffs, &host_if).map_err(datapath)?;
     if let Some(ip) = ip {
         if let Some(mut eps) = Endpoints::open_existing(&c.bpffs).map_err(datapath)? {
             eps.remove_endpoint(ip).map_err(datapath)?;
@@ -407,7 +431,9 @@ async fn check(a: &Args, c: &Conf) -> Result<(), Error> {
             "node lacks the route {ip}/32 dev {host_if}"
         )));
     }
-    for (name, ty) in POD_PROGRAMS {
+    // Shaped pods carry pinned tcx links instead of filters.
+    let tcx = PodDatapath::tcx_linked(&c.bpffs, &host_if);
+    for (name, ty) in POD_PROGRAMS.into_iter().filter(|_| !tcx) {
         let egress = ty == aya::programs::TcAttachType::Egress;
         let names = host.bpf_filters(hl.index, egress).await.map_err(netlink)?;
         if !names.iter().any(|n| n == name) {
@@ -420,7 +446,7 @@ async fn check(a: &Args, c: &Conf) -> Result<(), Error> {
     let dp = Endpoints::open(&c.bpffs).map_err(datapath)?;
     let want = Endpoint {
         ifindex: hl.index,
-        flags: 0,
+        flags: endpoint_flags(shaping(a)?),
         mac: pl.mac,
         host_mac: hl.mac,
     };

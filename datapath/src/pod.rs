@@ -10,6 +10,11 @@
 //!
 //! Attachments are classic tc filters (clsact qdisc + cls_bpf in
 //! direct-action mode, priority [`POD_FILTER_PRIORITY`]), not tcx links.
+//! The exception is a pod whose egress is shaped by the CNI `bandwidth`
+//! plugin chained after sluice: that plugin needs the veth's ingress qdisc
+//! slot, which clsact would occupy, so such a veth gets tcx links (pinned
+//! as `<bpffs>/links/tc_{ingress,egress}_<veth>`, removed on DEL) and the
+//! [`prog_names::TC_POD_SHAPED`] ingress program.
 //! On this kind of machine a tcx attach costs one or two RCU grace periods
 //! (8-15 ms each, measured with strace: `BPF_LINK_CREATE` 7.8 ms + 15.4 ms
 //! per veth), more than the whole ADD budget; a netlink filter add takes
@@ -30,15 +35,30 @@ use aya::{
     },
 };
 use nix::fcntl::{Flock, FlockArg};
-use sluice_common::{endpoint::Endpoint, map_names, prog_names};
+use sluice_common::{endpoint::Endpoint, link_pins, map_names, prog_names};
 
-use crate::{BpfLogLevel, Datapath, DatapathError, EBPF_OBJECT, LoadOptions, bpffs};
+use crate::{
+    BpfLogLevel, Datapath, DatapathError, EBPF_OBJECT, LoadOptions, bpffs, loader::attach_pinned,
+};
 
-/// Programs attached to every pod's host-side veth: ingress (from the pod)
-/// and egress (to the pod).
+/// Programs attached as tc filters to a pod's host-side veth: ingress
+/// (from the pod) and egress (to the pod).
 pub const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
     (prog_names::TC_POD_INGRESS, TcAttachType::Ingress),
     (prog_names::TC_LB_EGRESS, TcAttachType::Egress),
+];
+
+/// The same hooks as tcx links, for a veth whose egress is shaped.
+const SHAPED_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
+    (prog_names::TC_POD_SHAPED, TcAttachType::Ingress, "ingress"),
+    (prog_names::TC_LB_EGRESS, TcAttachType::Egress, "egress"),
+];
+
+/// Every program pinned per node; the last one pinned marks a complete set.
+const PINNED: [&str; 3] = [
+    prog_names::TC_POD_INGRESS,
+    prog_names::TC_LB_EGRESS,
+    prog_names::TC_POD_SHAPED,
 ];
 
 /// tc priority (and handle 0:1) of the pod programs' filters: fixed, so
@@ -47,7 +67,8 @@ pub const POD_FILTER_PRIORITY: u16 = 1;
 
 /// Handle on a node's pinned pod datapath (programs and endpoint map).
 pub struct PodDatapath {
-    programs: Vec<(SchedClassifier, TcAttachType, &'static str)>,
+    bpffs_dir: PathBuf,
+    programs: Vec<(&'static str, SchedClassifier)>,
     endpoints: Endpoints,
 }
 
@@ -73,7 +94,7 @@ impl PodDatapath {
     /// it first if this node has none yet (or only an older build's).
     pub fn open(bpffs_dir: &Path) -> Result<Self, DatapathError> {
         let dir = prog_dir(bpffs_dir);
-        if !dir.join(prog_names::TC_POD_INGRESS).exists() {
+        if !dir.join(PINNED[0]).exists() {
             bpffs::ensure_pin_dir(bpffs_dir)?;
             let lock_file = File::open(bpffs_dir).map_err(io_pin(bpffs_dir))?;
             let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| {
@@ -83,18 +104,19 @@ impl PodDatapath {
                 }
             })?;
             // Another ADD may have pinned them while we waited.
-            if !dir.join(prog_names::TC_POD_INGRESS).exists() {
+            if !dir.join(PINNED[0]).exists() {
                 Self::load_and_pin(bpffs_dir, &dir)?;
             }
         }
         crate::loader::raise_memlock_rlimit();
         let mut programs = Vec::new();
-        for (name, ty) in POD_PROGRAMS {
+        for name in PINNED {
             let prog = SchedClassifier::from_pin(dir.join(name))
                 .map_err(|source| DatapathError::Program { name, source })?;
-            programs.push((prog, ty, name));
+            programs.push((name, prog));
         }
         Ok(Self {
+            bpffs_dir: bpffs_dir.to_path_buf(),
             programs,
             endpoints: Endpoints::open(bpffs_dir)?,
         })
@@ -116,7 +138,7 @@ impl PodDatapath {
             .join(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io_pin(&tmp))?;
-        for (name, _) in POD_PROGRAMS {
+        for name in PINNED {
             let prog = dp.classifier(name)?;
             if prog.fd().is_err() {
                 prog.load()
@@ -130,20 +152,36 @@ impl PodDatapath {
         std::fs::rename(&tmp, dir).map_err(io_pin(dir))
     }
 
+    fn program(&mut self, name: &'static str) -> &mut SchedClassifier {
+        let i = PINNED.iter().position(|n| *n == name).unwrap_or(0);
+        &mut self.programs[i].1
+    }
+
     /// Attaches the pod programs to `iface` (a host-side veth, resolved in
-    /// the calling thread's network namespace) as tc filters that stay
-    /// after this process exits.
-    pub fn attach(&mut self, iface: &str) -> Result<(), DatapathError> {
+    /// the calling thread's network namespace) so that they stay after this
+    /// process exits: tc filters, or pinned tcx links when the pod's egress
+    /// is shaped (see the module docs).
+    pub fn attach(&mut self, iface: &str, shaped_egress: bool) -> Result<(), DatapathError> {
+        if shaped_egress {
+            let links = self.bpffs_dir.join("links");
+            std::fs::create_dir_all(&links).map_err(io_pin(&links))?;
+            for (name, ty, dir) in SHAPED_PROGRAMS {
+                let pin = link_pin(&self.bpffs_dir, dir, iface);
+                attach_pinned(self.program(name), name, iface, ty, &pin)?;
+            }
+            return Ok(());
+        }
         // A fresh veth has no clsact yet; an existing one is fine too.
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
-        for (prog, ty, name) in &mut self.programs {
+        for (name, ty) in POD_PROGRAMS {
             let opts = TcAttachOptions::Netlink(NlOptions {
                 priority: POD_FILTER_PRIORITY,
                 handle: TcHandle::new(0, 1),
                 ..Default::default()
             });
+            let prog = self.program(name);
             let id = prog
-                .attach_with_options(iface, *ty, opts)
+                .attach_with_options(iface, ty, opts)
                 .map_err(|source| DatapathError::Program { name, source })?;
             let link = prog
                 .take_link(id)
@@ -153,6 +191,32 @@ impl PodDatapath {
         }
         Ok(())
     }
+
+    /// Whether `iface` has the shaped-pod tcx links (their pins exist).
+    pub fn tcx_linked(bpffs_dir: &Path, iface: &str) -> bool {
+        SHAPED_PROGRAMS
+            .iter()
+            .all(|(_, _, dir)| link_pin(bpffs_dir, dir, iface).exists())
+    }
+
+    /// Removes `iface`'s tcx link pins, if it has any (detaching the
+    /// programs if the veth still exists). Filters need nothing: they go
+    /// with the veth. Idempotent.
+    pub fn unlink(bpffs_dir: &Path, iface: &str) -> Result<(), DatapathError> {
+        for (_, _, dir) in SHAPED_PROGRAMS {
+            let pin = link_pin(bpffs_dir, dir, iface);
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_pin(&pin)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn link_pin(bpffs_dir: &Path, dir: &str, iface: &str) -> PathBuf {
+    bpffs_dir.join(format!("{}{dir}_{iface}", link_pins::TC_PREFIX))
 }
 
 impl Endpoints {

@@ -6,15 +6,15 @@
 //! that pod with `bpf_redirect_peer`: no host routing, no neighbour lookup,
 //! no bridge, no iptables. Everything else goes up the host stack.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, bpf_redirect_peer},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer},
     macros::{classifier, map},
     maps::HashMap,
     programs::TcContext,
 };
 use sluice_common::{
     ProgStat,
-    endpoint::{Endpoint, MAX_ENDPOINTS},
+    endpoint::{EP_F_VIA_QDISC, Endpoint, MAX_ENDPOINTS},
     lb::CT_DIR_REV,
 };
 
@@ -35,8 +35,25 @@ pub static EP4_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS
 /// and external IPs), so such packets skip the service lookup entirely.
 #[classifier]
 pub fn tc_pod_ingress(mut ctx: TcContext) -> i32 {
+    pod_ingress(&mut ctx, true)
+}
+
+/// [`tc_pod_ingress`] for a pod with egress shaping: service and reverse
+/// NAT as usual, but every packet continues to the ingress qdisc behind
+/// this tcx program (TC_ACT_UNSPEC is tcx's "next"), whose redirect to an
+/// ifb device does the shaping; the host stack then forwards it.
+#[classifier]
+pub fn tc_pod_shaped(mut ctx: TcContext) -> i32 {
+    match pod_ingress(&mut ctx, false) {
+        TC_ACT_OK => TC_ACT_UNSPEC,
+        verdict => verdict,
+    }
+}
+
+#[inline(always)]
+fn pod_ingress(ctx: &mut TcContext, redirect: bool) -> i32 {
     stats::count(ProgStat::TcPodIngress, ctx.len() as u64);
-    let Some(f) = parse(&mut ctx) else {
+    let Some(f) = parse(ctx) else {
         return TC_ACT_OK;
     };
     // SAFETY: helper without preconditions.
@@ -50,24 +67,28 @@ pub fn tc_pod_ingress(mut ctx: TcContext) -> i32 {
         // source must not re-enter the host stack: it would be dropped as
         // martian).
         if let Some(ct) = tracked(&f.key(CT_DIR_REV), now, f.closing()) {
-            let verdict = apply(&mut ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port));
+            let verdict = apply(ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port));
             if verdict != TC_ACT_OK {
                 return verdict;
             }
         }
-        return redirect_to(&mut ctx, &ep);
+        return if redirect {
+            redirect_to(ctx, &ep)
+        } else {
+            TC_ACT_OK
+        };
     }
-    let verdict = lb_flow(&mut ctx, &f, 0, now);
-    if verdict != TC_ACT_OK {
+    let verdict = lb_flow(ctx, &f, 0, now);
+    if verdict != TC_ACT_OK || !redirect {
         return verdict;
     }
     // After DNAT the destination may be a local backend.
-    let Some(daddr) = read::<u32>(&ctx, IP_DST_OFF) else {
+    let Some(daddr) = read::<u32>(ctx, IP_DST_OFF) else {
         return TC_ACT_OK;
     };
     // SAFETY: plain hash lookup, value copied.
     match unsafe { EP4_ENDPOINTS.get(daddr) }.copied() {
-        Some(ep) => redirect_to(&mut ctx, &ep),
+        Some(ep) => redirect_to(ctx, &ep),
         None => TC_ACT_OK,
     }
 }
@@ -100,6 +121,12 @@ fn redirect_to(ctx: &mut TcContext, ep: &Endpoint) -> i32 {
     if ctx.store(0, &eth, 0).is_err() {
         return TC_ACT_SHOT;
     }
-    // SAFETY: helper; an unknown ifindex makes it return TC_ACT_SHOT.
-    unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
+    // SAFETY: helpers; an unknown ifindex makes them return TC_ACT_SHOT.
+    unsafe {
+        if ep.flags & EP_F_VIA_QDISC != 0 {
+            bpf_redirect(ep.ifindex, 0) as i32
+        } else {
+            bpf_redirect_peer(ep.ifindex, 0) as i32
+        }
+    }
 }

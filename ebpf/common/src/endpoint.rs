@@ -9,6 +9,12 @@
 /// Capacity of [`crate::map_names::EP4_ENDPOINTS`] (pods per node).
 pub const MAX_ENDPOINTS: u32 = 65_536;
 
+/// Deliver to this pod through its host-side veth's egress (`bpf_redirect`)
+/// rather than straight into the pod (`bpf_redirect_peer`): a qdisc there
+/// shapes the pod's incoming traffic (the CNI `bandwidth` plugin's ingress
+/// rate) and must see pod-to-pod packets too.
+pub const EP_F_VIA_QDISC: u32 = 1;
+
 /// Value of [`crate::map_names::EP4_ENDPOINTS`], keyed by pod address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

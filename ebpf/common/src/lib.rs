@@ -63,6 +63,11 @@ pub mod prog_names {
     /// tc ingress on a pod's host-side veth (traffic from the pod): service
     /// DNAT for every frontend, then an in-kernel hand-off to a local pod.
     pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
+    /// The same for a pod whose outgoing traffic is shaped by a qdisc on
+    /// the veth's ingress (CNI `bandwidth` plugin's egress rate): attached
+    /// with tcx ahead of that qdisc, it never redirects and hands every
+    /// packet on (TCX_NEXT), so the shaping applies.
+    pub const TC_POD_SHAPED: &str = "tc_pod_shaped";
     /// tc ingress on a node's external interface: DNAT to service backends.
     pub const TC_LB_INGRESS: &str = "tc_lb_ingress";
     /// tc egress on an LB interface (external or pod-facing): reverse NAT of replies.
