@@ -6,10 +6,10 @@ use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::{Value, json};
 use sluice_tests::{
-    Daemon, NetNs, PinDir, bin,
+    Daemon, NetNs, PinDir, TestCgroup, bin,
     cni_suite::{self, Invocation, Options, invoke, links, pod_ip},
     require_root,
-    topology::{TempDir, testpod},
+    topology::{BACKEND_PORT, NODE_NAME, SvcSpec, TempDir, testpod},
     unique,
 };
 
@@ -284,4 +284,92 @@ fn check_notices_a_detached_pod_program() {
         bad.describe()
     );
     assert!(node.call("DEL", "p", Some(&pod), &node.conf).ok);
+}
+
+/// A pod outside the socket hooks reaches a ClusterIP whose backend is
+/// another pod on the node: DNAT on the client's veth, the hand-off into
+/// the backend, and reverse NAT of the reply on the backend's veth (which
+/// pod-to-pod traffic skips until such a DNAT has happened). sluice-cni
+/// and the agent share the node's pinned maps.
+#[test]
+fn cluster_ip_to_a_local_pod_on_the_tc_path() {
+    if !require_root("cluster_ip_to_a_local_pod_on_the_tc_path") {
+        return;
+    }
+    let node = Node::new("10.80.5.0/28");
+    let (client, backend) = (NetNs::new(), NetNs::new());
+    let ra = node.call("ADD", "client", Some(&client), &node.conf);
+    let rb = node.call("ADD", "backend", Some(&backend), &node.conf);
+    assert!(ra.ok && rb.ok, "{} / {}", ra.describe(), rb.describe());
+    let ip_b: std::net::Ipv4Addr = pod_ip(&rb.json(), "eth0")
+        .and_then(|s| s.parse().ok())
+        .expect("backend address");
+    let mut server = Daemon::from_command("pod-b", {
+        let mut c = backend.command(testpod());
+        c.args(["serve", "pod-b", &BACKEND_PORT.to_string()]);
+        c
+    });
+    server.wait_for_line("serving", Duration::from_secs(10), |l| {
+        l.contains("serving")
+    });
+    // Pod-to-pod first: no DNAT seen yet, the plain hand-off works.
+    let direct = client
+        .command(testpod())
+        .args(["tcp", &format!("{ip_b}:{BACKEND_PORT}"), "3"])
+        .output()
+        .expect("client");
+    assert_eq!(
+        String::from_utf8_lossy(&direct.stdout)
+            .lines()
+            .filter(|l| l.starts_with("pod-b"))
+            .count(),
+        3
+    );
+
+    let manifests = TempDir::new();
+    let svc = SvcSpec {
+        name: "local",
+        cluster_ip: "10.96.0.77",
+        ports: &[("web", "TCP", 80)],
+        extra_spec: "",
+        endpoints: &[(ip_b, true, true, false, NODE_NAME)],
+        with_slice: true,
+    };
+    std::fs::write(manifests.0.join("svc.yaml"), svc.yaml()).expect("manifest");
+    let cgroup = TestCgroup::new();
+    let mut agent = Daemon::spawn(
+        "sluice-agent",
+        [
+            "--netns",
+            &node.ns.path().display().to_string(),
+            "--cgroup",
+            &cgroup.path.display().to_string(),
+            "--bpffs",
+            &node.pins.path.display().to_string(),
+            "--manifests",
+            &manifests.0.display().to_string(),
+            "--node-name",
+            NODE_NAME,
+        ],
+    );
+    agent.wait_for_line("programmed", Duration::from_secs(20), |l| {
+        l.contains("services programmed")
+    });
+    // The client is not in the agent's cgroup: its connect() is not
+    // translated, so every connection takes the tc path.
+    let out = client
+        .command(testpod())
+        .args(["tcp", "10.96.0.77:80", "20"])
+        .output()
+        .expect("client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().filter(|l| *l == "pod-b 10.96.0.77:80").count(),
+        20,
+        "ClusterIP -> local pod on the tc path: {text}"
+    );
+    drop(agent);
+    drop(server);
+    assert!(node.call("DEL", "client", Some(&client), &node.conf).ok);
+    assert!(node.call("DEL", "backend", Some(&backend), &node.conf).ok);
 }

@@ -33,6 +33,11 @@ pub mod map_names {
     pub const CT4: &str = "LB4_CT";
     /// Local pods: pod address -> [`crate::endpoint::Endpoint`] (written by the CNI plugin).
     pub const EP4_ENDPOINTS: &str = "EP4_ENDPOINTS";
+    /// One `u32` slot, set (sticky) the first time a pod's traffic is
+    /// DNATed on its veth (it bypassed the socket hooks). Until then no
+    /// reply to a local pod can need reverse NAT there, and pod-to-pod
+    /// packets skip that conntrack lookup.
+    pub const POD_DNAT_SEEN: &str = "POD_DNAT_SEEN";
 }
 
 /// Pin paths (relative to the node's bpffs dir) of the program links, so

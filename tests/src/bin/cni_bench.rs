@@ -24,11 +24,12 @@ struct Opts {
     adds: usize,
     secs: u64,
     rounds: usize,
+    conns: usize,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("sluice-cni-bench: {msg}");
-    eprintln!("usage: sluice-cni-bench --out DIR [--adds 100] [--secs 3] [--rounds 3]");
+    eprintln!("usage: sluice-cni-bench --out DIR [--adds 100] [--secs 3] [--rounds 3] [--conns 4]");
     std::process::exit(2);
 }
 
@@ -134,14 +135,16 @@ fn latencies(p: &Plugin, n: usize, par: usize, tag: &str) -> (Vec<Duration>, Vec
     (adds, dels, e1 + e2)
 }
 
-/// Pod-to-pod on `p`'s node: request/response rate (4 persistent
-/// connections) and bulk throughput (one connection), in Gbit/s.
-fn pod_to_pod(p: &Plugin, secs: u64, round: usize) -> (f64, f64) {
+/// Pod-to-pod on `p`'s node: request/response rate over one persistent
+/// connection (netperf TCP_RR-style: latency-bound) and over `conns`
+/// (CPU-bound on this machine), and bulk throughput over one connection
+/// in Gbit/s.
+fn pod_to_pod(p: &Plugin, secs: u64, conns: usize, round: usize) -> (f64, f64, f64) {
     let (a, b) = (NetNs::new(), NetNs::new());
     let (ca, cb) = (format!("p2p-a-{round}"), format!("p2p-b-{round}"));
     let (ok_a, _, _) = p.call("ADD", &ca, &a);
     let (ok_b, _, rb) = p.call("ADD", &cb, &b);
-    let (mut rate, mut gbit) = (f64::NAN, f64::NAN);
+    let (mut rate1, mut rate, mut gbit) = (f64::NAN, f64::NAN, f64::NAN);
     if ok_a && ok_b {
         let ip_b = pod_ip(&rb, "eth0").unwrap_or_default();
         let in_b = |args: &[&str]| {
@@ -170,7 +173,14 @@ fn pod_to_pod(p: &Plugin, secs: u64, round: usize) -> (f64, f64) {
         };
         let secs_s = secs.to_string();
         let targets_s = targets.display().to_string();
-        rate = value(&from_a(&["rr", &targets_s, "4", &secs_s]), "requests=") / secs as f64;
+        let rr = |n: usize| {
+            value(
+                &from_a(&["rr", &targets_s, &n.to_string(), &secs_s]),
+                "requests=",
+            ) / secs as f64
+        };
+        rate1 = rr(1);
+        rate = rr(conns);
         let bytes = value(
             &from_a(&["stream", &format!("{ip_b}:9090"), &secs_s]),
             "bytes=",
@@ -179,7 +189,7 @@ fn pod_to_pod(p: &Plugin, secs: u64, round: usize) -> (f64, f64) {
     }
     p.call("DEL", &ca, &a);
     p.call("DEL", &cb, &b);
-    (rate, gbit)
+    (rate1, rate, gbit)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -195,6 +205,7 @@ fn main() {
         adds: 100,
         secs: 3,
         rounds: 3,
+        conns: 4,
     };
     while let Some(a) = args.next() {
         let mut val = || {
@@ -210,6 +221,7 @@ fn main() {
             "--adds" => o.adds = num(val()),
             "--secs" => o.secs = num(val()) as u64,
             "--rounds" => o.rounds = num(val()),
+            "--conns" => o.conns = num(val()),
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -240,38 +252,40 @@ fn main() {
             "errors": e1 + e8,
         }));
     }
+    let mut rr1: Vec<Vec<f64>> = vec![Vec::new(); ps.len()];
     let mut rr: Vec<Vec<f64>> = vec![Vec::new(); ps.len()];
     let mut tput: Vec<Vec<f64>> = vec![Vec::new(); ps.len()];
     for round in 0..o.rounds {
         for (i, p) in ps.iter().enumerate() {
             eprintln!("-- {}: pod-to-pod, round {}", p.name, round + 1);
-            let (r, t) = pod_to_pod(p, o.secs, round);
+            let (r1, r, t) = pod_to_pod(p, o.secs, o.conns, round);
+            rr1[i].push(r1);
             rr[i].push(r);
             tput[i].push(t);
         }
     }
-    let ratios: Vec<f64> = rr[0].iter().zip(&rr[1]).map(|(a, b)| a / b).collect();
-    let tput_ratios: Vec<f64> = tput[0].iter().zip(&tput[1]).map(|(a, b)| a / b).collect();
+    let paired =
+        |v: &[Vec<f64>]| -> f64 { median(v[0].iter().zip(&v[1]).map(|(a, b)| a / b).collect()) };
     for (i, row) in rows.iter_mut().enumerate() {
+        row["pod_rr1_per_s"] = json!(median(rr1[i].clone()));
         row["pod_rr_per_s"] = json!(median(rr[i].clone()));
         row["pod_gbit_per_s"] = json!(median(tput[i].clone()));
     }
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let add_ratio = f(&rows[0], "add_seq_p50_ms") / f(&rows[1], "add_seq_p50_ms");
-    let rr_ratio = median(ratios);
-    let tput_ratio = median(tput_ratios);
+    let (rr1_ratio, rr_ratio, tput_ratio) = (paired(&rr1), paired(&rr), paired(&tput));
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut md = format!(
-        "# CNI benchmark\n\n{} ADDs then DELs per mode; pod-to-pod request/response over 4 \
-         persistent connections and bulk throughput over one connection, {} s each, {} rounds \
-         alternating plugins (median).\n\n\
-         | plugin | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | ADD p50 ms (8 par) | ADD p99 ms (8 par) | DEL p50 ms (8 par) | DEL p99 ms (8 par) | pod-to-pod req/s | pod-to-pod Gbit/s | errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        o.adds, o.secs, o.rounds
+        "# CNI benchmark\n\n{} ADDs then DELs per mode; pod-to-pod request/response over 1 \
+         and over {} persistent connections, and bulk throughput over one connection, {} s each, \
+         {} rounds alternating plugins (median).\n\n\
+         | plugin | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | ADD p50 ms (8 par) | ADD p99 ms (8 par) | DEL p50 ms (8 par) | DEL p99 ms (8 par) | pod-to-pod req/s (1 conn) | pod-to-pod req/s ({} conns) | pod-to-pod Gbit/s | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        o.adds, o.conns, o.secs, o.rounds, o.conns
     );
     for r in &rows {
         md.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.2} | {} |\n",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {} |\n",
             r["plugin"].as_str().unwrap_or(""),
             f(r, "add_seq_p50_ms"),
             f(r, "add_seq_p99_ms"),
@@ -281,6 +295,7 @@ fn main() {
             f(r, "add_par8_p99_ms"),
             f(r, "del_par8_p50_ms"),
             f(r, "del_par8_p99_ms"),
+            f(r, "pod_rr1_per_s"),
             f(r, "pod_rr_per_s"),
             f(r, "pod_gbit_per_s"),
             r["errors"]
@@ -289,14 +304,18 @@ fn main() {
     md.push_str(&format!(
         "\n## Targets\n\n| target | value | bound | verdict |\n|---|---:|---:|---|\n\
          | ADD p50, sluice / reference | {add_ratio:.2} x | <= 1 x | {} |\n\
-         | pod-to-pod request rate, sluice / bridge (median of paired rounds) | {rr_ratio:.2} x | >= 1.1 x | {} |\n\
+         | pod-to-pod request rate over 1 connection, sluice / bridge (median of paired rounds) | {rr1_ratio:.2} x | >= 1.1 x | {} |\n\
+         | pod-to-pod request rate over {} connections, sluice / bridge (median of paired rounds) | {rr_ratio:.2} x | >= 1.1 x | {} |\n\
          | pod-to-pod throughput, sluice / bridge (median of paired rounds; reported, no target) | {tput_ratio:.2} x | - | - |\n",
         verdict(add_ratio <= 1.0),
+        verdict(rr1_ratio >= 1.1),
+        o.conns,
         verdict(rr_ratio >= 1.1)
     ));
     print!("{md}");
-    let json = json!({"rows": rows, "rr_rounds": rr, "gbit_rounds": tput, "add_p50_ratio": add_ratio,
-               "rr_ratio": rr_ratio, "gbit_ratio": tput_ratio});
+    let json = json!({"rows": rows, "rr1_rounds": rr1, "rr_rounds": rr, "gbit_rounds": tput,
+               "add_p50_ratio": add_ratio, "rr1_ratio": rr1_ratio, "rr_ratio": rr_ratio,
+               "gbit_ratio": tput_ratio, "conns": o.conns});
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(&o.out)?;
         std::fs::write(o.out.join("cni.md"), &md)?;
