@@ -38,6 +38,18 @@ pub fn testpod() -> PathBuf {
     bin("sluice-testpod")
 }
 
+/// `sluice-testpod serve NAME PORT` inside `ns` (setns, not `ip netns
+/// exec`), returned once it is listening.
+pub fn serve_in(ns: &NetNs, name: &str, port: u16) -> Daemon {
+    let mut c = ns.command(testpod());
+    c.args(["serve", name, &port.to_string()]);
+    let mut d = Daemon::from_command(name, c);
+    d.wait_for_line("server ready", Duration::from_secs(10), |l| {
+        l.contains("serving")
+    });
+    d
+}
+
 pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,

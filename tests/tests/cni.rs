@@ -9,7 +9,7 @@ use sluice_tests::{
     Daemon, NetNs, PinDir, TestCgroup, bin,
     cni_suite::{self, Invocation, Options, invoke, links, pod_ip},
     require_root,
-    topology::{BACKEND_PORT, NODE_NAME, SvcSpec, TempDir, testpod},
+    topology::{BACKEND_PORT, NODE_NAME, SvcSpec, TempDir, serve_in, testpod},
     unique,
 };
 
@@ -169,16 +169,7 @@ fn pod_to_pod_is_handed_over_in_the_kernel() {
     assert!(ra.ok && rb.ok, "{} / {}", ra.describe(), rb.describe());
     assert_eq!(node.endpoints(), 2, "one endpoint entry per pod");
     let ip_b = pod_ip(&rb.json(), "eth0").expect("b's address");
-    let mut server = Daemon::from_command("pod-b", {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &b.name])
-            .arg(testpod())
-            .args(["serve", "pod-b", "8080"]);
-        c
-    });
-    server.wait_for_line("serving", Duration::from_secs(10), |l| {
-        l.contains("serving")
-    });
+    let _server = serve_in(&b, "pod-b", 8080);
     node.ns
         .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "0"))
         .expect("forwarding off");
@@ -304,14 +295,7 @@ fn cluster_ip_to_a_local_pod_on_the_tc_path() {
     let ip_b: std::net::Ipv4Addr = pod_ip(&rb.json(), "eth0")
         .and_then(|s| s.parse().ok())
         .expect("backend address");
-    let mut server = Daemon::from_command("pod-b", {
-        let mut c = backend.command(testpod());
-        c.args(["serve", "pod-b", &BACKEND_PORT.to_string()]);
-        c
-    });
-    server.wait_for_line("serving", Duration::from_secs(10), |l| {
-        l.contains("serving")
-    });
+    let server = serve_in(&backend, "pod-b", BACKEND_PORT);
     // Pod-to-pod first: no DNAT seen yet, the plain hand-off works.
     let direct = client
         .command(testpod())

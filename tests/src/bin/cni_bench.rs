@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sluice_tests::{
     Daemon, NetNs, PinDir, bin,
     cni_suite::{invoke, pod_ip},
-    topology::{TempDir, testpod},
+    topology::{TempDir, serve_in, testpod},
     unique,
 };
 
@@ -152,10 +152,7 @@ fn pod_to_pod(p: &Plugin, secs: u64, conns: usize, round: usize) -> (f64, f64, f
             c.args(args);
             c
         };
-        let mut echo = Daemon::from_command("pod-b", in_b(&["serve", "pod-b", "8080"]));
-        echo.wait_for_line("serving", Duration::from_secs(10), |l| {
-            l.contains("serving")
-        });
+        let _echo = serve_in(&b, "pod-b", 8080);
         let mut sink = Daemon::from_command("pod-b-sink", in_b(&["sink", "9090"]));
         sink.wait_for_line("sink", Duration::from_secs(10), |l| l.contains("sink"));
         let file = TempDir::new();
