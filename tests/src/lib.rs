@@ -25,8 +25,11 @@ use nix::{
     unistd::Pid,
 };
 
+pub mod bench_args;
 pub mod cni_suite;
 pub mod cri;
+pub mod etcd;
+pub mod store_suite;
 pub mod topology;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -14,8 +14,10 @@ const APT_PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
-    // etcd-client / k8s-cri codegen
+    // etcd-client / k8s-cri codegen (libprotobuf-dev: the well-known
+    // google/protobuf/*.proto that etcd-client's protos import)
     "protobuf-compiler",
+    "libprotobuf-dev",
     // real components the tests drive
     "etcd-server",
     "containerd",

@@ -11,7 +11,9 @@ use std::{
 
 use serde_json::{Value, json};
 use sluice_tests::{
-    Daemon, NetNs, PinDir, bin,
+    Daemon, NetNs, PinDir,
+    bench_args::{BenchArgs, median, pct_ms, write_report},
+    bin,
     cni_suite::{invoke, pod_ip},
     topology::{TempDir, serve_in, testpod},
     unique,
@@ -25,12 +27,6 @@ struct Opts {
     secs: u64,
     rounds: usize,
     conns: usize,
-}
-
-fn usage(msg: &str) -> ! {
-    eprintln!("sluice-cni-bench: {msg}");
-    eprintln!("usage: sluice-cni-bench --out DIR [--adds 100] [--secs 3] [--rounds 3] [--conns 4]");
-    std::process::exit(2);
 }
 
 struct Plugin {
@@ -91,15 +87,6 @@ fn plugins() -> Vec<Plugin> {
             _dirs: (d2, p2),
         },
     ]
-}
-
-fn pct(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i].as_secs_f64() * 1e3
 }
 
 /// ADD then DEL latencies for `n` pods with `par` concurrent callers.
@@ -189,42 +176,21 @@ fn pod_to_pod(p: &Plugin, secs: u64, conns: usize, round: usize) -> (f64, f64, f
     (rate1, rate, gbit)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let mut o = Opts {
-        out: PathBuf::from("target/bench"),
-        adds: 100,
-        secs: 3,
-        rounds: 3,
-        conns: 4,
+    let args = BenchArgs::parse(
+        "sluice-cni-bench --out DIR [--adds 100] [--secs 3] [--rounds 3] [--conns 4]",
+        &["--out", "--adds", "--secs", "--rounds", "--conns"],
+    );
+    let o = Opts {
+        out: args.path("--out", "target/bench"),
+        adds: args.num("--adds", 100),
+        secs: args.num("--secs", 3) as u64,
+        rounds: args.num("--rounds", 3),
+        conns: args.num("--conns", 4),
     };
-    while let Some(a) = args.next() {
-        let mut val = || {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
-        };
-        let num = |s: String| -> usize {
-            s.parse()
-                .unwrap_or_else(|_| usage(&format!("{a}: not a number: {s}")))
-        };
-        match a.as_str() {
-            "--out" => o.out = PathBuf::from(val()),
-            "--adds" => o.adds = num(val()),
-            "--secs" => o.secs = num(val()) as u64,
-            "--rounds" => o.rounds = num(val()),
-            "--conns" => o.conns = num(val()),
-            other => usage(&format!("unknown argument {other:?}")),
-        }
-    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        usage("needs root (network namespaces, eBPF)");
+        args.fail("needs root (network namespaces, eBPF)");
     }
     let ps = plugins();
     // First use (sluice loads and pins its programs; bridge creates the
@@ -242,10 +208,10 @@ fn main() {
         let (mut a8, mut d8, e8) = latencies(p, o.adds, 8, "par");
         rows.push(json!({
             "plugin": p.name,
-            "add_seq_p50_ms": pct(&mut a1, 0.5), "add_seq_p99_ms": pct(&mut a1, 0.99),
-            "del_seq_p50_ms": pct(&mut d1, 0.5), "del_seq_p99_ms": pct(&mut d1, 0.99),
-            "add_par8_p50_ms": pct(&mut a8, 0.5), "add_par8_p99_ms": pct(&mut a8, 0.99),
-            "del_par8_p50_ms": pct(&mut d8, 0.5), "del_par8_p99_ms": pct(&mut d8, 0.99),
+            "add_seq_p50_ms": pct_ms(&mut a1, 0.5), "add_seq_p99_ms": pct_ms(&mut a1, 0.99),
+            "del_seq_p50_ms": pct_ms(&mut d1, 0.5), "del_seq_p99_ms": pct_ms(&mut d1, 0.99),
+            "add_par8_p50_ms": pct_ms(&mut a8, 0.5), "add_par8_p99_ms": pct_ms(&mut a8, 0.99),
+            "del_par8_p50_ms": pct_ms(&mut d8, 0.5), "del_par8_p99_ms": pct_ms(&mut d8, 0.99),
             "errors": e1 + e8,
         }));
     }
@@ -308,20 +274,8 @@ fn main() {
         o.conns,
         verdict(rr_ratio >= 1.1)
     ));
-    print!("{md}");
     let json = json!({"rows": rows, "rr1_rounds": rr1, "rr_rounds": rr, "gbit_rounds": tput,
                "add_p50_ratio": add_ratio, "rr1_ratio": rr1_ratio, "rr_ratio": rr_ratio,
                "gbit_ratio": tput_ratio, "conns": o.conns});
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&o.out)?;
-        std::fs::write(o.out.join("cni.md"), &md)?;
-        std::fs::write(
-            o.out.join("cni.json"),
-            serde_json::to_string_pretty(&json).unwrap_or_default(),
-        )
-    };
-    if let Err(e) = write() {
-        eprintln!("sluice-cni-bench: writing reports: {e}");
-        std::process::exit(1);
-    }
+    write_report(&o.out, "cni", &md, &json);
 }

@@ -7,7 +7,7 @@
 //! agent and again alternating round by round with (b)), (b) sluice's
 //! socket LB (client in the node's cgroup), (c) sluice's tc path (the same
 //! pinned state adopted by an agent with `--pod-iface` on the client's
-//! veth; the client outside the cgroup, so only `tc_lb_pod_ingress`
+//! veth; the client outside the cgroup, so only `tc_pod_ingress`
 //! balances),
 //! (d) kube-proxy's iptables rules loaded with iptables-restore, and (e)
 //! IPVS when the kernel has it. Every scale gets a fresh topology, so the
@@ -410,7 +410,9 @@ fn prog_stats() -> std::collections::HashMap<String, (u64, u64)> {
     };
     for p in progs.as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or("");
-        let known = ["sock4_", "tc_lb_"].iter().any(|pre| name.starts_with(pre));
+        let known = ["sock4_", "tc_lb_", "tc_pod_"]
+            .iter()
+            .any(|pre| name.starts_with(pre));
         if known {
             let e = m.entry(name.to_string()).or_insert((0, 0));
             e.0 += p["run_time_ns"].as_u64().unwrap_or(0);

@@ -283,7 +283,7 @@ fn markdown(o: &Opts, scales: &[Scale], ts: &[Target], steal_pct: f64) -> String
     let _ = writeln!(
         m,
         "## In-kernel cost of sluice's programs\n\nMean run time per invocation (kernel BPF stats, one extra round per path; \
-         a connect runs sock4_connect once, a packet runs tc_lb_* once per direction).\n\n| services | program | runs | ns per run |\n|---:|---|---:|---:|"
+         a connect runs sock4_connect once, a packet runs tc_pod_ingress or tc_lb_egress once, by direction).\n\n| services | program | runs | ns per run |\n|---:|---|---:|---:|"
     );
     for s in scales {
         for (name, runs, ns) in &s.prog_costs {
