@@ -47,6 +47,9 @@ impl Default for Options {
 
 pub struct Etcd {
     client: Client,
+    /// For lists: the gRPC default of 4 MiB per response is far below a
+    /// list of 10 000 pods (the apiserver lifts it the same way).
+    lists: etcd_client::KvClient,
     opts: Options,
 }
 
@@ -85,7 +88,12 @@ impl Etcd {
         let client = Client::connect(endpoints, Some(co))
             .await
             .map_err(unavailable)?;
-        Ok(Self { client, opts })
+        let lists = client.kv_client().max_decoding_message_size(i32::MAX as usize);
+        Ok(Self {
+            client,
+            lists,
+            opts,
+        })
     }
 
     /// Maps a range/compaction failure to the precise error.
@@ -194,7 +202,7 @@ impl Store for Etcd {
         if let Some(rev) = req.revision {
             o = o.with_revision(rev);
         }
-        let r = match self.client.clone().get(start, Some(o)).await {
+        let r = match self.lists.clone().get(start, Some(o)).await {
             Ok(r) => r,
             Err(e) => return Err(self.range_error(e, req.revision.unwrap_or(0)).await),
         };
