@@ -53,6 +53,41 @@ pub struct Etcd {
     opts: Options,
 }
 
+/// The request never reached a member (connection refused or reset while
+/// connecting): safe to send again, to whichever member the client's
+/// balancer picks next. Anything else may have been applied.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect")
+        }
+        _ => false,
+    }
+}
+
+/// Runs `f` until it gets an answer from a member: a dead member in the
+/// endpoint list costs a retry, not a failed request (as etcd's Go client
+/// fails over). Gives up after ~3 s of nothing but connection errors.
+async fn failover<T, F, Fut>(mut f: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut delay = Duration::from_millis(25);
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(e) if attempt < 8 && never_sent(&e) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(800));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn unavailable(e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -88,7 +123,9 @@ impl Etcd {
         let client = Client::connect(endpoints, Some(co))
             .await
             .map_err(unavailable)?;
-        let lists = client.kv_client().max_decoding_message_size(i32::MAX as usize);
+        let lists = client
+            .kv_client()
+            .max_decoding_message_size(i32::MAX as usize);
         Ok(Self {
             client,
             lists,
@@ -113,6 +150,15 @@ impl Etcd {
         }
     }
 
+    async fn txn(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        failover(|| {
+            let (mut c, t) = (self.client.clone(), txn.clone());
+            async move { c.txn(t).await }
+        })
+        .await
+        .map_err(unavailable)
+    }
+
     /// The losing side of a compare-and-swap: what the key holds now.
     fn current_of(resp: &etcd_client::TxnResponse) -> Result<Option<KeyValue>, StoreError> {
         for r in resp.op_responses() {
@@ -128,15 +174,13 @@ impl Etcd {
 impl Store for Etcd {
     async fn current_revision(&self) -> Result<i64, StoreError> {
         // A one-key range with count-only is the cheapest revision read.
-        let r = self
-            .client
-            .clone()
-            .get(
-                self.opts.prefix.as_str(),
-                Some(GetOptions::new().with_count_only()),
-            )
-            .await
-            .map_err(unavailable)?;
+        let r = failover(|| {
+            let mut c = self.client.clone();
+            let key = self.opts.prefix.clone();
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await
+        .map_err(unavailable)?;
         Ok(header_rev(r.header()))
     }
 
@@ -178,12 +222,13 @@ impl Store for Etcd {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         validate_key(&self.opts.prefix, key)?;
-        let r = self
-            .client
-            .clone()
-            .get(key, None)
-            .await
-            .map_err(unavailable)?;
+        let r = failover(|| {
+            let mut c = self.client.clone();
+            let key = key.to_string();
+            async move { c.get(key, None).await }
+        })
+        .await
+        .map_err(unavailable)?;
         r.kvs().first().map(kv).transpose()
     }
 
@@ -202,7 +247,13 @@ impl Store for Etcd {
         if let Some(rev) = req.revision {
             o = o.with_revision(rev);
         }
-        let r = match self.lists.clone().get(start, Some(o)).await {
+        let r = match failover(|| {
+            let (mut c, o) = (self.lists.clone(), o.clone());
+            let start = start.to_string();
+            async move { c.get(start, Some(o)).await }
+        })
+        .await
+        {
             Ok(r) => r,
             Err(e) => return Err(self.range_error(e, req.revision.unwrap_or(0)).await),
         };
@@ -218,7 +269,7 @@ impl Store for Etcd {
         let txn = etcd_client::Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        let r = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        let r = self.txn(txn).await?;
         if r.succeeded() {
             Ok(header_rev(r.header()))
         } else {
@@ -232,7 +283,7 @@ impl Store for Etcd {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, None)])
             .or_else([TxnOp::get(key, None)]);
-        let r = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        let r = self.txn(txn).await?;
         if r.succeeded() {
             return Ok(header_rev(r.header()));
         }
@@ -263,7 +314,7 @@ impl Store for Etcd {
                 Some(DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let r = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        let r = self.txn(txn).await?;
         if r.succeeded() {
             for op in r.op_responses() {
                 if let TxnOpResponse::Delete(d) = op
@@ -288,7 +339,12 @@ impl Store for Etcd {
     }
 
     async fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        match self.client.clone().compact(revision, None).await {
+        match failover(|| {
+            let mut c = self.client.clone();
+            async move { c.compact(revision, None).await }
+        })
+        .await
+        {
             Ok(_) => Ok(()),
             Err(e) => Err(self.range_error(e, revision).await),
         }
