@@ -1,19 +1,94 @@
-//! `sluice-server`: the control plane. The store and API server arrive with
-//! their own issues; until then the binary exists so the layout and the
-//! build contract (`cargo xtask build` produces it) hold, and it says plainly
-//! that it cannot serve yet.
+//! `sluice-server`: the control plane's API server (Kubernetes REST over
+//! the state store). `--data-dir DIR` keeps the embedded store, the PKI and
+//! DIR/admin.kubeconfig; `--etcd-endpoints` stores in etcd instead.
+mod api;
+mod pki;
+mod resources;
+mod serve;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
 use clap::Parser;
+use sluice_store::{Store, embedded, etcd};
 
 #[derive(Parser)]
 #[command(
     name = "sluice-server",
     version,
-    about = "sluice control plane (not yet implemented)"
+    about = "sluice control plane: a Kubernetes-compatible API server"
 )]
-struct Cli {}
+struct Cli {
+    /// State (embedded store, PKI, kubeconfigs) lives here.
+    #[arg(long, default_value = "/var/lib/sluice/server")]
+    data_dir: PathBuf,
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Store cluster state in etcd (comma-separated client URLs) instead of
+    /// the embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+}
 
 fn main() -> std::process::ExitCode {
-    let _ = Cli::parse();
-    eprintln!("sluice-server: the control plane is not implemented yet");
-    std::process::ExitCode::FAILURE
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice-server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cli.data_dir)
+        .with_context(|| format!("--data-dir {}", cli.data_dir.display()))?;
+    let store: Arc<dyn Store> = if cli.etcd_endpoints.is_empty() {
+        Arc::new(embedded::Embedded::open(
+            &cli.data_dir.join("store.redb"),
+            embedded::Options::default(),
+        )?)
+    } else {
+        Arc::new(etcd::Etcd::connect(&cli.etcd_endpoints, etcd::Options::default()).await?)
+    };
+    api::ensure_system_namespaces(store.as_ref()).await?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("--listen {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    let hosts = vec![
+        addr.ip().to_string(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ];
+    let pki = pki::Pki::load_or_create(&cli.data_dir, &hosts)?;
+    pki.write_kubeconfigs(&cli.data_dir, &format!("https://{addr}"))?;
+    let tokens = [pki.admin_token.clone(), pki.node_token.clone()]
+        .into_iter()
+        .collect();
+    let app = serve::router(
+        Arc::new(api::Api {
+            store,
+            listen: addr.to_string(),
+        }),
+        tokens,
+    );
+    tracing::info!(%addr, data_dir = %cli.data_dir.display(), "serving");
+    serve::serve(listener, &pki, app).await
 }

@@ -25,6 +25,7 @@ use nix::{
     unistd::Pid,
 };
 
+pub mod api_server;
 pub mod bench_args;
 pub mod cni_suite;
 pub mod cri;

@@ -1,0 +1,796 @@
+//! The Kubernetes REST surface over the store: discovery, and for every
+//! registered resource get/list/watch/create/update/delete with upstream
+//! paths, query parameters and status codes. Errors are `Status` objects.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Query, State},
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use sluice_store::{ListRequest, Store, StoreError, WatchEvent};
+
+use crate::resources::{self, Resource};
+
+/// Kubernetes version reported by /version (kubectl's skew check).
+pub const KUBE_MAJOR: &str = "1";
+pub const KUBE_MINOR: &str = "33";
+
+/// Request bodies above this are refused with 413 (upstream's limit).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub listen: String,
+}
+
+pub type Shared = Arc<Api>;
+
+/// An error answered as a `Status`.
+#[derive(Debug)]
+pub struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+    details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn not_found(r: &Resource, name: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", qualified(r)),
+        );
+        e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
+        e
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    /// 422 with the offending field paths, as upstream's validation does.
+    fn invalid(r: &Resource, name: &str, causes: Vec<(String, String)>) -> Self {
+        let msg = causes
+            .iter()
+            .map(|(f, m)| format!("{f}: {m}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {msg}", r.kind),
+        );
+        e.details = Some(json!({
+            "name": name, "group": r.group, "kind": r.kind,
+            "causes": causes.iter().map(|(f, m)| json!({"field": f, "message": m, "reason": "FieldValueInvalid"})).collect::<Vec<_>>(),
+        }));
+        e
+    }
+
+    fn store(r: &Resource, name: &str, e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => Self::not_found(r, name),
+            StoreError::AlreadyExists(_) => {
+                let mut e = Self::new(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!("{} \"{name}\" already exists", qualified(r)),
+                );
+                e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
+                e
+            }
+            StoreError::Conflict { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    qualified(r)
+                ),
+            ),
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => Self::new(
+                StatusCode::GONE,
+                "Expired",
+                format!("too old resource version: {requested} ({compacted})"),
+            ),
+            StoreError::ValueTooLarge { .. } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                e.to_string(),
+            ),
+            StoreError::FutureRevision { .. } => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!("Too large resource version: {e}"),
+            ),
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                other.to_string(),
+            ),
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.code, axum::Json(self.status())).into_response()
+    }
+}
+
+fn qualified(r: &Resource) -> String {
+    if r.group.is_empty() {
+        r.plural.to_string()
+    } else {
+        format!("{}.{}", r.plural, r.group)
+    }
+}
+
+pub async fn version() -> Response {
+    axum::Json(json!({
+        "major": KUBE_MAJOR, "minor": KUBE_MINOR,
+        "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0-sluice"),
+        "gitCommit": "", "gitTreeState": "clean", "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "rustc", "compiler": "rustc", "platform": "linux/amd64",
+    }))
+    .into_response()
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+fn resource_list(group_version: &str, rs: Vec<&Resource>) -> Response {
+    let verbs = [
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ];
+    axum::Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+        "resources": rs.iter().map(|r| json!({
+            "name": r.plural, "singularName": r.singular(), "namespaced": r.namespaced,
+            "kind": r.kind, "verbs": verbs, "shortNames": r.short_names,
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+/// What a request path names.
+struct Target {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// Parses the part after `/api/v1` or `/apis/<group>/<version>`.
+fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+    let lookup = |plural: &str| {
+        resources::find(group, version, plural).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the requested resource ({plural})"),
+            )
+        })
+    };
+    let t = match rest {
+        [plural] => Target {
+            resource: lookup(plural)?,
+            namespace: None,
+            name: None,
+        },
+        [plural, name] => Target {
+            resource: lookup(plural)?,
+            namespace: None,
+            name: Some(name.to_string()),
+        },
+        ["namespaces", ns, plural] => Target {
+            resource: lookup(plural)?,
+            namespace: Some(ns.to_string()),
+            name: None,
+        },
+        ["namespaces", ns, plural, name] => Target {
+            resource: lookup(plural)?,
+            namespace: Some(ns.to_string()),
+            name: Some(name.to_string()),
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+    };
+    if t.resource.namespaced && t.name.is_some() && t.namespace.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    if !t.resource.namespaced && t.namespace.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} is not namespaced", t.resource.plural),
+        ));
+    }
+    Ok(t)
+}
+
+/// Every request under /api and /apis.
+pub async fn dispatch(
+    State(api): State<Shared>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match route(&api, &method, uri.path(), &q, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(
+    api: &Shared,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    _headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api"] => {
+            return Ok(axum::Json(json!({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": api.listen}],
+            }))
+            .into_response());
+        }
+        ["api", "v1"] => {
+            let core = resources::RESOURCES
+                .iter()
+                .filter(|r| r.group.is_empty())
+                .collect();
+            return Ok(resource_list("v1", core));
+        }
+        ["apis"] => {
+            let groups: Vec<Value> = resources::groups()
+                .into_iter()
+                .map(|(g, v)| {
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+                })
+                .collect();
+            return Ok(axum::Json(
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            )
+            .into_response());
+        }
+        ["apis", g, v] => {
+            let rs: Vec<&Resource> = resources::RESOURCES
+                .iter()
+                .filter(|r| r.group == *g && r.version == *v)
+                .collect();
+            if rs.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("no API group version {g}/{v}"),
+                ));
+            }
+            return Ok(resource_list(&format!("{g}/{v}"), rs));
+        }
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+    };
+    let t = target(group, version, rest)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!(
+                "the request body is {} bytes, over the {MAX_BODY_BYTES}-byte limit",
+                body.len()
+            ),
+        ));
+    }
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    match (method.clone(), &t.name) {
+        (Method::GET, None) if watch => watch_list(api, &t, q).await,
+        (Method::GET, None) => list(api, &t, q).await,
+        (Method::GET, Some(name)) => get(api, &t, name).await,
+        (Method::POST, None) => create(api, &t, &body).await,
+        (Method::PUT, Some(name)) => update(api, &t, name, &body).await,
+        (Method::DELETE, Some(name)) => delete(api, &t, name).await,
+        (m, _) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{m} is not supported here"),
+        )),
+    }
+}
+
+/// The stored object as served: resourceVersion is the store revision.
+fn served(r: &Resource, kv: &sluice_store::KeyValue) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("stored {} is not JSON: {e}", kv.key),
+        )
+    })?;
+    v["apiVersion"] = json!(r.api_version());
+    v["kind"] = json!(r.kind);
+    v["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    Ok(v)
+}
+
+async fn get(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiError> {
+    let key = t.resource.key(t.namespace.as_deref(), name);
+    match api.store.get(&key).await {
+        Ok(Some(kv)) => Ok(axum::Json(served(t.resource, &kv)?).into_response()),
+        Ok(None) => Err(ApiError::not_found(t.resource, name)),
+        Err(e) => Err(ApiError::store(t.resource, name, e)),
+    }
+}
+
+/// `continue` tokens: the list revision and the next key, opaque to clients.
+fn encode_continue(rev: i64, next: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{rev}\n{next}"))
+}
+
+fn decode_continue(tok: &str) -> Result<(i64, String), ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid continue token {tok:?}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(tok)
+        .map_err(|_| bad())?;
+    let s = String::from_utf8(raw).map_err(|_| bad())?;
+    let (rev, key) = s.split_once('\n').ok_or_else(bad)?;
+    Ok((rev.parse().map_err(|_| bad())?, key.to_string()))
+}
+
+async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let prefix = t.resource.prefix(t.namespace.as_deref());
+    let limit = match q.get("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let (revision, start) = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let (rev, key) = decode_continue(c)?;
+            if !key.starts_with(&prefix) {
+                return Err(ApiError::bad_request("continue token is for another list"));
+            }
+            (Some(rev), Some(key))
+        }
+        None => (None, None),
+    };
+    let page = api
+        .store
+        .list(ListRequest {
+            prefix: &prefix,
+            start: start.as_deref(),
+            limit,
+            revision,
+        })
+        .await
+        .map_err(|e| ApiError::store(t.resource, "", e))?;
+    let items = page
+        .kvs
+        .iter()
+        .map(|kv| served(t.resource, kv))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut meta = json!({"resourceVersion": page.revision.to_string()});
+    if page.more
+        && let Some(last) = page.kvs.last()
+    {
+        meta["continue"] = json!(encode_continue(page.revision, &format!("{}\0", last.key)));
+    }
+    Ok(axum::Json(json!({
+        "kind": format!("{}List", t.resource.kind),
+        "apiVersion": t.resource.api_version(),
+        "metadata": meta,
+        "items": items,
+    }))
+    .into_response())
+}
+
+fn watch_line(kind: &str, obj: Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+async fn watch_list(
+    api: &Shared,
+    t: &Target,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let prefix = r.prefix(t.namespace.as_deref());
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    // No resourceVersion (or "0"): the current state as ADDED events first.
+    let (initial, after) = match q
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty() && *v != "0")
+    {
+        Some(v) => (
+            Vec::new(),
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        ),
+        None => {
+            let page = api
+                .store
+                .list(ListRequest {
+                    prefix: &prefix,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ApiError::store(r, "", e))?;
+            let lines = page
+                .kvs
+                .iter()
+                .map(|kv| served(r, kv).map(|o| watch_line("ADDED", o)))
+                .collect::<Result<Vec<_>, _>>()?;
+            (lines, page.revision)
+        }
+    };
+    let events = api
+        .store
+        .watch(&prefix, after)
+        .await
+        .map_err(|e| ApiError::store(r, "", e))?;
+    let kind = r.kind;
+    let api_version = r.api_version();
+    let live = events.filter_map(move |ev| {
+        let api_version = api_version.clone();
+        async move {
+            let line = match ev {
+                Ok(WatchEvent::Put { kv, prev }) => {
+                    let obj = served(r, &kv).ok()?;
+                    watch_line(if prev.is_some() { "MODIFIED" } else { "ADDED" }, obj)
+                }
+                Ok(WatchEvent::Delete { revision, prev }) => {
+                    let mut obj = served(r, &prev).ok()?;
+                    obj["metadata"]["resourceVersion"] = json!(revision.to_string());
+                    watch_line("DELETED", obj)
+                }
+                Ok(WatchEvent::Progress { revision }) if bookmarks => watch_line(
+                    "BOOKMARK",
+                    json!({"kind": kind, "apiVersion": api_version,
+                           "metadata": {"resourceVersion": revision.to_string()}}),
+                ),
+                Ok(WatchEvent::Progress { .. }) => return None,
+                Err(e) => watch_line("ERROR", ApiError::store(r, "", e).status()),
+            };
+            Some(line)
+        }
+    });
+    let stream = futures::stream::iter(initial)
+        .chain(live)
+        .take_until(tokio::time::sleep(timeout))
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+fn parse_body(r: &Resource, body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed {} body: {e}", r.kind)))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the body must be a {} object",
+            r.kind
+        )));
+    }
+    if let Some(k) = v.get("kind").and_then(Value::as_str)
+        && k != r.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "kind {k:?} sent to the {} endpoint",
+            r.plural
+        )));
+    }
+    if let Some(av) = v.get("apiVersion").and_then(Value::as_str)
+        && av != r.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "apiVersion {av:?} sent to the {} endpoint",
+            r.api_version()
+        )));
+    }
+    (r.check)(&v).map_err(|e| ApiError::bad_request(format!("{} is malformed: {e}", r.kind)))?;
+    Ok(v)
+}
+
+/// DNS-1123 subdomain (upstream's rule for most object names).
+fn name_problem(name: &str) -> Option<String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() {
+        Some("Required value: name or generateName is required".into())
+    } else if name.len() > 253 {
+        Some(format!(
+            "Invalid value: {name:?}: must be no more than 253 characters"
+        ))
+    } else if !name.chars().all(ok_char)
+        || !edge_ok(name.chars().next())
+        || !edge_ok(name.chars().last())
+    {
+        Some(format!(
+            "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        ))
+    } else {
+        None
+    }
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut b = [0u8; 5];
+    let _ = getrandom::fill(&mut b);
+    b.iter()
+        .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn uid() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn require_namespace(api: &Shared, ns: &str) -> Result<(), ApiError> {
+    let r = resources::namespaces();
+    match api.store.get(&r.key(None, ns)).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ApiError::not_found(r, ns)),
+        Err(e) => Err(ApiError::store(r, ns, e)),
+    }
+}
+
+async fn create(api: &Shared, t: &Target, body: &[u8]) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let mut obj = parse_body(r, body)?;
+    let meta = obj
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| {
+            ApiError::invalid(r, "", vec![("metadata".into(), "Required value".into())])
+        })?;
+    if r.namespaced {
+        let ns = t.namespace.clone().unwrap_or_default();
+        match meta.get("namespace").and_then(Value::as_str) {
+            Some(n) if n != ns => {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({n}) does not match the namespace sent on the request ({ns})"
+                )));
+            }
+            _ => {
+                meta.insert("namespace".into(), json!(ns));
+            }
+        }
+    } else {
+        meta.remove("namespace");
+    }
+    let name = match (
+        meta.get("name").and_then(Value::as_str),
+        meta.get("generateName").and_then(Value::as_str),
+    ) {
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(g)) if !g.is_empty() => format!("{g}{}", random_suffix()),
+        _ => String::new(),
+    };
+    if let Some(p) = name_problem(&name) {
+        return Err(ApiError::invalid(
+            r,
+            &name,
+            vec![("metadata.name".into(), p)],
+        ));
+    }
+    meta.insert("name".into(), json!(name));
+    meta.insert("uid".into(), json!(uid()));
+    meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    meta.remove("resourceVersion");
+    meta.remove("deletionTimestamp");
+    if obj.get("spec").is_some() {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    if r.namespaced {
+        require_namespace(api, t.namespace.as_deref().unwrap_or_default()).await?;
+    }
+    let key = r.key(t.namespace.as_deref(), &name);
+    let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let rev = api
+        .store
+        .create(&key, bytes)
+        .await
+        .map_err(|e| ApiError::store(r, &name, e))?;
+    obj["apiVersion"] = json!(r.api_version());
+    obj["kind"] = json!(r.kind);
+    obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+    Ok((StatusCode::CREATED, axum::Json(obj)).into_response())
+}
+
+async fn update(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let mut obj = parse_body(r, body)?;
+    let given = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if given != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({given}) does not match the name on the URL ({name})"
+        )));
+    }
+    let key = r.key(t.namespace.as_deref(), name);
+    let cur = api
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::store(r, name, e))?
+        .ok_or_else(|| ApiError::not_found(r, name))?;
+    let expected = match obj["metadata"]["resourceVersion"].as_str() {
+        Some(v) if !v.is_empty() => v
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        _ => cur.mod_revision,
+    };
+    let old: Value = serde_json::from_slice(&cur.value).unwrap_or_default();
+    // Identity stays the server's: uid, creation time, namespace.
+    for f in ["uid", "creationTimestamp", "namespace"] {
+        obj["metadata"][f] = old["metadata"][f].clone();
+    }
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+        m.retain(|_, v| !v.is_null());
+    }
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
+    if obj.get("spec").is_some() {
+        let bumped = if obj.get("spec") != old.get("spec") {
+            generation + 1
+        } else {
+            generation.max(1)
+        };
+        obj["metadata"]["generation"] = json!(bumped);
+    }
+    let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let rev = api
+        .store
+        .update(&key, bytes, expected)
+        .await
+        .map_err(|e| ApiError::store(r, name, e))?;
+    obj["apiVersion"] = json!(r.api_version());
+    obj["kind"] = json!(r.kind);
+    obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+    Ok(axum::Json(obj).into_response())
+}
+
+async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let key = r.key(t.namespace.as_deref(), name);
+    let (rev, gone) = api
+        .store
+        .delete(&key, None)
+        .await
+        .map_err(|e| ApiError::store(r, name, e))?;
+    let mut obj = served(r, &gone)?;
+    obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+    Ok(axum::Json(obj).into_response())
+}
+
+/// The namespaces every cluster has, created at startup when missing.
+pub async fn ensure_system_namespaces(store: &dyn Store) -> anyhow::Result<()> {
+    let r = resources::namespaces();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "uid": uid(), "creationTimestamp": now_rfc3339()},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
+        });
+        match store
+            .create(&r.key(None, ns), serde_json::to_vec(&obj)?)
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dns_1123() {
+        assert_eq!(name_problem("web-1.a"), None);
+        assert!(name_problem("").is_some());
+        assert!(name_problem("Web").is_some_and(|p| p.contains("RFC 1123")));
+        assert!(name_problem("-a").is_some());
+        assert!(name_problem(&"a".repeat(254)).is_some());
+    }
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_junk() {
+        let t = encode_continue(42, "/registry/core/pods/ns/a\0");
+        assert_eq!(
+            decode_continue(&t).expect("valid"),
+            (42, "/registry/core/pods/ns/a\0".to_string())
+        );
+        assert!(decode_continue("!!").is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! HTTPS serving: rustls in front of the axum router, and bearer-token
+//! authentication (health and version are public, as upstream's
+//! system:public-info-viewer makes them).
+use std::{collections::HashSet, sync::Arc};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    extract::Request,
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    api::{self, ApiError, Shared},
+    pki::Pki,
+};
+
+pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
+    let tokens = Arc::new(tokens);
+    let authed = Router::new()
+        .route("/api", any(api::dispatch))
+        .route("/api/{*rest}", any(api::dispatch))
+        .route("/apis", any(api::dispatch))
+        .route("/apis/{*rest}", any(api::dispatch))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let tokens = tokens.clone();
+            async move { authenticate(&tokens, req, next).await }
+        }))
+        .with_state(api);
+    Router::new()
+        .route("/version", get(api::version))
+        .route("/healthz", get(api::healthz))
+        .route("/livez", get(api::healthz))
+        .route("/readyz", get(api::healthz))
+        .merge(authed)
+}
+
+async fn authenticate(tokens: &HashSet<String>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .is_some_and(|t| tokens.contains(t.trim()));
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response()
+    }
+}
+
+fn tls(pki: &Pki) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let certs = CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("serving certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).context("serving key")?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts TLS connections on `listener` forever, one task per connection.
+pub async fn serve(listener: TcpListener, pki: &Pki, app: Router) -> anyhow::Result<()> {
+    let acceptor = tls(pki)?;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, "TLS handshake: {e}");
+                    return;
+                }
+            };
+            let svc = TowerToHyperService::new(app);
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}
