@@ -274,7 +274,7 @@ async fn route(
     method: &Method,
     path: &str,
     q: &HashMap<String, String>,
-    _headers: &HeaderMap,
+    headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -348,6 +348,13 @@ async fn route(
         (Method::GET, Some(name)) => get(api, &t, name).await,
         (Method::POST, None) => create(api, &t, &body).await,
         (Method::PUT, Some(name)) => update(api, &t, name, &body).await,
+        (Method::PATCH, Some(name)) => {
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            patch(api, &t, name, ct, &body).await
+        }
         (Method::DELETE, Some(name)) => delete(api, &t, name).await,
         (m, _) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -372,13 +379,19 @@ fn served(r: &Resource, kv: &sluice_store::KeyValue) -> Result<Value, ApiError> 
     Ok(v)
 }
 
-async fn get(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiError> {
+/// The stored object `name` of the target; 404 when absent.
+async fn current(api: &Shared, t: &Target, name: &str) -> Result<sluice_store::KeyValue, ApiError> {
     let key = t.resource.key(t.namespace.as_deref(), name);
     match api.store.get(&key).await {
-        Ok(Some(kv)) => Ok(axum::Json(served(t.resource, &kv)?).into_response()),
+        Ok(Some(kv)) => Ok(kv),
         Ok(None) => Err(ApiError::not_found(t.resource, name)),
         Err(e) => Err(ApiError::store(t.resource, name, e)),
     }
+}
+
+async fn get(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiError> {
+    let kv = current(api, t, name).await?;
+    Ok(axum::Json(served(t.resource, &kv)?).into_response())
 }
 
 /// `continue` tokens: the list revision and the next key, opaque to clients.
@@ -685,7 +698,7 @@ async fn create(api: &Shared, t: &Target, body: &[u8]) -> Result<Response, ApiEr
 
 async fn update(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Response, ApiError> {
     let r = t.resource;
-    let mut obj = parse_body(r, body)?;
+    let obj = parse_body(r, body)?;
     let given = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -695,22 +708,36 @@ async fn update(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Res
             "the name of the object ({given}) does not match the name on the URL ({name})"
         )));
     }
-    let key = r.key(t.namespace.as_deref(), name);
-    let cur = api
-        .store
-        .get(&key)
-        .await
-        .map_err(|e| ApiError::store(r, name, e))?
-        .ok_or_else(|| ApiError::not_found(r, name))?;
-    let expected = match obj["metadata"]["resourceVersion"].as_str() {
+    let cur = current(api, t, name).await?;
+    let expected = precondition(&obj)?.unwrap_or(cur.mod_revision);
+    let (obj, _) = write_update(api, t, name, obj, expected, &cur).await?;
+    Ok(axum::Json(obj).into_response())
+}
+
+/// The resourceVersion an update or patch carries, if any.
+fn precondition(obj: &Value) -> Result<Option<i64>, ApiError> {
+    match obj["metadata"]["resourceVersion"].as_str() {
         Some(v) if !v.is_empty() => v
             .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
-        _ => cur.mod_revision,
-    };
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}"))),
+        _ => Ok(None),
+    }
+}
+
+/// Stores `obj` over `cur` if the key is still at `expected`: identity
+/// fields stay the server's, generation moves when the spec does.
+async fn write_update(
+    api: &Shared,
+    t: &Target,
+    name: &str,
+    mut obj: Value,
+    expected: i64,
+    cur: &sluice_store::KeyValue,
+) -> Result<(Value, i64), ApiError> {
+    let r = t.resource;
     let old: Value = serde_json::from_slice(&cur.value).unwrap_or_default();
-    // Identity stays the server's: uid, creation time, namespace.
-    for f in ["uid", "creationTimestamp", "namespace"] {
+    for f in ["uid", "creationTimestamp", "namespace", "name"] {
         obj["metadata"][f] = old["metadata"][f].clone();
     }
     if let Some(m) = obj["metadata"].as_object_mut() {
@@ -726,6 +753,7 @@ async fn update(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Res
         };
         obj["metadata"]["generation"] = json!(bumped);
     }
+    let key = r.key(t.namespace.as_deref(), name);
     let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let rev = api
         .store
@@ -735,7 +763,85 @@ async fn update(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Res
     obj["apiVersion"] = json!(r.api_version());
     obj["kind"] = json!(r.kind);
     obj["metadata"]["resourceVersion"] = json!(rev.to_string());
-    Ok(axum::Json(obj).into_response())
+    Ok((obj, rev))
+}
+
+/// PATCH in the three formats kubectl uses; server-side apply is refused
+/// with 415 rather than half-done. Like upstream, a patch without a
+/// resourceVersion precondition is re-applied when a concurrent write
+/// wins the race.
+async fn patch(
+    api: &Shared,
+    t: &Target,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let unsupported = |what: String| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            what,
+        )
+    };
+    let patch_doc: Value = match media {
+        "application/json-patch+json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed patch: {e}")))?,
+        "application/apply-patch+yaml" => {
+            return Err(unsupported(
+                "server-side apply is not supported by sluice-server yet; use client-side `kubectl apply`".into(),
+            ));
+        }
+        other => {
+            return Err(unsupported(format!(
+                "the body of the request was in an unknown format {other:?}: accepted media types are application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
+            )));
+        }
+    };
+    let key = r.key(t.namespace.as_deref(), name);
+    for _ in 0..8 {
+        let cur = current(api, t, name).await?;
+        let mut doc = served(r, &cur)?;
+        let unprocessable =
+            |e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
+        match media {
+            "application/json-patch+json" => {
+                let ops: json_patch::Patch = serde_json::from_value(patch_doc.clone())
+                    .map_err(|e| ApiError::bad_request(format!("malformed JSON patch: {e}")))?;
+                json_patch::patch(&mut doc, &ops).map_err(|e| unprocessable(e.to_string()))?;
+            }
+            "application/merge-patch+json" => json_patch::merge(&mut doc, &patch_doc),
+            _ => {
+                doc = crate::strategic::apply(&doc, &patch_doc).map_err(|e| unprocessable(e.0))?;
+            }
+        }
+        (r.check)(&doc).map_err(|e| {
+            unprocessable(format!(
+                "{} \"{name}\" is invalid after the patch: {e}",
+                r.kind
+            ))
+        })?;
+        let pinned = precondition(&doc)?;
+        let expected = pinned.unwrap_or(cur.mod_revision);
+        match write_update(api, t, name, doc, expected, &cur).await {
+            Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+            Err(e) => return Err(e),
+            Ok((obj, _)) => return Ok(axum::Json(obj).into_response()),
+        }
+    }
+    Err(ApiError::store(
+        r,
+        name,
+        StoreError::Conflict {
+            key,
+            expected: 0,
+            current: None,
+        },
+    ))
 }
 
 async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiError> {

@@ -5,6 +5,7 @@ mod api;
 mod pki;
 mod resources;
 mod serve;
+mod strategic;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 

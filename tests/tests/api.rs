@@ -4,8 +4,8 @@
 //!
 //! kubectl's typed generators (`kubectl create configmap ...`) send
 //! protobuf, which sluice-server does not speak yet; manifests (`create
-//! -f`, `replace -f`, `delete -f`) go as JSON. OpenAPI is not served yet,
-//! hence `--validate=false`.
+//! -f`, `apply -f`, `replace -f`, `delete -f`) and patches go as JSON.
+//! OpenAPI is not served yet, hence `--validate=false`.
 use std::time::Duration;
 
 use serde_json::Value;
@@ -235,10 +235,109 @@ fn round_trip(s: &ApiServer) {
     assert!(err.contains("not found"), "{err}");
 }
 
+fn deployment(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: api\n  namespace: default\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: api}}\n  template:\n    metadata:\n      labels: {{app: api}}\n    spec:\n      containers:\n      - name: web\n        image: {image}\n        ports:\n        - containerPort: 8080\n"
+    )
+}
+
+/// Client-side `kubectl apply` (strategic merge patch) keeps a container
+/// someone else added; merge and JSON patches work; server-side apply is
+/// refused with a clear message and changes nothing.
+fn apply_and_patch(s: &ApiServer) {
+    let files = TempDir::new();
+    let f = write(&files, "api.yaml", &deployment("web:v1"));
+    let out = s.kubectl_ok(&["apply", "-f", &f, "--validate=false"]);
+    assert!(out.contains("deployment.apps/api created"), "{out}");
+    s.kubectl_ok(&[
+        "patch",
+        "deployment",
+        "api",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"logger","image":"log:v1"}]}}}}"#,
+    ]);
+    let f = write(&files, "api.yaml", &deployment("web:v2"));
+    let out = s.kubectl_ok(&["apply", "-f", &f, "--validate=false"]);
+    assert!(out.contains("deployment.apps/api configured"), "{out}");
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    let containers: Vec<(String, String)> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or("").to_string(),
+                c["image"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        containers,
+        vec![
+            ("web".into(), "web:v2".into()),
+            ("logger".into(), "log:v1".into())
+        ],
+        "apply changed web and kept the sidecar"
+    );
+    assert_eq!(d["metadata"]["generation"], 3, "one bump per spec change");
+
+    s.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "api",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"tier":"gold"}}}"#,
+    ]);
+    s.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "api",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":5}]"#,
+    ]);
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    assert_eq!(
+        (
+            d["metadata"]["labels"]["tier"].clone(),
+            d["spec"]["replicas"].clone()
+        ),
+        (Value::from("gold"), Value::from(5))
+    );
+    let out = s.kubectl(&[
+        "patch",
+        "deploy",
+        "api",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/replicas","value":9}]"#,
+    ]);
+    assert!(
+        !out.status.success(),
+        "a failing JSON patch test op must be refused"
+    );
+
+    let rv = d["metadata"]["resourceVersion"].clone();
+    let out = s.kubectl(&["apply", "--server-side", "-f", &f, "--validate=false"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("server-side apply is not supported"),
+        "{err}"
+    );
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    assert_eq!(
+        d["metadata"]["resourceVersion"], rv,
+        "a refused apply changed the object"
+    );
+}
+
 #[test]
 fn kubectl_round_trip_on_the_embedded_store() {
     let s = ApiServer::start(&[]);
     round_trip(&s);
+    apply_and_patch(&s);
     // Credentials are private to the owner.
     use std::os::unix::fs::PermissionsExt as _;
     for f in [
@@ -260,4 +359,5 @@ fn kubectl_round_trip_on_etcd() {
     let c = EtcdCluster::start(1);
     let s = ApiServer::start(&c.endpoints());
     round_trip(&s);
+    apply_and_patch(&s);
 }
