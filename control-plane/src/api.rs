@@ -14,7 +14,10 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 use sluice_store::{ListRequest, Store, StoreError, WatchEvent};
 
-use crate::resources::{self, Resource};
+use crate::{
+    resources::{self, Resource},
+    selector::Selector,
+};
 
 /// Kubernetes version reported by /version (kubectl's skew check).
 pub const KUBE_MAJOR: &str = "1";
@@ -409,6 +412,24 @@ fn decode_continue(tok: &str) -> Result<(i64, String), ApiError> {
     Ok((rev.parse().map_err(|_| bad())?, key.to_string()))
 }
 
+/// The list/watch filter from `labelSelector` and `fieldSelector`.
+fn selectors(
+    q: &HashMap<String, String>,
+) -> Result<impl Fn(&Value) -> bool + Clone + Send + Sync + use<>, ApiError> {
+    let parse =
+        |key: &str, f: fn(&str) -> Result<Selector, String>| -> Result<Selector, ApiError> {
+            match q.get(key) {
+                Some(s) => f(s).map_err(|e| ApiError::bad_request(format!("{key}: {e}"))),
+                None => Ok(Selector::default()),
+            }
+        };
+    let (labels, fields) = (
+        parse("labelSelector", Selector::labels)?,
+        parse("fieldSelector", Selector::fields)?,
+    );
+    Ok(move |obj: &Value| labels.matches(obj) && fields.matches(obj))
+}
+
 async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<Response, ApiError> {
     let prefix = t.resource.prefix(t.namespace.as_deref());
     let limit = match q.get("limit") {
@@ -437,11 +458,15 @@ async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<R
         })
         .await
         .map_err(|e| ApiError::store(t.resource, "", e))?;
-    let items = page
+    let wanted = selectors(q)?;
+    let items: Vec<Value> = page
         .kvs
         .iter()
         .map(|kv| served(t.resource, kv))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|o| wanted(o))
+        .collect();
     let mut meta = json!({"resourceVersion": page.revision.to_string()});
     if page.more
         && let Some(last) = page.kvs.last()
@@ -470,6 +495,7 @@ async fn watch_list(
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let prefix = r.prefix(t.namespace.as_deref());
+    let wanted = selectors(q)?;
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let timeout = q
         .get("timeoutSeconds")
@@ -498,8 +524,12 @@ async fn watch_list(
             let lines = page
                 .kvs
                 .iter()
-                .map(|kv| served(r, kv).map(|o| watch_line("ADDED", o)))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|kv| served(r, kv))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter(|o| wanted(o))
+                .map(|o| watch_line("ADDED", o))
+                .collect();
             (lines, page.revision)
         }
     };
@@ -511,15 +541,21 @@ async fn watch_list(
     let kind = r.kind;
     let api_version = r.api_version();
     let live = events.filter_map(move |ev| {
-        let api_version = api_version.clone();
+        let (api_version, wanted) = (api_version.clone(), wanted.clone());
         async move {
             let line = match ev {
                 Ok(WatchEvent::Put { kv, prev }) => {
                     let obj = served(r, &kv).ok()?;
+                    if !wanted(&obj) {
+                        return None;
+                    }
                     watch_line(if prev.is_some() { "MODIFIED" } else { "ADDED" }, obj)
                 }
                 Ok(WatchEvent::Delete { revision, prev }) => {
                     let mut obj = served(r, &prev).ok()?;
+                    if !wanted(&obj) {
+                        return None;
+                    }
                     obj["metadata"]["resourceVersion"] = json!(revision.to_string());
                     watch_line("DELETED", obj)
                 }

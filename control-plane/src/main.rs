@@ -4,6 +4,7 @@
 mod api;
 mod pki;
 mod resources;
+mod selector;
 mod serve;
 mod strategic;
 

@@ -201,6 +201,37 @@ fn round_trip(s: &ApiServer) {
     let paged = s.kubectl_ok(&["get", "cm", "-n", "team", "--chunk-size=2", "-o", "name"]);
     assert_eq!(paged.lines().count(), 6, "{paged}");
 
+    // Label and field selectors.
+    s.kubectl_ok(&[
+        "label",
+        "cm",
+        "page-1",
+        "page-3",
+        "-n",
+        "team",
+        "parity=odd",
+    ]);
+    let odd = s.kubectl_ok(&["get", "cm", "-n", "team", "-l", "parity=odd", "-o", "name"]);
+    assert_eq!(odd.trim(), "configmap/page-1\nconfigmap/page-3");
+    let not_odd = s.kubectl_ok(&["get", "cm", "-n", "team", "-l", "parity!=odd", "-o", "name"]);
+    assert_eq!(not_odd.lines().count(), 4, "{not_odd}");
+    let one = s.kubectl_ok(&[
+        "get",
+        "cm",
+        "-n",
+        "team",
+        "--field-selector",
+        "metadata.name=page-2",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(one.trim(), "configmap/page-2");
+    let out = s.kubectl(&["get", "cm", "-n", "team", "-l", "parity in odd"]);
+    assert!(
+        !out.status.success(),
+        "a malformed selector must be refused"
+    );
+
     // No token, no access.
     let anon = write(
         &files,
