@@ -359,6 +359,7 @@ async fn route(
             patch(api, &t, name, ct, &body).await
         }
         (Method::DELETE, Some(name)) => delete(api, &t, name).await,
+        (Method::DELETE, None) => delete_collection(api, &t, q).await,
         (m, _) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -773,7 +774,14 @@ async fn write_update(
 ) -> Result<(Value, i64), ApiError> {
     let r = t.resource;
     let old: Value = serde_json::from_slice(&cur.value).unwrap_or_default();
-    for f in ["uid", "creationTimestamp", "namespace", "name"] {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         obj["metadata"][f] = old["metadata"][f].clone();
     }
     if let Some(m) = obj["metadata"].as_object_mut() {
@@ -799,6 +807,17 @@ async fn write_update(
     obj["apiVersion"] = json!(r.api_version());
     obj["kind"] = json!(r.kind);
     obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+    // Being deleted and no finalizer left: the delete completes now.
+    let finalized = !obj["metadata"]["deletionTimestamp"].is_null()
+        && obj["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty());
+    if finalized {
+        match api.store.delete(&key, Some(rev)).await {
+            Ok(_) | Err(StoreError::NotFound(_)) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(ApiError::store(r, name, e)),
+        }
+    }
     Ok((obj, rev))
 }
 
@@ -880,17 +899,112 @@ async fn patch(
     ))
 }
 
+/// Namespaces every cluster keeps (upstream refuses to delete them too).
+const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// DELETE of one object. With finalizers it only gets a
+/// deletionTimestamp; whoever removes the last finalizer (an update or
+/// patch) completes the delete. A namespace takes its contents with it.
 async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiError> {
     let r = t.resource;
-    let key = r.key(t.namespace.as_deref(), name);
+    if std::ptr::eq(r, resources::namespaces()) {
+        if PROTECTED_NAMESPACES.contains(&name) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            ));
+        }
+        current(api, t, name).await?;
+        for res in resources::RESOURCES.iter().filter(|x| x.namespaced) {
+            let page = api
+                .store
+                .list(ListRequest {
+                    prefix: &res.prefix(Some(name)),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ApiError::store(res, "", e))?;
+            for kv in page.kvs {
+                match api.store.delete(&kv.key, None).await {
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(ApiError::store(res, "", e)),
+                }
+            }
+        }
+    }
+    let cur = current(api, t, name).await?;
+    let mut obj = served(r, &cur)?;
+    let has_finalizers = obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    if has_finalizers {
+        if obj["metadata"]["deletionTimestamp"].is_null() {
+            // Only the server sets this (updates keep whatever is stored).
+            let mut stored: Value = serde_json::from_slice(&cur.value).unwrap_or_default();
+            stored["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            stored["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            let bytes =
+                serde_json::to_vec(&stored).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let rev = api
+                .store
+                .update(&cur.key, bytes, cur.mod_revision)
+                .await
+                .map_err(|e| ApiError::store(r, name, e))?;
+            obj = stored;
+            obj["apiVersion"] = json!(r.api_version());
+            obj["kind"] = json!(r.kind);
+            obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+        }
+        return Ok((StatusCode::ACCEPTED, axum::Json(obj)).into_response());
+    }
     let (rev, gone) = api
         .store
-        .delete(&key, None)
+        .delete(&r.key(t.namespace.as_deref(), name), Some(cur.mod_revision))
         .await
         .map_err(|e| ApiError::store(r, name, e))?;
     let mut obj = served(r, &gone)?;
     obj["metadata"]["resourceVersion"] = json!(rev.to_string());
     Ok(axum::Json(obj).into_response())
+}
+
+/// DELETE of a collection: every object the selectors match, one by one.
+async fn delete_collection(
+    api: &Shared,
+    t: &Target,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let wanted = selectors(q)?;
+    let page = api
+        .store
+        .list(ListRequest {
+            prefix: &r.prefix(t.namespace.as_deref()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ApiError::store(r, "", e))?;
+    let mut items = Vec::new();
+    for kv in &page.kvs {
+        let obj = served(r, kv)?;
+        if !wanted(&obj) {
+            continue;
+        }
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match delete(api, t, &name).await {
+            Ok(_) => items.push(obj),
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(axum::Json(json!({
+        "kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
+        "metadata": {"resourceVersion": page.revision.to_string()}, "items": items,
+    }))
+    .into_response())
 }
 
 /// The namespaces every cluster has, created at startup when missing.

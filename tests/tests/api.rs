@@ -259,8 +259,11 @@ fn round_trip(s: &ApiServer) {
         "{err}"
     );
 
-    // delete -f removes what create -f made.
-    s.kubectl_ok(&["delete", "-f", &all]);
+    // delete -f removes what create -f made (the namespace goes first and
+    // takes its contents at once, so the later deletes find nothing).
+    s.kubectl_ok(&["delete", "-f", &all, "--ignore-not-found"]);
+    let out = s.kubectl(&["get", "ns", "team"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     let out = s.kubectl(&["get", "deploy", "web", "-n", "team"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not found"), "{err}");
@@ -364,11 +367,72 @@ fn apply_and_patch(s: &ApiServer) {
     );
 }
 
+/// Finalizers hold a delete until they are removed; deleting a namespace
+/// takes its contents; the system namespaces stay.
+fn deletion(s: &ApiServer) {
+    let files = TempDir::new();
+    let f = write(
+        &files,
+        "held.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scratch\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: scratch\n  finalizers: [example.com/hold]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: free\n  namespace: scratch\n",
+    );
+    s.kubectl_ok(&["create", "-f", &f, "--validate=false"]);
+    s.kubectl_ok(&["delete", "cm", "held", "-n", "scratch", "--wait=false"]);
+    let held = json(&s.kubectl_ok(&["get", "cm", "held", "-n", "scratch", "-o", "json"]));
+    assert!(
+        held["metadata"]["deletionTimestamp"].is_string(),
+        "a finalized object is only marked: {held}"
+    );
+    s.kubectl_ok(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        "scratch",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let out = s.kubectl(&["get", "cm", "held", "-n", "scratch"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "removing the last finalizer completes the delete"
+    );
+    // deletecollection honours the selector.
+    for (name, label) in [("d1", "yes"), ("d2", "yes"), ("keep", "no")] {
+        let f = write(
+            &files,
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: scratch\n  labels: {{drop: \"{label}\"}}\n"
+            ),
+        );
+        s.kubectl_ok(&["create", "-f", &f, "--validate=false"]);
+    }
+    s.kubectl_ok(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/scratch/configmaps?labelSelector=drop%3Dyes",
+    ]);
+    let left = s.kubectl_ok(&["get", "cm", "-n", "scratch", "-o", "name"]);
+    assert_eq!(left.trim(), "configmap/free\nconfigmap/keep", "{left}");
+    s.kubectl_ok(&["delete", "namespace", "scratch"]);
+    let out = s.kubectl(&["get", "cm", "free", "-n", "scratch"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = s.kubectl(&["delete", "namespace", "default"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("may not be deleted"),
+        "{err}"
+    );
+}
+
 #[test]
 fn kubectl_round_trip_on_the_embedded_store() {
     let s = ApiServer::start(&[]);
     round_trip(&s);
     apply_and_patch(&s);
+    deletion(&s);
     // Credentials are private to the owner.
     use std::os::unix::fs::PermissionsExt as _;
     for f in [
@@ -391,4 +455,5 @@ fn kubectl_round_trip_on_etcd() {
     let s = ApiServer::start(&c.endpoints());
     round_trip(&s);
     apply_and_patch(&s);
+    deletion(&s);
 }
