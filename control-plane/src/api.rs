@@ -368,19 +368,40 @@ async fn route(
     }
 }
 
-/// The stored object as served: resourceVersion is the store revision.
+/// An object as clients see it: typed, with the store revision of its
+/// last write as resourceVersion.
+fn stamp(r: &Resource, mut obj: Value, rev: i64) -> Value {
+    obj["apiVersion"] = json!(r.api_version());
+    obj["kind"] = json!(r.kind);
+    obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+    obj
+}
+
+/// The stored object as served.
 fn served(r: &Resource, kv: &sluice_store::KeyValue) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+    let v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
             format!("stored {} is not JSON: {e}", kv.key),
         )
     })?;
-    v["apiVersion"] = json!(r.api_version());
-    v["kind"] = json!(r.kind);
-    v["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-    Ok(v)
+    Ok(stamp(r, v, kv.mod_revision))
+}
+
+/// Every object of `r` (in namespace `ns`) now.
+async fn list_all(
+    api: &Shared,
+    r: &'static Resource,
+    ns: Option<&str>,
+) -> Result<sluice_store::ListResult, ApiError> {
+    api.store
+        .list(ListRequest {
+            prefix: &r.prefix(ns),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ApiError::store(r, "", e))
 }
 
 /// The stored object `name` of the target; 404 when absent.
@@ -514,14 +535,7 @@ async fn watch_list(
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
         ),
         None => {
-            let page = api
-                .store
-                .list(ListRequest {
-                    prefix: &prefix,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ApiError::store(r, "", e))?;
+            let page = list_all(api, r, t.namespace.as_deref()).await?;
             let lines = page
                 .kvs
                 .iter()
@@ -727,9 +741,7 @@ async fn create(api: &Shared, t: &Target, body: &[u8]) -> Result<Response, ApiEr
         .create(&key, bytes)
         .await
         .map_err(|e| ApiError::store(r, &name, e))?;
-    obj["apiVersion"] = json!(r.api_version());
-    obj["kind"] = json!(r.kind);
-    obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+    let obj = stamp(r, obj, rev);
     Ok((StatusCode::CREATED, axum::Json(obj)).into_response())
 }
 
@@ -804,9 +816,7 @@ async fn write_update(
         .update(&key, bytes, expected)
         .await
         .map_err(|e| ApiError::store(r, name, e))?;
-    obj["apiVersion"] = json!(r.api_version());
-    obj["kind"] = json!(r.kind);
-    obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+    let obj = stamp(r, obj, rev);
     // Being deleted and no finalizer left: the delete completes now.
     let finalized = !obj["metadata"]["deletionTimestamp"].is_null()
         && obj["metadata"]["finalizers"]
@@ -917,14 +927,7 @@ async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiErr
         }
         current(api, t, name).await?;
         for res in resources::RESOURCES.iter().filter(|x| x.namespaced) {
-            let page = api
-                .store
-                .list(ListRequest {
-                    prefix: &res.prefix(Some(name)),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ApiError::store(res, "", e))?;
+            let page = list_all(api, res, Some(name)).await?;
             for kv in page.kvs {
                 match api.store.delete(&kv.key, None).await {
                     Ok(_) | Err(StoreError::NotFound(_)) => {}
@@ -951,10 +954,7 @@ async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiErr
                 .update(&cur.key, bytes, cur.mod_revision)
                 .await
                 .map_err(|e| ApiError::store(r, name, e))?;
-            obj = stored;
-            obj["apiVersion"] = json!(r.api_version());
-            obj["kind"] = json!(r.kind);
-            obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+            obj = stamp(r, stored, rev);
         }
         return Ok((StatusCode::ACCEPTED, axum::Json(obj)).into_response());
     }
@@ -976,14 +976,7 @@ async fn delete_collection(
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let wanted = selectors(q)?;
-    let page = api
-        .store
-        .list(ListRequest {
-            prefix: &r.prefix(t.namespace.as_deref()),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| ApiError::store(r, "", e))?;
+    let page = list_all(api, r, t.namespace.as_deref()).await?;
     let mut items = Vec::new();
     for kv in &page.kvs {
         let obj = served(r, kv)?;

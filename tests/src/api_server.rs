@@ -2,12 +2,11 @@
 //! optionally on an etcd cluster; stopped by PID on drop. `kubectl` runs
 //! against it with the admin kubeconfig the server writes.
 use std::{
-    net::TcpListener,
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use crate::{Daemon, bin, topology::TempDir};
+use crate::{Daemon, bin, free_port, topology::TempDir};
 
 pub struct ApiServer {
     pub data: TempDir,
@@ -20,10 +19,7 @@ impl ApiServer {
     /// kubectl can list namespaces through it.
     pub fn start(etcd: &[String]) -> Self {
         let data = TempDir::new();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         let mut c = Command::new(bin("sluice-server"));
         c.arg("--data-dir")
             .arg(&data.0)

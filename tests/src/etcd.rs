@@ -1,21 +1,13 @@
 //! Real etcd (Debian's etcd-server) for store tests: members on random
 //! loopback ports with temp data dirs, stopped by PID and removed on drop.
 use std::{
-    net::TcpListener,
     process::Command,
     time::{Duration, Instant},
 };
 
-use crate::{Daemon, topology::TempDir, unique};
+use crate::{Daemon, free_port, topology::TempDir, unique};
 
 pub const ETCD: &str = "/usr/bin/etcd";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 /// One member's fixed identity (ports and data dir survive a restart).
 pub struct Member {

@@ -509,12 +509,10 @@ impl Inner {
         }
     }
 
-    /// Events under `prefix` with revisions in (after, upto], from disk.
-    fn replay_from_disk(
-        &self,
-        prefix: &str,
-        after: i64,
-    ) -> Result<(Vec<WatchEvent>, i64), StoreError> {
+    /// Events under `prefix` after revision `after`, from disk. Events
+    /// committed but not yet published may be included; the watcher skips
+    /// their live copies by revision.
+    fn replay_from_disk(&self, prefix: &str, after: i64) -> Result<Vec<WatchEvent>, StoreError> {
         let r = self.db.begin_read().map_err(be)?;
         let log = r.open_table(LOG).map_err(be)?;
         let keyrevs = r.open_table(KEYREVS).map_err(be)?;
@@ -565,7 +563,7 @@ impl Inner {
                 }
             });
         }
-        Ok((out, upto as i64))
+        Ok(out)
     }
 }
 
@@ -669,7 +667,7 @@ impl Store for Embedded {
 
     async fn watch(&self, prefix: &str, after: i64) -> Result<WatchStream, StoreError> {
         validate_key(&self.inner.opts.prefix, prefix)?;
-        let (rx, from_memory, compacted) = {
+        let (rx, from_memory) = {
             let hub = self.inner.hub.lock().unwrap_or_else(|p| p.into_inner());
             if after < hub.compacted {
                 return Err(StoreError::Compacted {
@@ -689,9 +687,8 @@ impl Store for Embedded {
                     .map(|(_, e)| (**e).clone())
                     .collect::<Vec<_>>()
             });
-            (hub.live.subscribe(), from_memory, hub.compacted)
+            (hub.live.subscribe(), from_memory)
         };
-        let _ = compacted;
         let prefix = prefix.to_string();
         let replay = match from_memory {
             Some(v) => v
@@ -704,7 +701,6 @@ impl Store for Embedded {
                 tokio::task::spawn_blocking(move || inner.replay_from_disk(&p, after))
                     .await
                     .map_err(be)??
-                    .0
             }
         };
         let (tx, out) = mpsc::channel(self.inner.opts.watcher_buffer.max(1));
