@@ -39,6 +39,7 @@ pub fn run() -> anyhow::Result<Env> {
     let env = Env::discover()?;
     let t0 = Instant::now();
     apt_packages(&env)?;
+    kubectl(&env)?;
     nightly_toolchain(&env)?;
     rustup_component(&env, Some("nightly"), "rust-src")?;
     // The active toolchain (what `cargo` runs) lints and formats.
@@ -97,6 +98,31 @@ fn apt_packages(env: &Env) -> anyhow::Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(&missing),
+        )
+    })
+}
+
+/// The API server tests drive a kubectl. This machine kind ships one
+/// (/usr/bin/kubectl, a dispatcher over v1.27-v1.33); where none exists,
+/// Debian's kubernetes-client (1.20) is installed. It is not in
+/// APT_PACKAGES because installing it over the dispatcher conflicts.
+fn kubectl(env: &Env) -> anyhow::Result<()> {
+    let present = cmd::probe(env.command("kubectl").args(["version", "--client"]))
+        .is_some_and(|o| o.status.success());
+    step("kubectl", present, || {
+        if !cmd::is_root() {
+            bail!("installing kubernetes-client needs root; run as root or install kubectl");
+        }
+        cmd::run(
+            env.command("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "kubernetes-client",
+                ]),
         )
     })
 }
