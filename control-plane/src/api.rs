@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use sluice_store::{ListRequest, Store, StoreError, WatchEvent};
 
 use crate::{
-    resources::{self, Resource},
+    admission,
+    alloc::{AllocError, Allocator, Claims},
+    resources::{self, Resource, Sub},
     selector::Selector,
 };
 
@@ -29,6 +31,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub struct Api {
     pub store: Arc<dyn Store>,
     pub listen: String,
+    pub alloc: Allocator,
 }
 
 pub type Shared = Arc<Api>;
@@ -131,6 +134,16 @@ impl ApiError {
         }
     }
 
+    fn alloc(r: &Resource, name: &str, e: AllocError) -> Self {
+        match e {
+            AllocError::Invalid(field, msg) => Self::invalid(r, name, vec![(field, msg)]),
+            AllocError::Full(msg) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
+            }
+            AllocError::Store(e) => Self::store(r, name, e),
+        }
+    }
+
     pub fn status(&self) -> Value {
         let mut s = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -183,12 +196,35 @@ fn resource_list(group_version: &str, rs: Vec<&Resource>) -> Response {
         "update",
         "watch",
     ];
-    axum::Json(json!({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-        "resources": rs.iter().map(|r| json!({
+    let mut out = Vec::new();
+    for r in rs {
+        out.push(json!({
             "name": r.plural, "singularName": r.singular(), "namespaced": r.namespaced,
             "kind": r.kind, "verbs": verbs, "shortNames": r.short_names,
-        })).collect::<Vec<_>>(),
+        }));
+        for sub in r.subresources {
+            let mut e = json!({
+                "name": format!("{}/{}", r.plural, sub.name()), "singularName": "",
+                "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"],
+            });
+            match sub {
+                Sub::Status => {}
+                Sub::Scale => {
+                    e["group"] = json!("autoscaling");
+                    e["version"] = json!("v1");
+                    e["kind"] = json!("Scale");
+                }
+                Sub::Binding => {
+                    e["kind"] = json!("Binding");
+                    e["verbs"] = json!(["create"]);
+                }
+            }
+            out.push(e);
+        }
+    }
+    axum::Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+        "resources": out,
     }))
     .into_response()
 }
@@ -198,10 +234,18 @@ struct Target {
     resource: &'static Resource,
     namespace: Option<String>,
     name: Option<String>,
+    sub: Option<Sub>,
 }
 
 /// Parses the part after `/api/v1` or `/apis/<group>/<version>`.
 fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+    let nowhere = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
     let lookup = |plural: &str| {
         resources::find(group, version, plural).ok_or_else(|| {
             ApiError::new(
@@ -211,41 +255,37 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
             )
         })
     };
+    let t = |plural: &str, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+        let resource = lookup(plural)?;
+        let sub = match sub {
+            Some(s) => Some(
+                Sub::parse(s)
+                    .filter(|s| resource.has(*s))
+                    .ok_or_else(nowhere)?,
+            ),
+            None => None,
+        };
+        Ok::<_, ApiError>(Target {
+            resource,
+            namespace: ns.map(str::to_string),
+            name: name.map(str::to_string),
+            sub,
+        })
+    };
     let t = match rest {
-        [plural] => Target {
-            resource: lookup(plural)?,
-            namespace: None,
-            name: None,
-        },
-        [plural, name] => Target {
-            resource: lookup(plural)?,
-            namespace: None,
-            name: Some(name.to_string()),
-        },
-        ["namespaces", ns, plural] => Target {
-            resource: lookup(plural)?,
-            namespace: Some(ns.to_string()),
-            name: None,
-        },
-        ["namespaces", ns, plural, name] => Target {
-            resource: lookup(plural)?,
-            namespace: Some(ns.to_string()),
-            name: Some(name.to_string()),
-        },
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                "the server could not find the requested resource",
-            ));
+        [plural] => t(plural, None, None, None)?,
+        [plural, name] => t(plural, None, Some(name), None)?,
+        // `namespaces/x/status` is a subresource, `namespaces/x/pods` a list.
+        ["namespaces", ns, plural] if Sub::parse(plural).is_none() => {
+            t(plural, Some(ns), None, None)?
         }
+        [plural, name, sub] => t(plural, None, Some(name), Some(sub))?,
+        ["namespaces", ns, plural, name] => t(plural, Some(ns), Some(name), None)?,
+        ["namespaces", ns, plural, name, sub] => t(plural, Some(ns), Some(name), Some(sub))?,
+        _ => return Err(nowhere()),
     };
     if t.resource.namespaced && t.name.is_some() && t.namespace.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        ));
+        return Err(nowhere());
     }
     if !t.resource.namespaced && t.namespace.is_some() {
         return Err(ApiError::new(
@@ -345,22 +385,30 @@ async fn route(
         ));
     }
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
-    match (method.clone(), &t.name) {
-        (Method::GET, None) if watch => watch_list(api, &t, q).await,
-        (Method::GET, None) => list(api, &t, q).await,
-        (Method::GET, Some(name)) => get(api, &t, name).await,
-        (Method::POST, None) => create(api, &t, &body).await,
-        (Method::PUT, Some(name)) => update(api, &t, name, &body).await,
-        (Method::PATCH, Some(name)) => {
+    let fv = FieldValidation::from_query(q)?;
+    match (method.clone(), &t.name, t.sub) {
+        (Method::GET, None, _) if watch => watch_list(api, &t, q).await,
+        (Method::GET, None, _) => list(api, &t, q).await,
+        (Method::GET, Some(name), None | Some(Sub::Status)) => get(api, &t, name).await,
+        (Method::GET, Some(name), Some(Sub::Scale)) => {
+            let kv = current(api, &t, name).await?;
+            Ok(axum::Json(scale_view(&served(t.resource, &kv)?)).into_response())
+        }
+        (Method::POST, None, _) => create(api, &t, &body, fv).await,
+        (Method::POST, Some(name), Some(Sub::Binding)) => bind(api, &t, name, &body).await,
+        (Method::PUT, Some(name), sub @ (None | Some(Sub::Status | Sub::Scale))) => {
+            update(api, &t, name, sub, &body, fv).await
+        }
+        (Method::PATCH, Some(name), sub @ (None | Some(Sub::Status | Sub::Scale))) => {
             let ct = headers
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            patch(api, &t, name, ct, &body).await
+            patch(api, &t, name, sub, ct, &body, fv).await
         }
-        (Method::DELETE, Some(name)) => delete(api, &t, name).await,
-        (Method::DELETE, None) => delete_collection(api, &t, q).await,
-        (m, _) => Err(ApiError::new(
+        (Method::DELETE, Some(name), None) => delete(api, &t, name).await,
+        (Method::DELETE, None, _) => delete_collection(api, &t, q).await,
+        (m, _, _) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             format!("{m} is not supported here"),
@@ -595,7 +643,78 @@ async fn watch_list(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
-fn parse_body(r: &Resource, body: &[u8]) -> Result<Value, ApiError> {
+/// What `fieldValidation` asks of fields the type does not know (and
+/// duplicated ones): refuse the request, warn, or drop them silently.
+/// Unknown fields are never stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FieldValidation {
+    Strict,
+    Warn,
+    Ignore,
+}
+
+impl FieldValidation {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        match q
+            .get("fieldValidation")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("warn") => Ok(Self::Warn),
+            Some("strict") => Ok(Self::Strict),
+            Some("ignore") => Ok(Self::Ignore),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "fieldValidation: invalid value {:?}: must be one of Ignore, Warn, Strict",
+                q["fieldValidation"]
+            ))),
+        }
+    }
+
+    /// Problems as upstream words them; an error for Strict, else the
+    /// warnings to send back.
+    fn judge(
+        self,
+        unknown: &[String],
+        duplicate: &[String],
+        context: impl FnOnce() -> String,
+    ) -> Result<Vec<String>, ApiError> {
+        let problems: Vec<String> = duplicate
+            .iter()
+            .map(|f| format!("duplicate field \"{f}\""))
+            .chain(unknown.iter().map(|f| format!("unknown field \"{f}\"")))
+            .collect();
+        match self {
+            _ if problems.is_empty() => Ok(Vec::new()),
+            Self::Strict => Err(ApiError::bad_request(format!(
+                "{}strict decoding error: {}",
+                context(),
+                problems.join(", ")
+            ))),
+            Self::Warn => Ok(problems),
+            Self::Ignore => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A JSON response with upstream's `Warning: 299 - "..."` headers.
+fn respond(code: StatusCode, obj: Value, warnings: &[String]) -> Response {
+    let mut resp = (code, axum::Json(obj)).into_response();
+    for w in warnings {
+        let text = format!("299 - {:?}", w);
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
+/// A create or update body: JSON of this resource's kind, decoded
+/// through its type. Returns the object and the warnings to send.
+fn parse_body(
+    r: &Resource,
+    body: &[u8],
+    fv: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed {} body: {e}", r.kind)))?;
     if !v.is_object() {
@@ -620,30 +739,20 @@ fn parse_body(r: &Resource, body: &[u8]) -> Result<Value, ApiError> {
             r.api_version()
         )));
     }
-    (r.check)(&v).map_err(|e| ApiError::bad_request(format!("{} is malformed: {e}", r.kind)))?;
-    Ok(v)
-}
-
-/// DNS-1123 subdomain (upstream's rule for most object names).
-fn name_problem(name: &str) -> Option<String> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if name.is_empty() {
-        Some("Required value: name or generateName is required".into())
-    } else if name.len() > 253 {
-        Some(format!(
-            "Invalid value: {name:?}: must be no more than 253 characters"
-        ))
-    } else if !name.chars().all(ok_char)
-        || !edge_ok(name.chars().next())
-        || !edge_ok(name.chars().last())
-    {
-        Some(format!(
-            "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-        ))
+    let handled = || {
+        format!(
+            "{} in version {:?} cannot be handled as a {}: ",
+            r.kind, r.version, r.kind
+        )
+    };
+    let d = (r.decode)(&v).map_err(|e| ApiError::bad_request(format!("{}{e}", handled())))?;
+    let duplicate = if fv == FieldValidation::Ignore {
+        Vec::new()
     } else {
-        None
-    }
+        crate::decode::duplicate_fields(body)
+    };
+    let warnings = fv.judge(&d.unknown, &duplicate, handled)?;
+    Ok((d.object, warnings))
 }
 
 fn random_suffix() -> String {
@@ -684,9 +793,88 @@ async fn require_namespace(api: &Shared, ns: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn create(api: &Shared, t: &Target, body: &[u8]) -> Result<Response, ApiError> {
+/// "ns/name", how allocations name their owner.
+fn owner(t: &Target, name: &str) -> String {
+    format!("{}/{name}", t.namespace.as_deref().unwrap_or_default())
+}
+
+/// Allocates what a Service needs (nothing for other kinds).
+async fn claim(
+    api: &Shared,
+    r: &Resource,
+    owner: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<Claims, ApiError> {
+    if !allocates(r) {
+        return Ok(Claims::default());
+    }
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.alloc
+        .claim(
+            api.store.as_ref(),
+            owner,
+            &mut obj["spec"],
+            old.map(|o| &o["spec"]),
+        )
+        .await
+        .map_err(|e| ApiError::alloc(r, &name, e))
+}
+
+/// Stores `obj` with `write`; if that fails, the allocations claimed for
+/// it are released, so a refused write leaves nothing behind.
+async fn write_claimed<F>(
+    api: &Shared,
+    r: &Resource,
+    name: &str,
+    owner: &str,
+    claims: Claims,
+    obj: &Value,
+    write: impl FnOnce(Vec<u8>) -> F,
+) -> Result<i64, ApiError>
+where
+    F: std::future::Future<Output = Result<i64, StoreError>>,
+{
+    let result = match serde_json::to_vec(obj) {
+        Ok(bytes) => write(bytes).await.map_err(|e| ApiError::store(r, name, e)),
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
+    };
+    if result.is_err() {
+        api.alloc.release(api.store.as_ref(), owner, claims.0).await;
+    }
+    result
+}
+
+/// Core Services hold ClusterIPs and NodePorts.
+fn allocates(r: &Resource) -> bool {
+    r.group.is_empty() && r.kind == "Service"
+}
+
+/// An object left the store: what it held is free again.
+async fn forget(api: &Shared, r: &Resource, obj: &Value) {
+    if allocates(r) {
+        let owner = format!(
+            "{}/{}",
+            obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+            obj["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        api.alloc
+            .release_dropped(api.store.as_ref(), &owner, &obj["spec"], None)
+            .await;
+    }
+}
+
+async fn create(
+    api: &Shared,
+    t: &Target,
+    body: &[u8],
+    fv: FieldValidation,
+) -> Result<Response, ApiError> {
     let r = t.resource;
-    let mut obj = parse_body(r, body)?;
+    let (mut obj, warnings) = parse_body(r, body, fv)?;
     let meta = obj
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -716,7 +904,7 @@ async fn create(api: &Shared, t: &Target, body: &[u8]) -> Result<Response, ApiEr
         (_, Some(g)) if !g.is_empty() => format!("{g}{}", random_suffix()),
         _ => String::new(),
     };
-    if let Some(p) = name_problem(&name) {
+    if let Some(p) = admission::name_problem(r, &name) {
         return Err(ApiError::invalid(
             r,
             &name,
@@ -731,23 +919,41 @@ async fn create(api: &Shared, t: &Target, body: &[u8]) -> Result<Response, ApiEr
     if obj.get("spec").is_some() {
         obj["metadata"]["generation"] = json!(1);
     }
+    admission::prepare_create(r, &mut obj);
+    admission::default(r, &mut obj);
+    let causes = admission::validate(r, &obj, None);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(r, &name, causes));
+    }
     if r.namespaced {
         require_namespace(api, t.namespace.as_deref().unwrap_or_default()).await?;
     }
+    let owner = owner(t, &name);
+    let claims = claim(api, r, &owner, &mut obj, None).await?;
     let key = r.key(t.namespace.as_deref(), &name);
-    let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let rev = api
-        .store
-        .create(&key, bytes)
-        .await
-        .map_err(|e| ApiError::store(r, &name, e))?;
+    let rev = write_claimed(api, r, &name, &owner, claims, &obj, |b| {
+        api.store.create(&key, b)
+    })
+    .await?;
     let obj = stamp(r, obj, rev);
-    Ok((StatusCode::CREATED, axum::Json(obj)).into_response())
+    Ok(respond(StatusCode::CREATED, obj, &warnings))
 }
 
-async fn update(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+/// PUT of the object, its status or its scale.
+async fn update(
+    api: &Shared,
+    t: &Target,
+    name: &str,
+    sub: Option<Sub>,
+    body: &[u8],
+    fv: FieldValidation,
+) -> Result<Response, ApiError> {
     let r = t.resource;
-    let obj = parse_body(r, body)?;
+    let (obj, warnings) = if sub == Some(Sub::Scale) {
+        (parse_scale(body)?, Vec::new())
+    } else {
+        parse_body(r, body, fv)?
+    };
     let given = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -758,9 +964,155 @@ async fn update(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Res
         )));
     }
     let cur = current(api, t, name).await?;
+    let old = served(r, &cur)?;
     let expected = precondition(&obj)?.unwrap_or(cur.mod_revision);
+    let obj = merge_part(r, sub, &old, obj)?;
     let (obj, _) = write_update(api, t, name, obj, expected, &cur).await?;
-    Ok(axum::Json(obj).into_response())
+    let obj = if sub == Some(Sub::Scale) {
+        scale_view(&obj)
+    } else {
+        obj
+    };
+    Ok(respond(StatusCode::OK, obj, &warnings))
+}
+
+/// The object a write through `sub` leaves: the main door cannot change
+/// status (where a status subresource exists), the status door changes
+/// only status, the scale door only `.spec.replicas`. The written part's
+/// resourceVersion comes along as the precondition.
+fn merge_part(
+    r: &Resource,
+    sub: Option<Sub>,
+    old: &Value,
+    mut new: Value,
+) -> Result<Value, ApiError> {
+    match sub {
+        None => {
+            if r.has(Sub::Status) {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            Ok(new)
+        }
+        Some(Sub::Status) => {
+            let mut out = old.clone();
+            out["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+            out["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
+            Ok(out)
+        }
+        Some(Sub::Scale) => {
+            let replicas = match &new["spec"]["replicas"] {
+                Value::Null => 0,
+                v => v
+                    .as_i64()
+                    .filter(|n| (0..=i32::MAX as i64).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            r,
+                            old["metadata"]["name"].as_str().unwrap_or_default(),
+                            vec![(
+                                "spec.replicas".into(),
+                                format!("Invalid value: {v}: must be greater than or equal to 0"),
+                            )],
+                        )
+                    })?,
+            };
+            let mut out = old.clone();
+            out["spec"]["replicas"] = json!(replicas);
+            out["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
+            Ok(out)
+        }
+        Some(Sub::Binding) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "binding only accepts POST",
+        )),
+    }
+}
+
+/// A Scale (autoscaling/v1) body for the scale subresource.
+fn parse_scale(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed Scale body: {e}")))?;
+    if let Some(k) = v.get("kind").and_then(Value::as_str)
+        && k != "Scale"
+    {
+        return Err(ApiError::bad_request(format!(
+            "kind {k:?} sent to a scale subresource"
+        )));
+    }
+    serde_json::from_value::<k8s_openapi::api::autoscaling::v1::Scale>(v.clone())
+        .map_err(|e| ApiError::bad_request(format!("Scale is malformed: {e}")))?;
+    Ok(v)
+}
+
+/// The autoscaling/v1 Scale view of a replicated object.
+fn scale_view(obj: &Value) -> Value {
+    let m = &obj["metadata"];
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {
+            "replicas": obj["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": crate::selector::to_string(&obj["spec"]["selector"]),
+        },
+    })
+}
+
+/// POST pods/<name>/binding: the scheduler's one-time assignment of a
+/// pod to a node.
+async fn bind(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let b: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed Binding body: {e}")))?;
+    serde_json::from_value::<k8s_openapi::api::core::v1::Binding>(b.clone())
+        .map_err(|e| ApiError::bad_request(format!("Binding is malformed: {e}")))?;
+    let node = b["target"]["name"].as_str().unwrap_or_default().to_string();
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            r,
+            name,
+            vec![("target.name".into(), "Required value".into())],
+        ));
+    }
+    let cur = current(api, t, name).await?;
+    let old = served(r, &cur)?;
+    if !old["metadata"]["deletionTimestamp"].is_null() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("pod {name} is being deleted, cannot be assigned to a host"),
+        ));
+    }
+    match old["spec"]["nodeName"].as_str() {
+        Some(n) if !n.is_empty() => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("pod {name} is already assigned to node {n:?}"),
+            ));
+        }
+        _ => {}
+    }
+    let mut obj = old;
+    obj["spec"]["nodeName"] = json!(node);
+    let expected = precondition(&b)?.unwrap_or(cur.mod_revision);
+    write_update(api, t, name, obj, expected, &cur).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})),
+    )
+        .into_response())
 }
 
 /// The resourceVersion an update or patch carries, if any.
@@ -809,13 +1161,23 @@ async fn write_update(
         };
         obj["metadata"]["generation"] = json!(bumped);
     }
+    admission::default(r, &mut obj);
+    let causes = admission::validate(r, &obj, Some(&old));
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(r, name, causes));
+    }
+    let owner = owner(t, name);
+    let claims = claim(api, r, &owner, &mut obj, Some(&old)).await?;
     let key = r.key(t.namespace.as_deref(), name);
-    let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let rev = api
-        .store
-        .update(&key, bytes, expected)
-        .await
-        .map_err(|e| ApiError::store(r, name, e))?;
+    let rev = write_claimed(api, r, name, &owner, claims, &obj, |b| {
+        api.store.update(&key, b, expected)
+    })
+    .await?;
+    if allocates(r) {
+        api.alloc
+            .release_dropped(api.store.as_ref(), &owner, &old["spec"], Some(&obj["spec"]))
+            .await;
+    }
     let obj = stamp(r, obj, rev);
     // Being deleted and no finalizer left: the delete completes now.
     let finalized = !obj["metadata"]["deletionTimestamp"].is_null()
@@ -824,7 +1186,8 @@ async fn write_update(
             .is_none_or(|f| f.is_empty());
     if finalized {
         match api.store.delete(&key, Some(rev)).await {
-            Ok(_) | Err(StoreError::NotFound(_)) | Err(StoreError::Conflict { .. }) => {}
+            Ok(_) => forget(api, r, &obj).await,
+            Err(StoreError::NotFound(_)) | Err(StoreError::Conflict { .. }) => {}
             Err(e) => return Err(ApiError::store(r, name, e)),
         }
     }
@@ -839,8 +1202,10 @@ async fn patch(
     api: &Shared,
     t: &Target,
     name: &str,
+    sub: Option<Sub>,
     content_type: &str,
     body: &[u8],
+    fv: FieldValidation,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let media = content_type.split(';').next().unwrap_or("").trim();
@@ -867,10 +1232,20 @@ async fn patch(
             )));
         }
     };
+    let duplicate = if fv == FieldValidation::Ignore {
+        Vec::new()
+    } else {
+        crate::decode::duplicate_fields(body)
+    };
     let key = r.key(t.namespace.as_deref(), name);
     for _ in 0..8 {
         let cur = current(api, t, name).await?;
-        let mut doc = served(r, &cur)?;
+        let old = served(r, &cur)?;
+        let mut doc = if sub == Some(Sub::Scale) {
+            scale_view(&old)
+        } else {
+            old.clone()
+        };
         let unprocessable =
             |e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
         match media {
@@ -884,18 +1259,24 @@ async fn patch(
                 doc = crate::strategic::apply(&doc, &patch_doc).map_err(|e| unprocessable(e.0))?;
             }
         }
-        (r.check)(&doc).map_err(|e| {
+        let pinned = precondition(&doc)?;
+        let doc = merge_part(r, sub, &old, doc)?;
+        let d = (r.decode)(&doc).map_err(|e| {
             unprocessable(format!(
                 "{} \"{name}\" is invalid after the patch: {e}",
                 r.kind
             ))
         })?;
-        let pinned = precondition(&doc)?;
+        let warnings = fv.judge(&d.unknown, &duplicate, String::new)?;
+        let doc = d.object;
         let expected = pinned.unwrap_or(cur.mod_revision);
         match write_update(api, t, name, doc, expected, &cur).await {
             Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
             Err(e) => return Err(e),
-            Ok((obj, _)) => return Ok(axum::Json(obj).into_response()),
+            Ok((obj, _)) if sub == Some(Sub::Scale) => {
+                return Ok(respond(StatusCode::OK, scale_view(&obj), &warnings));
+            }
+            Ok((obj, _)) => return Ok(respond(StatusCode::OK, obj, &warnings)),
         }
     }
     Err(ApiError::store(
@@ -930,7 +1311,8 @@ async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiErr
             let page = list_all(api, res, Some(name)).await?;
             for kv in page.kvs {
                 match api.store.delete(&kv.key, None).await {
-                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Ok((_, gone)) => forget(api, res, &served(res, &gone)?).await,
+                    Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(ApiError::store(res, "", e)),
                 }
             }
@@ -964,6 +1346,7 @@ async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiErr
         .await
         .map_err(|e| ApiError::store(r, name, e))?;
     let mut obj = served(r, &gone)?;
+    forget(api, r, &obj).await;
     obj["metadata"]["resourceVersion"] = json!(rev.to_string());
     Ok(axum::Json(obj).into_response())
 }
@@ -1023,15 +1406,6 @@ pub async fn ensure_system_namespaces(store: &dyn Store) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_follow_dns_1123() {
-        assert_eq!(name_problem("web-1.a"), None);
-        assert!(name_problem("").is_some());
-        assert!(name_problem("Web").is_some_and(|p| p.contains("RFC 1123")));
-        assert!(name_problem("-a").is_some());
-        assert!(name_problem(&"a".repeat(254)).is_some());
-    }
 
     #[test]
     fn continue_tokens_round_trip_and_reject_junk() {

@@ -1,7 +1,11 @@
 //! `sluice-server`: the control plane's API server (Kubernetes REST over
 //! the state store). `--data-dir DIR` keeps the embedded store, the PKI and
 //! DIR/admin.kubeconfig; `--etcd-endpoints` stores in etcd instead.
+mod admission;
+mod alloc;
 mod api;
+mod decode;
+mod openapi;
 mod pki;
 mod resources;
 mod selector;
@@ -31,10 +35,52 @@ struct Cli {
     /// the embedded store.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
+    /// ClusterIPs are allocated from this IPv4 CIDR.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    /// NodePorts are allocated from this range (LOW-HIGH).
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+}
+
+/// Flag values clap cannot check; the error names the flag and value.
+fn allocator(cli: &Cli) -> Result<alloc::Allocator, String> {
+    let cidr = cli
+        .service_cidr
+        .parse()
+        .map_err(|e| format!("--service-cidr: {e}"))?;
+    let bad = || {
+        format!(
+            "--service-node-port-range: {:?} is not a port range like 30000-32767",
+            cli.service_node_port_range
+        )
+    };
+    let (lo, hi) = cli
+        .service_node_port_range
+        .split_once('-')
+        .ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok(alloc::Allocator {
+        cidr,
+        node_ports: lo..=hi,
+    })
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let alloc = match allocator(&cli) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sluice-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -49,7 +95,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, alloc)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice-server: {e:#}");
@@ -58,7 +104,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.data_dir)
         .with_context(|| format!("--data-dir {}", cli.data_dir.display()))?;
     let store: Arc<dyn Store> = if cli.etcd_endpoints.is_empty() {
@@ -70,6 +116,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Arc::new(etcd::Etcd::connect(&cli.etcd_endpoints, etcd::Options::default()).await?)
     };
     api::ensure_system_namespaces(store.as_ref()).await?;
+    let orphans = alloc.repair(store.as_ref()).await?;
+    if orphans > 0 {
+        tracing::info!(orphans, "released allocations no Service holds");
+    }
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("--listen {}", cli.listen))?;
@@ -88,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Arc::new(api::Api {
             store,
             listen: addr.to_string(),
+            alloc,
         }),
         tokens,
     );

@@ -1,8 +1,9 @@
 //! The served resources: one line each. Objects are checked against their
 //! k8s-openapi type (the shape), stored as JSON, and served back as JSON.
 use k8s_openapi::api;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::decode::{Decoded, typed};
 
 pub struct Resource {
     /// "" for the core group.
@@ -12,8 +13,41 @@ pub struct Resource {
     pub plural: &'static str,
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
-    /// Decodes the object as its typed struct; the error names what failed.
-    pub check: fn(&Value) -> Result<(), String>,
+    /// Decodes the object through its k8s-openapi type; the error names
+    /// what failed.
+    pub decode: fn(&Value) -> Result<Decoded, String>,
+    /// Subresources served under `<name>/<subresource>`.
+    pub subresources: &'static [Sub],
+}
+
+/// A subresource: a narrower door onto part of an object, so that the
+/// writer of one part (a controller writing status, an autoscaler writing
+/// replicas, the scheduler binding a pod) cannot clobber the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sub {
+    /// `status`: writes change only `.status`; writes to the object itself
+    /// leave `.status` alone.
+    Status,
+    /// `scale`: an autoscaling/v1 Scale view of `.spec.replicas`.
+    Scale,
+    /// `binding` (pods): sets `.spec.nodeName` once.
+    Binding,
+}
+
+impl Sub {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sub::Status => "status",
+            Sub::Scale => "scale",
+            Sub::Binding => "binding",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Sub::Status, Sub::Scale, Sub::Binding]
+            .into_iter()
+            .find(|x| x.name() == s)
+    }
 }
 
 impl Resource {
@@ -46,16 +80,14 @@ impl Resource {
     pub fn key(&self, ns: Option<&str>, name: &str) -> String {
         format!("{}{name}", self.prefix(ns))
     }
-}
 
-fn typed<T: DeserializeOwned>(v: &Value) -> Result<(), String> {
-    serde_json::from_value::<T>(v.clone())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    pub fn has(&self, sub: Sub) -> bool {
+        self.subresources.contains(&sub)
+    }
 }
 
 macro_rules! resource {
-    ($group:expr, $version:expr, $kind:expr, $plural:expr, $namespaced:expr, [$($short:expr),*], $ty:ty) => {
+    ($group:expr, $version:expr, $kind:expr, $plural:expr, $namespaced:expr, [$($short:expr),*], $ty:ty $(, $sub:ident)*) => {
         Resource {
             group: $group,
             version: $version,
@@ -63,7 +95,8 @@ macro_rules! resource {
             plural: $plural,
             namespaced: $namespaced,
             short_names: &[$($short),*],
-            check: typed::<$ty>,
+            decode: typed::<$ty>,
+            subresources: &[$(Sub::$sub),*],
         }
     };
 }
@@ -76,9 +109,20 @@ pub static RESOURCES: &[Resource] = &[
         "namespaces",
         false,
         ["ns"],
-        api::core::v1::Namespace
+        api::core::v1::Namespace,
+        Status
     ),
-    resource!("", "v1", "Pod", "pods", true, ["po"], api::core::v1::Pod),
+    resource!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        true,
+        ["po"],
+        api::core::v1::Pod,
+        Status,
+        Binding
+    ),
     resource!(
         "",
         "v1",
@@ -86,7 +130,8 @@ pub static RESOURCES: &[Resource] = &[
         "services",
         true,
         ["svc"],
-        api::core::v1::Service
+        api::core::v1::Service,
+        Status
     ),
     resource!(
         "",
@@ -104,7 +149,8 @@ pub static RESOURCES: &[Resource] = &[
         "nodes",
         false,
         ["no"],
-        api::core::v1::Node
+        api::core::v1::Node,
+        Status
     ),
     resource!(
         "",
@@ -149,7 +195,9 @@ pub static RESOURCES: &[Resource] = &[
         "deployments",
         true,
         ["deploy"],
-        api::apps::v1::Deployment
+        api::apps::v1::Deployment,
+        Status,
+        Scale
     ),
     resource!(
         "apps",
@@ -158,7 +206,9 @@ pub static RESOURCES: &[Resource] = &[
         "replicasets",
         true,
         ["rs"],
-        api::apps::v1::ReplicaSet
+        api::apps::v1::ReplicaSet,
+        Status,
+        Scale
     ),
     resource!(
         "apps",
@@ -167,7 +217,9 @@ pub static RESOURCES: &[Resource] = &[
         "statefulsets",
         true,
         ["sts"],
-        api::apps::v1::StatefulSet
+        api::apps::v1::StatefulSet,
+        Status,
+        Scale
     ),
     resource!(
         "apps",
@@ -176,7 +228,8 @@ pub static RESOURCES: &[Resource] = &[
         "daemonsets",
         true,
         ["ds"],
-        api::apps::v1::DaemonSet
+        api::apps::v1::DaemonSet,
+        Status
     ),
     resource!(
         "discovery.k8s.io",
@@ -203,7 +256,8 @@ pub static RESOURCES: &[Resource] = &[
         "horizontalpodautoscalers",
         true,
         ["hpa"],
-        api::autoscaling::v2::HorizontalPodAutoscaler
+        api::autoscaling::v2::HorizontalPodAutoscaler,
+        Status
     ),
 ];
 
@@ -248,13 +302,15 @@ mod tests {
     }
 
     #[test]
-    fn typed_check_names_the_bad_field() {
+    fn typed_decode_names_the_bad_field() {
         let cm = find("", "v1", "configmaps").expect("configmaps");
         assert!(
-            (cm.check)(&serde_json::json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).is_ok()
+            (cm.decode)(&serde_json::json!({"metadata": {"name": "a"}, "data": {"k": "v"}}))
+                .is_ok()
         );
-        let err = (cm.check)(&serde_json::json!({"metadata": {"name": "a"}, "data": {"k": 5}}))
-            .expect_err("a number where a string belongs");
+        let err = (cm.decode)(&serde_json::json!({"metadata": {"name": "a"}, "data": {"k": 5}}))
+            .err()
+            .expect("a number where a string belongs");
         assert!(err.contains("invalid type"), "{err}");
     }
 }

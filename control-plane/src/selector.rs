@@ -112,6 +112,38 @@ impl Selector {
     }
 }
 
+/// A `metav1.LabelSelector` object in the query-string form (what a
+/// Scale's `status.selector` carries); terms sorted so the text is stable.
+pub fn to_string(sel: &Value) -> String {
+    let mut terms: Vec<String> = Vec::new();
+    if let Some(m) = sel["matchLabels"].as_object() {
+        for (k, v) in m {
+            terms.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let vals = || {
+            let mut v: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            v.sort();
+            v.join(",")
+        };
+        terms.push(match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", vals()),
+            "NotIn" => format!("{key} notin ({})", vals()),
+            "Exists" => key.to_string(),
+            _ => format!("!{key}"),
+        });
+    }
+    terms.sort();
+    terms.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -151,5 +183,16 @@ mod tests {
                 .matches(&o)
         );
         assert!(Selector::fields("metadata.name").is_err());
+    }
+
+    #[test]
+    fn label_selector_objects_print_as_queries_that_parse_back() {
+        let sel = json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["b", "a"]},
+                                 {"key": "canary", "operator": "DoesNotExist"}]});
+        let s = to_string(&sel);
+        assert_eq!(s, "!canary,app=web,tier in (a,b)");
+        let o = json!({"metadata": {"labels": {"app": "web", "tier": "a"}}});
+        assert!(Selector::labels(&s).expect("parses").matches(&o));
     }
 }

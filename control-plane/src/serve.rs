@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     api::{self, ApiError, Shared},
+    openapi,
     pki::Pki,
 };
 
@@ -32,6 +33,9 @@ pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
         .route("/api/{*rest}", any(api::dispatch))
         .route("/apis", any(api::dispatch))
         .route("/apis/{*rest}", any(api::dispatch))
+        .route("/openapi/v2", get(openapi::v2))
+        .route("/openapi/v3", get(openapi::v3_root))
+        .route("/openapi/v3/{*rest}", get(openapi::v3_group_version))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let tokens = tokens.clone();
             async move { authenticate(&tokens, req, next).await }

@@ -5,7 +5,9 @@
 //! kubectl's typed generators (`kubectl create configmap ...`) send
 //! protobuf, which sluice-server does not speak yet; manifests (`create
 //! -f`, `apply -f`, `replace -f`, `delete -f`) and patches go as JSON.
-//! OpenAPI is not served yet, hence `--validate=false`.
+//! kubectl runs with its default `--validate=strict`: it finds
+//! `fieldValidation` in the server's OpenAPI v3 and leaves the checking to
+//! the server.
 use std::time::Duration;
 
 use serde_json::Value;
@@ -24,6 +26,14 @@ metadata:
   namespace: team
 data:
   mode: fast
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: token
+  namespace: team
+stringData:
+  key: s3cret
 ---
 apiVersion: v1
 kind: Service
@@ -62,6 +72,16 @@ fn write(dir: &TempDir, name: &str, body: &str) -> String {
     p.display().to_string()
 }
 
+/// Runs kubectl expecting a refusal whose message contains `needle`.
+fn refused(s: &ApiServer, args: &[&str], needle: &str) {
+    let out = s.kubectl(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(needle),
+        "kubectl {args:?} should fail with {needle:?}: {err}"
+    );
+}
+
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("kubectl output is not JSON ({e}): {s}"))
 }
@@ -69,10 +89,11 @@ fn json(s: &str) -> Value {
 fn round_trip(s: &ApiServer) {
     let files = TempDir::new();
     let all = write(&files, "all.yaml", MANIFEST);
-    let out = s.kubectl_ok(&["create", "-f", &all, "--validate=false"]);
+    let out = s.kubectl_ok(&["create", "-f", &all]);
     for created in [
         "namespace/team created",
         "configmap/settings created",
+        "secret/token created",
         "service/web created",
         "deployment.apps/web created",
     ] {
@@ -96,6 +117,13 @@ fn round_trip(s: &ApiServer) {
     );
     let yaml = s.kubectl_ok(&["get", "svc", "web", "-n", "team", "-o", "yaml"]);
     assert!(yaml.contains("targetPort: 8080"), "{yaml}");
+    let wide = s.kubectl_ok(&["get", "deploy", "-n", "team", "-o", "wide"]);
+    assert!(wide.contains("web"), "{wide}");
+    let secret = json(&s.kubectl_ok(&["get", "secret", "token", "-n", "team", "-o", "json"]));
+    assert_eq!(
+        secret["data"]["key"], "czNjcmV0",
+        "stringData lands in data"
+    );
 
     // A watch sees the coming update.
     let mut watch = Daemon::from_command("kubectl-watch", {
@@ -121,7 +149,7 @@ fn round_trip(s: &ApiServer) {
         "cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: team\ndata:\n  mode: careful\n",
     );
-    s.kubectl_ok(&["replace", "-f", &changed, "--validate=false"]);
+    s.kubectl_ok(&["replace", "-f", &changed]);
     let cm = json(&s.kubectl_ok(&["get", "cm", "settings", "-n", "team", "-o", "json"]));
     assert_eq!(cm["data"]["mode"], "careful");
     let rv2: i64 = cm["metadata"]["resourceVersion"]
@@ -142,7 +170,7 @@ fn round_trip(s: &ApiServer) {
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: team\n  resourceVersion: \"{rv}\"\ndata:\n  mode: stale\n"
         ),
     );
-    let out = s.kubectl(&["replace", "-f", &stale, "--validate=false"]);
+    let out = s.kubectl(&["replace", "-f", &stale]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("the object has been modified"),
@@ -152,7 +180,7 @@ fn round_trip(s: &ApiServer) {
     assert_eq!(cm["data"]["mode"], "careful");
 
     // Creating it again: 409 AlreadyExists.
-    let out = s.kubectl(&["create", "-f", &changed, "--validate=false"]);
+    let out = s.kubectl(&["create", "-f", &changed]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("already exists"),
@@ -165,7 +193,7 @@ fn round_trip(s: &ApiServer) {
         "bad.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n  namespace: team\n",
     );
-    let out = s.kubectl(&["create", "-f", &bad, "--validate=false"]);
+    let out = s.kubectl(&["create", "-f", &bad]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("is invalid") && err.contains("metadata.name"),
@@ -180,7 +208,7 @@ fn round_trip(s: &ApiServer) {
         "lost.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: nope\n",
     );
-    let out = s.kubectl(&["create", "-f", &lost, "--validate=false"]);
+    let out = s.kubectl(&["create", "-f", &lost]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("namespaces \"nope\" not found"),
@@ -196,7 +224,7 @@ fn round_trip(s: &ApiServer) {
                 "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: page-{i}\n  namespace: team\n"
             ),
         );
-        s.kubectl_ok(&["create", "-f", &f, "--validate=false"]);
+        s.kubectl_ok(&["create", "-f", &f]);
     }
     let paged = s.kubectl_ok(&["get", "cm", "-n", "team", "--chunk-size=2", "-o", "name"]);
     assert_eq!(paged.lines().count(), 6, "{paged}");
@@ -281,7 +309,7 @@ fn deployment(image: &str) -> String {
 fn apply_and_patch(s: &ApiServer) {
     let files = TempDir::new();
     let f = write(&files, "api.yaml", &deployment("web:v1"));
-    let out = s.kubectl_ok(&["apply", "-f", &f, "--validate=false"]);
+    let out = s.kubectl_ok(&["apply", "-f", &f]);
     assert!(out.contains("deployment.apps/api created"), "{out}");
     s.kubectl_ok(&[
         "patch",
@@ -292,7 +320,7 @@ fn apply_and_patch(s: &ApiServer) {
         r#"{"spec":{"template":{"spec":{"containers":[{"name":"logger","image":"log:v1"}]}}}}"#,
     ]);
     let f = write(&files, "api.yaml", &deployment("web:v2"));
-    let out = s.kubectl_ok(&["apply", "-f", &f, "--validate=false"]);
+    let out = s.kubectl_ok(&["apply", "-f", &f]);
     assert!(out.contains("deployment.apps/api configured"), "{out}");
     let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
     let containers: Vec<(String, String)> = d["spec"]["template"]["spec"]["containers"]
@@ -354,7 +382,7 @@ fn apply_and_patch(s: &ApiServer) {
     );
 
     let rv = d["metadata"]["resourceVersion"].clone();
-    let out = s.kubectl(&["apply", "--server-side", "-f", &f, "--validate=false"]);
+    let out = s.kubectl(&["apply", "--server-side", "-f", &f]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("server-side apply is not supported"),
@@ -365,6 +393,7 @@ fn apply_and_patch(s: &ApiServer) {
         d["metadata"]["resourceVersion"], rv,
         "a refused apply changed the object"
     );
+    s.kubectl_ok(&["delete", "deploy", "api"]);
 }
 
 /// Finalizers hold a delete until they are removed; deleting a namespace
@@ -376,7 +405,7 @@ fn deletion(s: &ApiServer) {
         "held.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scratch\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: scratch\n  finalizers: [example.com/hold]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: free\n  namespace: scratch\n",
     );
-    s.kubectl_ok(&["create", "-f", &f, "--validate=false"]);
+    s.kubectl_ok(&["create", "-f", &f]);
     s.kubectl_ok(&["delete", "cm", "held", "-n", "scratch", "--wait=false"]);
     let held = json(&s.kubectl_ok(&["get", "cm", "held", "-n", "scratch", "-o", "json"]));
     assert!(
@@ -407,7 +436,7 @@ fn deletion(s: &ApiServer) {
                 "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: scratch\n  labels: {{drop: \"{label}\"}}\n"
             ),
         );
-        s.kubectl_ok(&["create", "-f", &f, "--validate=false"]);
+        s.kubectl_ok(&["create", "-f", &f]);
     }
     s.kubectl_ok(&[
         "delete",
@@ -427,12 +456,289 @@ fn deletion(s: &ApiServer) {
     );
 }
 
+/// Nothing a refused request carried may be stored.
+fn assert_absent(s: &ApiServer, kind: &str, name: &str) {
+    let out = s.kubectl(&["get", kind, name]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{kind}/{name} was stored by a refused request"
+    );
+}
+
+/// kubectl's default validation is the server's: unknown fields, bad
+/// names and bad ports are refused with the field named, nothing stored;
+/// `--validate=warn` stores without the unknown field and says so.
+fn validation(s: &ApiServer) {
+    let files = TempDir::new();
+    let unknown = write(
+        &files,
+        "unknown.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: odd\ncolour: red\ndata:\n  a: b\n",
+    );
+    refused(
+        s,
+        &["apply", "-f", &unknown],
+        r#"strict decoding error: unknown field "colour""#,
+    );
+    assert_absent(s, "cm", "odd");
+    let deep = write(
+        &files,
+        "deep.yaml",
+        &deployment("web:v1").replace(
+            "image: web:v1",
+            "image: web:v1\n        imagePullPolice: Always",
+        ),
+    );
+    refused(
+        s,
+        &["create", "-f", &deep],
+        r#"unknown field "spec.template.spec.containers[0].imagePullPolice""#,
+    );
+    assert_absent(s, "deploy", "api");
+    let out = s.kubectl(&["apply", "-f", &unknown, "--validate=warn"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"unknown field "colour""#));
+    let cm = json(&s.kubectl_ok(&["get", "cm", "odd", "-o", "json"]));
+    assert!(
+        cm.get("colour").is_none(),
+        "unknown fields are never stored"
+    );
+    s.kubectl_ok(&["delete", "cm", "odd"]);
+
+    for (file, body, field) in [
+        (
+            "port.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: badport\nspec:\n  ports:\n  - port: 70000\n",
+            "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535",
+        ),
+        (
+            "name.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: 9lives\nspec:\n  ports:\n  - port: 80\n",
+            "metadata.name: Invalid value: \"9lives\": a DNS-1035 label",
+        ),
+        (
+            "noports.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: noports\nspec:\n  selector: {a: b}\n",
+            "spec.ports: Required value",
+        ),
+        (
+            "sel.yaml",
+            &deployment("x:1").replace("labels: {app: api}", "labels: {app: other}"),
+            "`selector` does not match template `labels`",
+        ),
+    ] {
+        let f = write(&files, file, body);
+        refused(s, &["apply", "-f", &f], field);
+    }
+    for (kind, name) in [
+        ("svc", "badport"),
+        ("svc", "9lives"),
+        ("svc", "noports"),
+        ("deploy", "api"),
+    ] {
+        assert_absent(s, kind, name);
+    }
+}
+
+/// Status, scale and binding each change only their part.
+fn subresources(s: &ApiServer) {
+    let files = TempDir::new();
+    let f = write(&files, "api.yaml", &deployment("web:v1"));
+    s.kubectl_ok(&["apply", "-f", &f]);
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate", "defaulted");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    // The status door changes status only...
+    s.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "api",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":1,"readyReplicas":1},"spec":{"replicas":7}}"#,
+    ]);
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    assert_eq!(
+        (
+            d["spec"]["replicas"].clone(),
+            d["status"]["readyReplicas"].clone()
+        ),
+        (1.into(), 1.into())
+    );
+    // ...and the main door cannot change status.
+    s.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "api",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":9},"metadata":{"labels":{"x":"y"}}}"#,
+    ]);
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    assert_eq!(d["status"]["readyReplicas"], 1);
+    assert_eq!(d["metadata"]["labels"]["x"], "y");
+
+    let out = s.kubectl_ok(&["scale", "deploy", "api", "--replicas=4"]);
+    assert!(out.contains("scaled"), "{out}");
+    let scale = json(&s.kubectl_ok(&["get", "deploy", "api", "--subresource=scale", "-o", "json"]));
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 4);
+    assert_eq!(scale["status"]["selector"], "app=api");
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 4);
+    let out = s.kubectl(&[
+        "scale",
+        "deploy",
+        "api",
+        "--replicas=2",
+        "--current-replicas=3",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a failed precondition must not scale"
+    );
+    s.kubectl_ok(&["delete", "-f", &f]);
+
+    // Binding: once, and only once.
+    let pod = write(
+        &files,
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: solo\nspec:\n  containers:\n  - name: c\n    image: busybox\n",
+    );
+    s.kubectl_ok(&["create", "-f", &pod]);
+    let p = json(&s.kubectl_ok(&["get", "pod", "solo", "-o", "json"]));
+    assert_eq!(p["status"]["phase"], "Pending");
+    assert_eq!(p["spec"]["restartPolicy"], "Always");
+    let bind = |node: &str| {
+        let b = write(
+            &files,
+            "bind.json",
+            &format!(
+                r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"solo"}},"target":{{"kind":"Node","name":"{node}"}}}}"#
+            ),
+        );
+        s.kubectl(&[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/pods/solo/binding",
+            "-f",
+            &b,
+        ])
+    };
+    assert!(bind("n1").status.success());
+    let again = bind("n2");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already assigned"));
+    let p = json(&s.kubectl_ok(&["get", "pod", "solo", "-o", "json"]));
+    assert_eq!(p["spec"]["nodeName"], "n1");
+    s.kubectl_ok(&["delete", "pod", "solo"]);
+}
+
+/// ClusterIPs from the service CIDR and NodePorts from their range,
+/// never twice (not even under concurrent creates), released on delete.
+fn allocation(s: &ApiServer) {
+    let files = TempDir::new();
+    let svc = |name: &str, extra: &str| {
+        write(
+            &files,
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  selector: {{app: x}}\n  ports:\n  - port: 80\n{extra}"
+            ),
+        )
+    };
+    let names: Vec<String> = (0..12).map(|i| format!("par-{i}")).collect();
+    let files_for: Vec<String> = names.iter().map(|n| svc(n, "")).collect();
+    std::thread::scope(|scope| {
+        for f in &files_for {
+            scope.spawn(move || s.kubectl_ok(&["create", "-f", f]));
+        }
+    });
+    let list = json(&s.kubectl_ok(&["get", "svc", "-o", "json"]));
+    let mut ips = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for item in list["items"].as_array().expect("items") {
+        let ip: std::net::Ipv4Addr = item["spec"]["clusterIP"]
+            .as_str()
+            .and_then(|i| i.parse().ok())
+            .expect("a ClusterIP");
+        let o = ip.octets();
+        assert!(
+            o[0] == 10 && (96..112).contains(&o[1]),
+            "{ip} outside 10.96.0.0/12"
+        );
+        assert!(ips.insert(ip), "{ip} handed out twice");
+        let port = item["spec"]["ports"][0]["nodePort"]
+            .as_i64()
+            .expect("a nodePort");
+        assert!((30000..=32767).contains(&port));
+        assert!(ports.insert(port), "nodePort {port} handed out twice");
+    }
+    assert_eq!(ips.len(), 12);
+
+    // A taken IP or port is refused by name; nothing stored.
+    let first = list["items"][0]["spec"].clone();
+    let (ip, port) = (
+        first["clusterIP"].as_str().expect("ip").to_string(),
+        first["ports"][0]["nodePort"].clone(),
+    );
+    let dup = svc("dup", &format!("    nodePort: {port}\n  clusterIP: {ip}\n"));
+    let out = s.kubectl(&["create", "-f", &dup]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    assert_absent(s, "svc", "dup");
+    let out = s.kubectl(&[
+        "create",
+        "-f",
+        &svc("dup2", &format!("    nodePort: {port}\n")),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("provided port is already allocated"));
+    assert_absent(s, "svc", "dup2");
+    let out = s.kubectl(&["create", "-f", &svc("far", "  clusterIP: 10.0.0.1\n")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the valid range"));
+    assert_absent(s, "svc", "far");
+
+    // Deleting frees both for the next taker.
+    let owner = list["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    s.kubectl_ok(&["delete", "svc", &owner]);
+    s.kubectl_ok(&["create", "-f", &dup]);
+    let d = json(&s.kubectl_ok(&["get", "svc", "dup", "-o", "json"]));
+    assert_eq!(d["spec"]["clusterIP"], ip.as_str());
+    // Switching to ClusterIP gives the node port back; the IP stays.
+    s.kubectl_ok(&["patch", "svc", "dup", "--type=json", "-p",
+        r#"[{"op":"replace","path":"/spec/type","value":"ClusterIP"},{"op":"remove","path":"/spec/ports/0/nodePort"},{"op":"remove","path":"/spec/externalTrafficPolicy"}]"#]);
+    let d = json(&s.kubectl_ok(&["get", "svc", "dup", "-o", "json"]));
+    assert_eq!(d["spec"]["clusterIP"], ip.as_str());
+    assert!(d["spec"]["ports"][0]["nodePort"].is_null());
+    s.kubectl_ok(&[
+        "create",
+        "-f",
+        &svc("reuse", &format!("    nodePort: {port}\n")),
+    ]);
+    for n in names
+        .iter()
+        .filter(|n| **n != owner)
+        .chain([&"dup".to_string(), &"reuse".to_string()])
+    {
+        s.kubectl_ok(&["delete", "svc", n]);
+    }
+}
+
 #[test]
 fn kubectl_round_trip_on_the_embedded_store() {
     let s = ApiServer::start(&[]);
     round_trip(&s);
     apply_and_patch(&s);
     deletion(&s);
+    validation(&s);
+    subresources(&s);
+    allocation(&s);
     // Credentials are private to the owner.
     use std::os::unix::fs::PermissionsExt as _;
     for f in [
@@ -456,4 +762,7 @@ fn kubectl_round_trip_on_etcd() {
     round_trip(&s);
     apply_and_patch(&s);
     deletion(&s);
+    validation(&s);
+    subresources(&s);
+    allocation(&s);
 }
