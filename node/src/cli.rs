@@ -37,8 +37,12 @@ pub struct NodeArgs {
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
     /// Directory of Kubernetes Service/EndpointSlice YAML to program (watched for changes).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
     pub manifests: Option<PathBuf>,
+    /// Watch Services and EndpointSlices on the API server this kubeconfig names
+    /// (sluice-server's node.kubeconfig, or any Kubernetes cluster's).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// An IPv4 address of this node that NodePort services listen on (repeatable);
     /// default: every non-loopback IPv4 address in the node's network namespace.
     #[arg(long = "node-ip", value_name = "IP")]

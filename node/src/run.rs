@@ -12,6 +12,7 @@ use tokio::{
 use crate::{
     cli::{AgentArgs, NodeArgs},
     lb::{
+        kube_source::KubeSource,
         model::{self, NodeInfo},
         reconcile::Reconciler,
         source::{ManifestSource, ServiceSource as _, Update},
@@ -31,6 +32,13 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         return Err(
             ConfigError(format!("--manifests: {} is not a directory", dir.display())).into(),
         );
+    }
+    // Read and parse before anything is attached: a bad file is a config
+    // error (exit 2), not a half-started agent.
+    if let Some(file) = &agent.kubeconfig
+        && let Err(e) = kube::config::Kubeconfig::read_from(file)
+    {
+        return Err(ConfigError(format!("--kubeconfig: {}: {e}", file.display())).into());
     }
     if let Some(netns) = &node.netns {
         node_env::enter_netns(netns)?;
@@ -125,7 +133,15 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             "datapath attached"
         );
         let (tx, rx) = mpsc::channel(1);
-        if let Some(dir) = agent.manifests.clone() {
+        if let Some(file) = &agent.kubeconfig {
+            let source = KubeSource::from_kubeconfig(file).await?;
+            tracing::info!(server = %source.origin, "watching the API server");
+            tokio::spawn(async move {
+                if let Err(e) = source.run(tx).await {
+                    tracing::error!("API source stopped: {e:#}");
+                }
+            });
+        } else if let Some(dir) = agent.manifests.clone() {
             let source = ManifestSource {
                 dir,
                 resync: Duration::from_secs(30),

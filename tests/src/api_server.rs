@@ -6,41 +6,83 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Daemon, bin, free_port, topology::TempDir};
+use crate::{Daemon, NetNs, bin, command_in, free_port, topology::TempDir};
 
+/// Field order matters for Drop: the server stops before its data dir goes.
 pub struct ApiServer {
+    daemon: Daemon,
     pub data: TempDir,
     pub port: u16,
-    daemon: Daemon,
+    /// The network namespace it serves in (None: the test's own).
+    netns: Option<std::path::PathBuf>,
+    etcd: Vec<String>,
+}
+
+fn spawn(data: &TempDir, port: u16, netns: Option<&std::path::Path>, etcd: &[String]) -> Daemon {
+    let mut c = match netns {
+        Some(ns) => command_in(ns, bin("sluice-server")),
+        None => Command::new(bin("sluice-server")),
+    };
+    c.arg("--data-dir")
+        .arg(&data.0)
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    if !etcd.is_empty() {
+        c.args(["--etcd-endpoints", &etcd.join(",")]);
+    }
+    Daemon::from_command("sluice-server", c)
 }
 
 impl ApiServer {
     /// Starts the server (on `etcd` endpoints when given) and waits until
     /// kubectl can list namespaces through it.
     pub fn start(etcd: &[String]) -> Self {
+        Self::start_in(None, etcd)
+    }
+
+    /// Like [`Self::start`], serving on the loopback of `netns` (a test
+    /// node's, so an agent inside it can reach it); kubectl runs there too.
+    pub fn start_in(netns: Option<&NetNs>, etcd: &[String]) -> Self {
         let data = TempDir::new();
         let port = free_port();
-        let mut c = Command::new(bin("sluice-server"));
-        c.arg("--data-dir")
-            .arg(&data.0)
-            .args(["--listen", &format!("127.0.0.1:{port}")]);
-        if !etcd.is_empty() {
-            c.args(["--etcd-endpoints", &etcd.join(",")]);
-        }
+        let netns = netns.map(NetNs::path);
         let me = Self {
-            daemon: Daemon::from_command("sluice-server", c),
+            daemon: spawn(&data, port, netns.as_deref(), etcd),
             data,
             port,
+            netns,
+            etcd: etcd.to_vec(),
         };
+        me.wait_ready();
+        me
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same data dir,
+    /// port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops the server (SIGTERM); [`Self::start_again`] brings it back.
+    pub fn stop(&mut self) {
+        self.daemon.stop();
+    }
+
+    pub fn start_again(&mut self) {
+        self.daemon = spawn(&self.data, self.port, self.netns.as_deref(), &self.etcd);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if me.kubeconfig().exists() && me.kubectl(&["get", "namespaces"]).status.success() {
-                return me;
+            if self.kubeconfig().exists() && self.kubectl(&["get", "namespaces"]).status.success() {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "sluice-server did not come up; output:\n{}",
-                me.daemon.output()
+                self.daemon.output()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -50,14 +92,22 @@ impl ApiServer {
         self.data.0.join("admin.kubeconfig")
     }
 
+    /// The credentials agents use.
+    pub fn node_kubeconfig(&self) -> std::path::PathBuf {
+        self.data.0.join("node.kubeconfig")
+    }
+
     /// `kubectl ARGS` (the machine's kubectl) against this server.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .output()
-            .expect("run kubectl")
+        match &self.netns {
+            Some(ns) => command_in(ns, "kubectl"),
+            None => Command::new("kubectl"),
+        }
+        .arg("--kubeconfig")
+        .arg(self.kubeconfig())
+        .args(args)
+        .output()
+        .expect("run kubectl")
     }
 
     /// Like [`Self::kubectl`], panicking with kubectl's stderr on failure.

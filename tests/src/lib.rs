@@ -108,6 +108,26 @@ where
     out
 }
 
+/// A command that joins the network namespace at `netns` between fork and
+/// exec (setns, not `ip netns exec`, which would remount /sys and hide the
+/// host's cgroup and bpffs mounts).
+pub fn command_in(netns: &Path, program: impl AsRef<OsStr>) -> Command {
+    use std::os::fd::AsRawFd as _;
+    let ns = File::open(netns).expect("open netns");
+    let mut c = Command::new(program);
+    // SAFETY: setns is async-signal-safe; `ns` (O_CLOEXEC) lives in the
+    // closure, so its fd is open until the command is dropped.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 /// A named network namespace (`ip netns add`), deleted on drop together with
 /// every interface inside it.
 pub struct NetNs {
@@ -138,24 +158,9 @@ impl NetNs {
         run_ok("ip", all)
     }
 
-    /// A command that joins this namespace between fork and exec (setns,
-    /// not `ip netns exec`, which would remount /sys and hide the host's
-    /// cgroup and bpffs mounts).
+    /// [`command_in`] this namespace.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        use std::os::fd::AsRawFd as _;
-        let ns = File::open(self.path()).expect("open netns");
-        let mut c = Command::new(program);
-        // SAFETY: setns is async-signal-safe; `ns` (O_CLOEXEC) lives in the
-        // closure, so its fd is open until the command is dropped.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        c
+        command_in(&self.path(), program)
     }
 
     /// Runs `f` on a fresh thread that has joined this namespace (setns), so

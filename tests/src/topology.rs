@@ -216,14 +216,20 @@ impl LbTopology {
         ]
     }
 
-    /// Starts the agent on this node's manifests dir and waits until it has
-    /// programmed them once.
+    /// Starts the agent on this node's manifests dir and waits until its
+    /// data path is attached.
     pub fn start_agent(&mut self, extra: &[&str]) -> &mut Daemon {
+        let dir = self.manifests.0.display().to_string();
+        self.start_agent_on(&["--manifests", &dir], extra)
+    }
+
+    /// Starts the agent with `source` (`--manifests DIR` or `--kubeconfig
+    /// FILE`) and waits until its data path is attached.
+    pub fn start_agent_on(&mut self, source: &[&str], extra: &[&str]) -> &mut Daemon {
         let mut args = self.node_args();
+        args.extend(source.iter().map(|s| s.to_string()));
         args.extend(
             [
-                "--manifests",
-                &self.manifests.0.display().to_string(),
                 "--node-ip",
                 &NODE_IP.to_string(),
                 "--node-name",

@@ -1,9 +1,10 @@
 //! Service load balancing: turning Services and EndpointSlices into the
 //! data plane's LB maps.
 //!
-//! source (manifests dir; API server later) -> [`model::Snapshot`] ->
+//! source (manifests dir or API server) -> [`model::Snapshot`] ->
 //! [`model::desired`] -> [`reconcile::Reconciler`] -> pinned maps.
 pub mod conntrack;
+pub mod kube_source;
 pub mod list;
 pub mod maglev;
 pub mod manifests;

@@ -5,9 +5,9 @@
 //! a burst of changes is one reconcile, and a missed intermediate state
 //! does not matter). Unlike a `watch` channel, nothing keeps a snapshot
 //! alive after it was applied, so the parsed objects of 10 000 services
-//! are freed once programmed. The manifests directory is the first source; a kube-rs
-//! watcher/reflector over the API server plugs in behind the same trait
-//! and publishes its stores' contents the same way.
+//! are freed once programmed. Two sources: the manifests directory (here)
+//! and a kube-rs watcher/reflector over an API server (`kube_source`),
+//! which publishes its stores' contents the same way.
 use std::{
     future::Future,
     path::PathBuf,
@@ -43,7 +43,7 @@ pub struct ManifestSource {
 }
 
 /// Coalesces bursts (an editor's write + rename, `cp` of many files).
-const DEBOUNCE: Duration = Duration::from_millis(50);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(50);
 
 impl ServiceSource for ManifestSource {
     async fn run(self, tx: mpsc::Sender<Update>) -> anyhow::Result<()> {

@@ -1,0 +1,218 @@
+//! sluice-server through kube-rs (the client the node agent and any Rust
+//! controller use): typed round trips of every verb, errors as typed
+//! `Status`es, and a watcher (reflector) that carries on across a server
+//! restart. No root needed.
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
+use serde_json::json;
+use sluice_tests::api_server::ApiServer;
+
+async fn client(s: &ApiServer) -> Client {
+    let kc = Kubeconfig::read_from(s.kubeconfig()).expect("admin.kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kube config");
+    Client::try_from(config).expect("kube client")
+}
+
+fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "data": {"k": "v"},
+    }))
+    .expect("ConfigMap")
+}
+
+fn code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API Status, got {other}"),
+    }
+}
+
+/// Waits until the reflector's store satisfies `pred`.
+async fn until(store: &reflector::Store<ConfigMap>, what: &str, pred: impl Fn(&[String]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut names: Vec<String> = store
+            .state()
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        names.sort();
+        if pred(&names) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watcher never saw {what}; it has {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
+    let mut s = ApiServer::start(&[]);
+    let cms: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+
+    // create / get / list with a selector
+    let made = cms
+        .create(&PostParams::default(), &cm("one", json!({"tier": "a"})))
+        .await
+        .expect("create");
+    assert!(made.metadata.uid.is_some() && made.metadata.resource_version.is_some());
+    cms.create(&PostParams::default(), &cm("two", json!({"tier": "b"})))
+        .await
+        .expect("create");
+    assert_eq!(
+        code(
+            cms.create(&PostParams::default(), &cm("one", json!({})))
+                .await
+                .expect_err("dup")
+        ),
+        409
+    );
+    let got = cms.get("one").await.expect("get");
+    assert_eq!(
+        got.data
+            .as_ref()
+            .and_then(|d| d.get("k"))
+            .map(String::as_str),
+        Some("v")
+    );
+    let listed = cms
+        .list(&ListParams::default().labels("tier=b"))
+        .await
+        .expect("list");
+    let names: Vec<_> = listed
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["two"]);
+
+    // patch: merge, strategic, JSON
+    let p = cms
+        .patch(
+            "one",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"m": "1"}})),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(p.data.as_ref().map(|d| d.len()), Some(2));
+    cms.patch(
+        "one",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"metadata": {"labels": {"s": "y"}}})),
+    )
+    .await
+    .expect("strategic patch");
+    let jp: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "remove", "path": "/data/k"}])).expect("ops");
+    let p = cms
+        .patch("one", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .expect("json patch");
+    assert_eq!(
+        p.data
+            .as_ref()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["m".to_string()])
+    );
+    assert_eq!(
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("s"))
+            .map(String::as_str),
+        Some("y")
+    );
+    // A stale resourceVersion on replace is a 409.
+    let mut stale = got.clone();
+    stale.data = None;
+    assert_eq!(
+        code(
+            cms.replace("one", &PostParams::default(), &stale)
+                .await
+                .expect_err("stale")
+        ),
+        409
+    );
+
+    // Services come back with an allocated ClusterIP.
+    let svcs: Api<Service> = Api::namespaced(cms.clone().into_client(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "kube-svc"}, "spec": {"ports": [{"port": 80}]}}))
+    .expect("Service");
+    let svc = svcs
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+    let ip: std::net::Ipv4Addr = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .and_then(|i| i.parse().ok())
+        .expect("an allocated ClusterIP");
+    assert!(
+        ip.octets()[0] == 10 && (96..112).contains(&ip.octets()[1]),
+        "{ip}"
+    );
+    // Invalid objects are 422s.
+    let bad: Service = serde_json::from_value(json!({
+        "metadata": {"name": "bad-svc"}, "spec": {"ports": [{"port": 0}]}}))
+    .expect("Service");
+    assert_eq!(
+        code(
+            svcs.create(&PostParams::default(), &bad)
+                .await
+                .expect_err("invalid")
+        ),
+        422
+    );
+
+    // delete, then 404
+    cms.delete("two", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert_eq!(code(cms.get("two").await.expect_err("gone")), 404);
+
+    // A reflector follows changes, and keeps following after a restart.
+    let (store, writer) = reflector::store::<ConfigMap>();
+    let stream = reflector(
+        writer,
+        watcher(cms.clone(), watcher::Config::default()).default_backoff(),
+    )
+    .applied_objects();
+    let follow = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    until(&store, "the initial list", |n| n == ["one"]).await;
+    cms.create(&PostParams::default(), &cm("three", json!({})))
+        .await
+        .expect("create");
+    until(&store, "a create", |n| n == ["one", "three"]).await;
+
+    tokio::task::block_in_place(|| s.restart());
+    cms.create(&PostParams::default(), &cm("four", json!({})))
+        .await
+        .expect("create after restart");
+    cms.delete("one", &DeleteParams::default())
+        .await
+        .expect("delete after restart");
+    until(&store, "changes after the restart", |n| {
+        n == ["four", "three"]
+    })
+    .await;
+    follow.abort();
+}

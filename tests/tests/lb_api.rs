@@ -1,0 +1,88 @@
+//! The node follows the API: `sluice-agent --kubeconfig` watches Services
+//! and EndpointSlices on a real sluice-server (kube-rs watchers), and a
+//! client pod's connections to the ClusterIP follow what kubectl changes.
+use std::time::Duration;
+
+use sluice_tests::{
+    api_server::ApiServer,
+    require_root,
+    topology::{LbTopology, NODE_NAME, SvcSpec, TempDir, tally},
+};
+
+const VIP: &str = "10.96.0.10";
+
+fn web(t: &LbTopology, backends: &[usize]) -> String {
+    let eps: Vec<_> = backends
+        .iter()
+        .map(|&i| (t.backends[i].ip, true, true, false, NODE_NAME))
+        .collect();
+    SvcSpec {
+        name: "web",
+        cluster_ip: VIP,
+        ports: &[("http", "TCP", 80)],
+        extra_spec: "",
+        endpoints: &eps,
+        with_slice: true,
+    }
+    .yaml()
+}
+
+fn programmed(l: &str) -> bool {
+    l.contains("services programmed")
+}
+
+#[test]
+fn agent_programs_what_kubectl_applies_and_follows_endpoint_changes() {
+    if !require_root("agent_programs_what_kubectl_applies_and_follows_endpoint_changes") {
+        return;
+    }
+    let mut t = LbTopology::new(2);
+    let api = ApiServer::start_in(Some(&t.node), &[]);
+    let files = TempDir::new();
+    let apply = |yaml: String| {
+        let f = files.0.join("web.yaml");
+        std::fs::write(&f, yaml).expect("write manifest");
+        api.kubectl_ok(&["apply", "-f", &f.display().to_string()]);
+    };
+    apply(web(&t, &[0]));
+    let kubeconfig = api.node_kubeconfig().display().to_string();
+    t.start_agent_on(&["--kubeconfig", &kubeconfig], &[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(15), programmed);
+
+    let peer = format!("{VIP}:80");
+    let seen = tally(&t.client(&["tcp", &peer, "20"]), &peer);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["pod-0"], "{seen:?}");
+
+    // The slice moves to pod-1: traffic follows.
+    let before = t.agent().count_lines(programmed);
+    apply(web(&t, &[1]));
+    t.agent().wait_for_count(
+        "re-programmed",
+        before + 1,
+        Duration::from_secs(10),
+        programmed,
+    );
+    let seen = tally(&t.client(&["tcp", &peer, "20"]), &peer);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["pod-1"], "{seen:?}");
+
+    // Both backends: spread over both.
+    let before = t.agent().count_lines(programmed);
+    apply(web(&t, &[0, 1]));
+    t.agent().wait_for_count(
+        "re-programmed",
+        before + 1,
+        Duration::from_secs(10),
+        programmed,
+    );
+    let seen = tally(&t.client(&["tcp", &peer, "60"]), &peer);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // Deleting the Service withdraws it: connects are refused.
+    let before = t.agent().count_lines(programmed);
+    api.kubectl_ok(&["delete", "service", "web"]);
+    t.agent()
+        .wait_for_count("withdrawn", before + 1, Duration::from_secs(10), programmed);
+    let lb = t.lb_list_json();
+    assert!(lb.as_array().is_some_and(|s| s.is_empty()), "{lb}");
+}
