@@ -12,13 +12,14 @@ use axum::{
 use base64::Engine as _;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use sluice_store::{ListRequest, Store, StoreError, WatchEvent};
+use sluice_store::{ListRequest, Store, StoreError};
 
 use crate::{
     admission,
     alloc::{AllocError, Allocator, Claims},
     resources::{self, Resource, Sub},
     selector::Selector,
+    watch_cache::{CacheError, WatchCache},
 };
 
 /// Kubernetes version reported by /version (kubectl's skew check).
@@ -30,6 +31,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 pub struct Api {
     pub store: Arc<dyn Store>,
+    pub cache: Arc<WatchCache>,
     pub listen: String,
     pub alloc: Allocator,
 }
@@ -131,6 +133,22 @@ impl ApiError {
                 "InternalError",
                 other.to_string(),
             ),
+        }
+    }
+
+    fn cache(r: &Resource, e: CacheError) -> Self {
+        match e {
+            CacheError::Gone { requested, oldest } => Self::new(
+                StatusCode::GONE,
+                "Expired",
+                format!("too old resource version: {requested} ({oldest})"),
+            ),
+            CacheError::TooNew { requested, current } => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!("Too large resource version: {requested}, current: {current}"),
+            ),
+            CacheError::Store(e) => Self::store(r, "", e),
         }
     }
 
@@ -416,15 +434,6 @@ async fn route(
     }
 }
 
-/// An object as clients see it: typed, with the store revision of its
-/// last write as resourceVersion.
-fn stamp(r: &Resource, mut obj: Value, rev: i64) -> Value {
-    obj["apiVersion"] = json!(r.api_version());
-    obj["kind"] = json!(r.kind);
-    obj["metadata"]["resourceVersion"] = json!(rev.to_string());
-    obj
-}
-
 /// The stored object as served.
 fn served(r: &Resource, kv: &sluice_store::KeyValue) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
@@ -434,7 +443,7 @@ fn served(r: &Resource, kv: &sluice_store::KeyValue) -> Result<Value, ApiError> 
             format!("stored {} is not JSON: {e}", kv.key),
         )
     })?;
-    Ok(stamp(r, v, kv.mod_revision))
+    Ok(r.stamp(v, kv.mod_revision))
 }
 
 /// Every object of `r` (in namespace `ns`) now.
@@ -500,15 +509,33 @@ fn selectors(
     Ok(move |obj: &Value| labels.matches(obj) && fields.matches(obj))
 }
 
+/// The `resourceVersion` query parameter: None when absent or empty.
+fn resource_version(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+    match q.get("resourceVersion").filter(|v| !v.is_empty()) {
+        Some(v) => v
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}"))),
+        None => Ok(None),
+    }
+}
+
+/// LIST. Served from the watch cache, except an exact older revision
+/// (`resourceVersionMatch=Exact`) or a page whose revision the cache has
+/// moved past, which the store reads at that revision.
 async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<Response, ApiError> {
-    let prefix = t.resource.prefix(t.namespace.as_deref());
+    let r = t.resource;
+    let prefix = r.prefix(t.namespace.as_deref());
     let limit = match q.get("limit") {
         Some(l) => l
             .parse::<usize>()
             .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
         None => 0,
     };
-    let (revision, start) = match q.get("continue").filter(|c| !c.is_empty()) {
+    let wanted = selectors(q)?;
+    let rv = resource_version(q)?;
+    let exact = q.get("resourceVersionMatch").is_some_and(|m| m == "Exact");
+    let (at, start) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let (rev, key) = decode_continue(c)?;
             if !key.starts_with(&prefix) {
@@ -516,56 +543,116 @@ async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<R
             }
             (Some(rev), Some(key))
         }
+        None if exact => match rv {
+            Some(rev) if rev > 0 => (Some(rev), None),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "resourceVersionMatch=Exact needs a resourceVersion",
+                ));
+            }
+        },
         None => (None, None),
     };
-    let page = api
-        .store
-        .list(ListRequest {
-            prefix: &prefix,
-            start: start.as_deref(),
-            limit,
-            revision,
-        })
-        .await
-        .map_err(|e| ApiError::store(t.resource, "", e))?;
-    let wanted = selectors(q)?;
-    let items: Vec<Value> = page
-        .kvs
-        .iter()
-        .map(|kv| served(t.resource, kv))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|o| wanted(o))
-        .collect();
-    let mut meta = json!({"resourceVersion": page.revision.to_string()});
-    if page.more
-        && let Some(last) = page.kvs.last()
-    {
-        meta["continue"] = json!(encode_continue(page.revision, &format!("{}\0", last.key)));
+    let listing = match at {
+        Some(rev) if rev != api.cache.revision() => None,
+        Some(_) => {
+            Some(
+                api.cache
+                    .list(r, t.namespace.as_deref(), start.as_deref(), limit, &wanted),
+            )
+        }
+        None => {
+            api.cache
+                .settle(rv)
+                .await
+                .map_err(|e| ApiError::cache(r, e))?;
+            Some(
+                api.cache
+                    .list(r, t.namespace.as_deref(), None, limit, &wanted),
+            )
+        }
+    };
+    let (revision, items, next) = match listing {
+        Some(l) => (l.revision, l.items, l.next),
+        None => {
+            let page = api
+                .store
+                .list(ListRequest {
+                    prefix: &prefix,
+                    start: start.as_deref(),
+                    limit,
+                    revision: at,
+                })
+                .await
+                .map_err(|e| ApiError::store(r, "", e))?;
+            let items = page
+                .kvs
+                .iter()
+                .map(|kv| served(r, kv))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter(|o| wanted(o))
+                .map(Arc::new)
+                .collect();
+            let next = if page.more {
+                page.kvs.last().map(|kv| format!("{}\0", kv.key))
+            } else {
+                None
+            };
+            (page.revision, items, next)
+        }
+    };
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if let Some(next) = next {
+        meta["continue"] = json!(encode_continue(revision, &next));
     }
-    Ok(axum::Json(json!({
-        "kind": format!("{}List", t.resource.kind),
-        "apiVersion": t.resource.api_version(),
-        "metadata": meta,
-        "items": items,
+    // Written out item by item: a 10 000-pod list is not copied into one
+    // big Value first.
+    let mut out = serde_json::to_vec(&json!({
+        "kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta,
     }))
-    .into_response())
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, item.as_ref())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    out.extend_from_slice(b"]}");
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(out))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
-fn watch_line(kind: &str, obj: Value) -> Bytes {
+fn watch_line(kind: &str, obj: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
 
+/// How often a watcher that allows bookmarks gets one while quiet.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+/// WATCH, served from the watch cache. With a label or field selector, an
+/// object that stops matching is sent as DELETED and one that starts
+/// matching as ADDED, as upstream does.
 async fn watch_list(
     api: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
-    let prefix = r.prefix(t.namespace.as_deref());
-    let wanted = selectors(q)?;
+    let selected = selectors(q)?;
+    let ns = t.namespace.clone();
+    let wanted = move |o: &Value| {
+        ns.as_deref()
+            .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
+            && selected(o)
+    };
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let timeout = q
         .get("timeoutSeconds")
@@ -573,68 +660,76 @@ async fn watch_list(
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     // No resourceVersion (or "0"): the current state as ADDED events first.
-    let (initial, after) = match q
-        .get("resourceVersion")
-        .filter(|v| !v.is_empty() && *v != "0")
-    {
-        Some(v) => (
-            Vec::new(),
-            v.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
-        ),
-        None => {
-            let page = list_all(api, r, t.namespace.as_deref()).await?;
-            let lines = page
-                .kvs
-                .iter()
-                .map(|kv| served(r, kv))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .filter(|o| wanted(o))
-                .map(|o| watch_line("ADDED", o))
-                .collect();
-            (lines, page.revision)
+    let after = resource_version(q)?.filter(|v| *v != 0);
+    let (backlog, _, live) = api
+        .cache
+        .watch(r, after)
+        .await
+        .map_err(|e| ApiError::cache(r, e))?;
+    let (kind, api_version) = (r.kind, r.api_version());
+    let mut last_bookmark = tokio::time::Instant::now();
+    let to_line = move |ev: &crate::watch_cache::Event| -> Option<Bytes> {
+        use crate::watch_cache::Change;
+        match &ev.change {
+            Change::Put { obj, prev } => {
+                let (now, before) = (wanted(obj), prev.as_deref().is_some_and(&wanted));
+                let kind = match (before, now) {
+                    (false, true) => "ADDED",
+                    (true, true) => "MODIFIED",
+                    (true, false) => "DELETED",
+                    (false, false) => return None,
+                };
+                Some(watch_line(kind, obj))
+            }
+            Change::Delete { obj } if wanted(obj) => Some(watch_line("DELETED", obj)),
+            Change::Delete { .. } => None,
+            Change::Bookmark if bookmarks && last_bookmark.elapsed() >= BOOKMARK_EVERY => {
+                last_bookmark = tokio::time::Instant::now();
+                Some(watch_line(
+                    "BOOKMARK",
+                    &json!({"kind": kind, "apiVersion": api_version,
+                            "metadata": {"resourceVersion": ev.rev.to_string()}}),
+                ))
+            }
+            Change::Bookmark => None,
         }
     };
-    let events = api
-        .store
-        .watch(&prefix, after)
-        .await
-        .map_err(|e| ApiError::store(r, "", e))?;
-    let kind = r.kind;
-    let api_version = r.api_version();
-    let live = events.filter_map(move |ev| {
-        let (api_version, wanted) = (api_version.clone(), wanted.clone());
-        async move {
-            let line = match ev {
-                Ok(WatchEvent::Put { kv, prev }) => {
-                    let obj = served(r, &kv).ok()?;
-                    if !wanted(&obj) {
-                        return None;
+    let stream = futures::stream::unfold(
+        (backlog.into_iter(), live, to_line, false),
+        |(mut backlog, mut live, mut to_line, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if let Some(ev) = backlog.next() {
+                    if let Some(line) = to_line(&ev) {
+                        return Some((line, (backlog, live, to_line, false)));
                     }
-                    watch_line(if prev.is_some() { "MODIFIED" } else { "ADDED" }, obj)
+                    continue;
                 }
-                Ok(WatchEvent::Delete { revision, prev }) => {
-                    let mut obj = served(r, &prev).ok()?;
-                    if !wanted(&obj) {
-                        return None;
+                match live.recv().await {
+                    Ok(ev) => {
+                        if let Some(line) = to_line(&ev) {
+                            return Some((line, (backlog, live, to_line, false)));
+                        }
                     }
-                    obj["metadata"]["resourceVersion"] = json!(revision.to_string());
-                    watch_line("DELETED", obj)
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let e = ApiError::new(
+                            StatusCode::GONE,
+                            "Expired",
+                            format!("the watcher fell {n} events behind and was cut off; re-list"),
+                        );
+                        return Some((
+                            watch_line("ERROR", &e.status()),
+                            (backlog, live, to_line, true),
+                        ));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
-                Ok(WatchEvent::Progress { revision }) if bookmarks => watch_line(
-                    "BOOKMARK",
-                    json!({"kind": kind, "apiVersion": api_version,
-                           "metadata": {"resourceVersion": revision.to_string()}}),
-                ),
-                Ok(WatchEvent::Progress { .. }) => return None,
-                Err(e) => watch_line("ERROR", ApiError::store(r, "", e).status()),
-            };
-            Some(line)
-        }
-    });
-    let stream = futures::stream::iter(initial)
-        .chain(live)
+            }
+        },
+    );
+    let stream = stream
         .take_until(tokio::time::sleep(timeout))
         .map(Ok::<_, std::convert::Infallible>);
     Ok(Response::builder()
@@ -935,7 +1030,7 @@ async fn create(
         api.store.create(&key, b)
     })
     .await?;
-    let obj = stamp(r, obj, rev);
+    let obj = r.stamp(obj, rev);
     Ok(respond(StatusCode::CREATED, obj, &warnings))
 }
 
@@ -1178,7 +1273,7 @@ async fn write_update(
             .release_dropped(api.store.as_ref(), &owner, &old["spec"], Some(&obj["spec"]))
             .await;
     }
-    let obj = stamp(r, obj, rev);
+    let obj = r.stamp(obj, rev);
     // Being deleted and no finalizer left: the delete completes now.
     let finalized = !obj["metadata"]["deletionTimestamp"].is_null()
         && obj["metadata"]["finalizers"]
@@ -1336,7 +1431,7 @@ async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiErr
                 .update(&cur.key, bytes, cur.mod_revision)
                 .await
                 .map_err(|e| ApiError::store(r, name, e))?;
-            obj = stamp(r, stored, rev);
+            obj = r.stamp(stored, rev);
         }
         return Ok((StatusCode::ACCEPTED, axum::Json(obj)).into_response());
     }

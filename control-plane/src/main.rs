@@ -11,6 +11,7 @@ mod resources;
 mod selector;
 mod serve;
 mod strategic;
+mod watch_cache;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -116,6 +117,8 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
         Arc::new(etcd::Etcd::connect(&cli.etcd_endpoints, etcd::Options::default()).await?)
     };
     api::ensure_system_namespaces(store.as_ref()).await?;
+    let cache =
+        watch_cache::WatchCache::start(store.clone(), watch_cache::Limits::default()).await?;
     let orphans = alloc.repair(store.as_ref()).await?;
     if orphans > 0 {
         tracing::info!(orphans, "released allocations no Service holds");
@@ -137,6 +140,7 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
     let app = serve::router(
         Arc::new(api::Api {
             store,
+            cache,
             listen: addr.to_string(),
             alloc,
         }),

@@ -81,6 +81,15 @@ impl Resource {
         format!("{}{name}", self.prefix(ns))
     }
 
+    /// An object as clients see it: typed, with the store revision of its
+    /// last write as resourceVersion.
+    pub fn stamp(&self, mut obj: Value, rev: i64) -> Value {
+        obj["apiVersion"] = serde_json::json!(self.api_version());
+        obj["kind"] = serde_json::json!(self.kind);
+        obj["metadata"]["resourceVersion"] = serde_json::json!(rev.to_string());
+        obj
+    }
+
     pub fn has(&self, sub: Sub) -> bool {
         self.subresources.contains(&sub)
     }

@@ -203,6 +203,32 @@ async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
         .expect("create");
     until(&store, "a create", |n| n == ["one", "three"]).await;
 
+    // A selector watch: leaving the selector is a DELETED, joining an ADDED.
+    let (picked, writer) = reflector::store::<ConfigMap>();
+    let stream = reflector(
+        writer,
+        watcher(cms.clone(), watcher::Config::default().labels("pick=yes")).default_backoff(),
+    )
+    .applied_objects();
+    let follow_picked = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let label = |v: &str| Patch::Merge(json!({"metadata": {"labels": {"pick": v}}}));
+    until(&picked, "an empty selection", |n| n.is_empty()).await;
+    cms.patch("three", &PatchParams::default(), &label("yes"))
+        .await
+        .expect("label");
+    until(&picked, "an object joining the selector", |n| {
+        n == ["three"]
+    })
+    .await;
+    cms.patch("three", &PatchParams::default(), &label("no"))
+        .await
+        .expect("label");
+    until(&picked, "an object leaving the selector", |n| n.is_empty()).await;
+    follow_picked.abort();
+
     tokio::task::block_in_place(|| s.restart());
     cms.create(&PostParams::default(), &cm("four", json!({})))
         .await

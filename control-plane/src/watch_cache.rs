@@ -1,0 +1,575 @@
+//! The watch cache: every served resource's objects in memory, fed by one
+//! store watch over the whole registry, so lists and watches cost the
+//! store nothing and N watchers cost one store watch.
+//!
+//! Consistency: one feeder task applies store events in revision order.
+//! Each event is applied to its resource's cache and the global revision
+//! is advanced *while that resource's lock is held*, so a reader holding a
+//! resource's lock sees its state at exactly the global revision it reads
+//! there. A list without a resourceVersion first waits for the cache to
+//! reach the store's current revision (read-your-writes, like upstream's
+//! consistent reads from cache); with one watch over every prefix that
+//! revision arrives as soon as the write is delivered.
+//!
+//! Each resource keeps a bounded history for watches that resume from a
+//! resourceVersion (older than the history: 410 Gone) and a broadcast
+//! channel for live events. A watcher that falls a channel's worth of
+//! events behind is cut off with 410 (it re-lists); the server never waits
+//! for a client.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use serde_json::Value;
+use sluice_store::{ListRequest, Store, StoreError, WatchEvent};
+use tokio::sync::{broadcast, watch};
+
+use crate::resources::{self, Resource};
+
+/// How much the cache remembers and tolerates.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Events kept per resource for watches resuming from a resourceVersion.
+    pub history: usize,
+    /// Live events a watcher may fall behind before it is cut off.
+    pub lag: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            history: 8192,
+            lag: 4096,
+        }
+    }
+}
+/// How long a request waits for the cache to reach a revision.
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// One change to one object, as every watcher of its resource sees it.
+#[derive(Debug)]
+pub enum Change {
+    /// `prev` is None for a create.
+    Put {
+        obj: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    },
+    /// `obj` is the last state, with the deletion's resourceVersion.
+    Delete { obj: Arc<Value> },
+    /// Nothing else happened to this resource up to `rev`.
+    Bookmark,
+}
+
+#[derive(Debug)]
+pub struct Event {
+    pub rev: i64,
+    pub change: Change,
+}
+
+#[derive(Default)]
+struct Inner {
+    objects: BTreeMap<String, Arc<Value>>,
+    history: VecDeque<Arc<Event>>,
+    /// Every event after this revision is in `history`.
+    covered_from: i64,
+}
+
+struct ResourceCache {
+    resource: &'static Resource,
+    inner: RwLock<Inner>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+pub struct WatchCache {
+    caches: Vec<ResourceCache>,
+    limits: Limits,
+    /// The revision every cache has caught up to.
+    revision: watch::Sender<i64>,
+    store: Arc<dyn Store>,
+}
+
+#[derive(Debug)]
+pub enum CacheError {
+    /// The requested revision is older than the cache remembers.
+    Gone {
+        requested: i64,
+        oldest: i64,
+    },
+    /// The cache did not reach the requested revision in time.
+    TooNew {
+        requested: i64,
+        current: i64,
+    },
+    Store(StoreError),
+}
+
+/// A consistent read of one resource.
+pub struct Listing {
+    pub revision: i64,
+    pub items: Vec<Arc<Value>>,
+    /// The key after the last item, when `limit` cut the list short.
+    pub next: Option<String>,
+}
+
+fn decode(r: &Resource, bytes: &[u8], rev: i64) -> Option<Arc<Value>> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) => Some(Arc::new(r.stamp(v, rev))),
+        Err(e) => {
+            tracing::error!(kind = r.kind, "stored object is not JSON: {e}");
+            None
+        }
+    }
+}
+
+impl WatchCache {
+    /// Lists the registry, fills every resource's cache and starts the
+    /// feeder (which runs as long as the returned handle lives).
+    pub async fn start(store: Arc<dyn Store>, limits: Limits) -> Result<Arc<Self>, StoreError> {
+        let caches = resources::RESOURCES
+            .iter()
+            .map(|resource| ResourceCache {
+                resource,
+                inner: RwLock::default(),
+                live: broadcast::channel(limits.lag.max(1)).0,
+            })
+            .collect();
+        let cache = Arc::new(Self {
+            caches,
+            limits,
+            revision: watch::channel(0).0,
+            store,
+        });
+        let rev = cache.relist().await?;
+        let feeder = Arc::downgrade(&cache);
+        tokio::spawn(async move { feed(feeder, rev).await });
+        Ok(cache)
+    }
+
+    fn cache_of(&self, r: &Resource) -> &ResourceCache {
+        self.caches
+            .iter()
+            .find(|c| std::ptr::eq(c.resource, r))
+            .unwrap_or(&self.caches[0])
+    }
+
+    fn cache_for_key(&self, key: &str) -> Option<&ResourceCache> {
+        self.caches
+            .iter()
+            .find(|c| key.starts_with(&c.resource.prefix(None)))
+    }
+
+    /// Replaces every cache with a fresh list of the store; changes since
+    /// the old contents go to live watchers as events at the list's
+    /// revision, and histories restart there (older resumes get 410).
+    async fn relist(&self) -> Result<i64, StoreError> {
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: "/registry/",
+                ..Default::default()
+            })
+            .await?;
+        let rev = page.revision;
+        let mut fresh: Vec<BTreeMap<String, Arc<Value>>> = vec![BTreeMap::new(); self.caches.len()];
+        for kv in page.kvs {
+            if let Some(i) = self
+                .caches
+                .iter()
+                .position(|c| kv.key.starts_with(&c.resource.prefix(None)))
+                && let Some(v) = decode(self.caches[i].resource, &kv.value, kv.mod_revision)
+            {
+                fresh[i].insert(kv.key, v);
+            }
+        }
+        for (c, objects) in self.caches.iter().zip(fresh) {
+            let mut inner = c.inner.write().unwrap_or_else(|p| p.into_inner());
+            let mut changes = Vec::new();
+            for (k, old) in &inner.objects {
+                if !objects.contains_key(k) {
+                    let mut gone = (**old).clone();
+                    gone["metadata"]["resourceVersion"] = Value::from(rev.to_string());
+                    changes.push(Change::Delete {
+                        obj: Arc::new(gone),
+                    });
+                }
+            }
+            for (k, new) in &objects {
+                match inner.objects.get(k) {
+                    Some(old) if old == new => {}
+                    prev => changes.push(Change::Put {
+                        obj: new.clone(),
+                        prev: prev.cloned(),
+                    }),
+                }
+            }
+            inner.objects = objects;
+            inner.history.clear();
+            inner.covered_from = rev;
+            for change in changes {
+                let _ = c.live.send(Arc::new(Event { rev, change }));
+            }
+            self.revision.send_replace(rev);
+        }
+        Ok(rev)
+    }
+
+    /// Applies one store event (the feeder's only job).
+    fn apply(&self, ev: WatchEvent) {
+        let rev = ev.revision();
+        let Some(key) = ev.key().map(str::to_string) else {
+            // Progress: every resource is quiet up to `rev`.
+            for c in &self.caches {
+                let _guard = c.inner.write().unwrap_or_else(|p| p.into_inner());
+                let _ = c.live.send(Arc::new(Event {
+                    rev,
+                    change: Change::Bookmark,
+                }));
+                self.revision.send_replace(rev);
+            }
+            return;
+        };
+        let Some(c) = self.cache_for_key(&key) else {
+            // Not a served resource (allocations): only the revision moves.
+            self.revision.send_replace(rev);
+            return;
+        };
+        let mut inner = c.inner.write().unwrap_or_else(|p| p.into_inner());
+        let change = match ev {
+            WatchEvent::Put { kv, .. } => match decode(c.resource, &kv.value, rev) {
+                Some(obj) => Change::Put {
+                    prev: inner.objects.insert(key, obj.clone()),
+                    obj,
+                },
+                None => {
+                    self.revision.send_replace(rev);
+                    return;
+                }
+            },
+            WatchEvent::Delete { .. } => match inner.objects.remove(&key) {
+                Some(old) => {
+                    let mut gone = (*old).clone();
+                    gone["metadata"]["resourceVersion"] = Value::from(rev.to_string());
+                    Change::Delete {
+                        obj: Arc::new(gone),
+                    }
+                }
+                None => {
+                    self.revision.send_replace(rev);
+                    return;
+                }
+            },
+            WatchEvent::Progress { .. } => return,
+        };
+        let event = Arc::new(Event { rev, change });
+        if inner.history.len() >= self.limits.history
+            && let Some(old) = inner.history.pop_front()
+        {
+            inner.covered_from = old.rev;
+        }
+        inner.history.push_back(event.clone());
+        let _ = c.live.send(event);
+        self.revision.send_replace(rev);
+    }
+
+    /// Waits until the cache has reached `rev`.
+    async fn reach(&self, rev: i64) -> Result<(), CacheError> {
+        let mut rx = self.revision.subscribe();
+        let current = *rx.borrow();
+        match tokio::time::timeout(FRESHNESS_WAIT, rx.wait_for(|r| *r >= rev)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(CacheError::TooNew {
+                requested: rev,
+                current,
+            }),
+        }
+    }
+
+    /// The revision a list must reflect: the store's current one when the
+    /// client asked for none ("" = most recent), else what it asked for.
+    pub async fn settle(&self, resource_version: Option<i64>) -> Result<(), CacheError> {
+        let rev = match resource_version {
+            Some(0) => return Ok(()),
+            Some(rev) => rev,
+            None => self
+                .store
+                .current_revision()
+                .await
+                .map_err(CacheError::Store)?,
+        };
+        self.reach(rev).await
+    }
+
+    /// The objects of `r` (in namespace `ns`) matching `wanted`, in key
+    /// order, from `start`, at most `limit` (0: all).
+    pub fn list(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        start: Option<&str>,
+        limit: usize,
+        wanted: &dyn Fn(&Value) -> bool,
+    ) -> Listing {
+        let c = self.cache_of(r);
+        let inner = c.inner.read().unwrap_or_else(|p| p.into_inner());
+        let revision = *self.revision.borrow();
+        let prefix = r.prefix(ns);
+        let from = start.unwrap_or(&prefix).to_string();
+        let mut items = Vec::new();
+        let mut next = None;
+        for (k, v) in inner.objects.range(from..) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if !wanted(v) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                next = Some(k.clone());
+                break;
+            }
+            items.push(v.clone());
+        }
+        Listing {
+            revision,
+            items,
+            next,
+        }
+    }
+
+    /// The current revision (what a list taken now reflects).
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    /// A watch on `r` from `after`: the current objects as a snapshot
+    /// (None: none) plus every later event, gap-free.
+    pub async fn watch(
+        &self,
+        r: &Resource,
+        after: Option<i64>,
+    ) -> Result<(Vec<Arc<Event>>, i64, broadcast::Receiver<Arc<Event>>), CacheError> {
+        if let Some(rev) = after {
+            self.reach(rev).await?;
+        }
+        let c = self.cache_of(r);
+        let inner = c.inner.read().unwrap_or_else(|p| p.into_inner());
+        let now = *self.revision.borrow();
+        let backlog = match after {
+            None => inner
+                .objects
+                .values()
+                .map(|obj| {
+                    Arc::new(Event {
+                        rev: now,
+                        change: Change::Put {
+                            obj: obj.clone(),
+                            prev: None,
+                        },
+                    })
+                })
+                .collect(),
+            Some(rev) if rev < inner.covered_from => {
+                return Err(CacheError::Gone {
+                    requested: rev,
+                    oldest: inner.covered_from,
+                });
+            }
+            Some(rev) => inner
+                .history
+                .iter()
+                .filter(|e| e.rev > rev)
+                .cloned()
+                .collect(),
+        };
+        Ok((backlog, after.unwrap_or(now), c.live.subscribe()))
+    }
+}
+
+/// The feeder: one store watch over the registry, re-listing when it
+/// breaks. Ends when the cache is dropped.
+async fn feed(cache: std::sync::Weak<WatchCache>, mut rev: i64) {
+    loop {
+        let Some(c) = cache.upgrade() else { return };
+        let stream = c.store.watch("/registry/", rev).await;
+        drop(c);
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("watch cache: store watch failed: {e}; re-listing");
+                rev = relist_later(&cache).await.unwrap_or(rev);
+                continue;
+            }
+        };
+        while let Some(ev) = stream.next().await {
+            let Some(c) = cache.upgrade() else { return };
+            match ev {
+                Ok(ev) => {
+                    rev = ev.revision();
+                    c.apply(ev);
+                }
+                Err(e) => {
+                    tracing::warn!("watch cache: store watch ended: {e}; re-listing");
+                    drop(c);
+                    rev = relist_later(&cache).await.unwrap_or(rev);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn relist_later(cache: &std::sync::Weak<WatchCache>) -> Option<i64> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = cache.upgrade()?;
+    match c.relist().await {
+        Ok(rev) => Some(rev),
+        Err(e) => {
+            tracing::warn!("watch cache: re-list failed: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sluice_store::embedded::{Embedded, Options};
+
+    use super::*;
+
+    fn cm(name: &str, v: &str) -> Vec<u8> {
+        serde_json::to_vec(
+            &json!({"metadata": {"name": name, "namespace": "ns"}, "data": {"v": v}}),
+        )
+        .expect("json")
+    }
+
+    const KEY: &str = "/registry/core/configmaps/ns/";
+
+    async fn setup(limits: Limits) -> (tempfile::TempDir, Arc<dyn Store>, Arc<WatchCache>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            Embedded::open(&dir.path().join("s.redb"), Options::default()).expect("store"),
+        );
+        store
+            .create(&format!("{KEY}a"), cm("a", "1"))
+            .await
+            .expect("create");
+        let cache = WatchCache::start(store.clone(), limits)
+            .await
+            .expect("cache");
+        (dir, store, cache)
+    }
+
+    fn configmaps() -> &'static Resource {
+        resources::find("", "v1", "configmaps").expect("configmaps")
+    }
+
+    fn names(l: &Listing) -> Vec<String> {
+        l.items
+            .iter()
+            .map(|o| {
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lists_read_their_writes_and_watches_resume_without_gaps() {
+        let (_dir, store, cache) = setup(Limits::default()).await;
+        let r = configmaps();
+        let all = |_: &Value| true;
+        let first = cache.list(r, Some("ns"), None, 0, &all);
+        assert_eq!(names(&first), ["a"]);
+        let rev_b = store
+            .create(&format!("{KEY}b"), cm("b", "1"))
+            .await
+            .expect("b");
+        store
+            .update(
+                &format!("{KEY}a"),
+                cm("a", "2"),
+                first.items[0]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("rv"),
+            )
+            .await
+            .expect("update a");
+        // A list with no resourceVersion reflects every acknowledged write.
+        cache.settle(None).await.expect("settle");
+        let now = cache.list(r, Some("ns"), None, 0, &all);
+        assert_eq!(names(&now), ["a", "b"]);
+        assert_eq!(now.items[0]["data"]["v"], "2");
+        // Paging: one item, then the rest from the continue key.
+        let page = cache.list(r, Some("ns"), None, 1, &all);
+        assert_eq!(names(&page), ["a"]);
+        let rest = cache.list(r, Some("ns"), page.next.as_deref(), 1, &all);
+        assert_eq!(names(&rest), ["b"]);
+        // Resuming at b's revision replays exactly the later update.
+        let (backlog, _, _) = cache.watch(r, Some(rev_b)).await.expect("watch");
+        assert_eq!(backlog.len(), 1);
+        assert!(
+            matches!(&backlog[0].change, Change::Put { obj, prev: Some(_) } if obj["data"]["v"] == "2")
+        );
+        // Older than the cache remembers: 410.
+        assert!(matches!(
+            cache.watch(r, Some(first.revision - 1)).await,
+            Err(CacheError::Gone { .. })
+        ));
+        // Far in the future: the wait gives up.
+        assert!(matches!(
+            cache.watch(r, Some(now.revision + 1000)).await,
+            Err(CacheError::TooNew { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_cut_off_and_others_carry_on() {
+        let (_dir, store, cache) = setup(Limits {
+            history: 64,
+            lag: 8,
+        })
+        .await;
+        let r = configmaps();
+        let (_, _, mut slow) = cache.watch(r, None).await.expect("slow watch");
+        let (_, _, mut keeping_up) = cache.watch(r, None).await.expect("watch");
+        let mut seen = 0;
+        for i in 0..20 {
+            store
+                .create(&format!("{KEY}x{i}"), cm(&format!("x{i}"), "1"))
+                .await
+                .expect("create");
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), keeping_up.recv()).await {
+                    Ok(Ok(ev)) if matches!(ev.change, Change::Put { .. }) => {
+                        seen += 1;
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    other => panic!("a reader that keeps up lost events: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(seen, 20);
+        assert!(matches!(
+            slow.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
+        // The history is bounded too: resuming before it is a 410.
+        let oldest = {
+            let c = cache.cache_of(r);
+            c.inner.read().map(|i| i.covered_from).unwrap_or_default()
+        };
+        assert!(matches!(
+            cache.watch(r, Some(oldest - 1)).await,
+            Err(CacheError::Gone { .. })
+        ));
+    }
+}
