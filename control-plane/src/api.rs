@@ -31,6 +31,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 pub struct Api {
     pub store: Arc<dyn Store>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub cache: Arc<WatchCache>,
     pub listen: String,
     pub alloc: Allocator,
@@ -324,10 +325,25 @@ pub async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match route(&api, &method, uri.path(), &q, &headers, body).await {
+    let started = std::time::Instant::now();
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let labels = crate::metrics::RequestLabels::of(&method, uri.path(), watch);
+    let resp = match route(&api, &method, uri.path(), &q, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
-    }
+    };
+    api.metrics
+        .observe(&labels, resp.status().as_u16(), started);
+    resp
+}
+
+/// GET /metrics.
+pub async fn metrics(State(api): State<Shared>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        api.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn route(
@@ -694,23 +710,25 @@ async fn watch_list(
             Change::Bookmark => None,
         }
     };
+    // Counted as an open watch until the stream is dropped.
+    let guard = api.metrics.watch_opened(r.plural);
     let stream = futures::stream::unfold(
-        (backlog.into_iter(), live, to_line, false),
-        |(mut backlog, mut live, mut to_line, done)| async move {
+        (backlog.into_iter(), live, to_line, false, guard),
+        |(mut backlog, mut live, mut to_line, done, guard)| async move {
             if done {
                 return None;
             }
             loop {
                 if let Some(ev) = backlog.next() {
                     if let Some(line) = to_line(&ev) {
-                        return Some((line, (backlog, live, to_line, false)));
+                        return Some((line, (backlog, live, to_line, false, guard)));
                     }
                     continue;
                 }
                 match live.recv().await {
                     Ok(ev) => {
                         if let Some(line) = to_line(&ev) {
-                            return Some((line, (backlog, live, to_line, false)));
+                            return Some((line, (backlog, live, to_line, false, guard)));
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -721,7 +739,7 @@ async fn watch_list(
                         );
                         return Some((
                             watch_line("ERROR", &e.status()),
-                            (backlog, live, to_line, true),
+                            (backlog, live, to_line, true, guard),
                         ));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,

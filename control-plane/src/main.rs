@@ -5,6 +5,7 @@ mod admission;
 mod alloc;
 mod api;
 mod decode;
+mod metrics;
 mod openapi;
 mod pki;
 mod resources;
@@ -116,6 +117,11 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
     } else {
         Arc::new(etcd::Etcd::connect(&cli.etcd_endpoints, etcd::Options::default()).await?)
     };
+    let metrics = metrics::Metrics::new()?;
+    let store: Arc<dyn Store> = Arc::new(metrics::MeteredStore {
+        inner: store,
+        metrics: metrics.clone(),
+    });
     api::ensure_system_namespaces(store.as_ref()).await?;
     let cache =
         watch_cache::WatchCache::start(store.clone(), watch_cache::Limits::default()).await?;
@@ -140,6 +146,7 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
     let app = serve::router(
         Arc::new(api::Api {
             store,
+            metrics,
             cache,
             listen: addr.to_string(),
             alloc,

@@ -33,6 +33,7 @@ pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
         .route("/api/{*rest}", any(api::dispatch))
         .route("/apis", any(api::dispatch))
         .route("/apis/{*rest}", any(api::dispatch))
+        .route("/metrics", get(api::metrics))
         .route("/openapi/v2", get(openapi::v2))
         .route("/openapi/v3", get(openapi::v3_root))
         .route("/openapi/v3/{*rest}", get(openapi::v3_group_version))

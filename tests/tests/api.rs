@@ -142,6 +142,17 @@ fn round_trip(s: &ApiServer) {
     watch.wait_for_line("initial state", Duration::from_secs(10), |l| {
         l.contains("\"fast\"")
     });
+    // /metrics counts requests by verb/resource/code, open watches, and
+    // store operations.
+    let metrics = s.kubectl_ok(&["get", "--raw", "/metrics"]);
+    for want in [
+        r#"apiserver_request_total{code="201",resource="configmaps",subresource="",verb="POST"} 1"#,
+        r#"apiserver_registered_watchers{resource="configmaps"} 1"#,
+        r#"sluice_store_request_duration_seconds_count{operation="create",result="ok"}"#,
+        r#"apiserver_request_duration_seconds_bucket{resource="deployments",subresource="",verb="GET""#,
+    ] {
+        assert!(metrics.contains(want), "no {want} in\n{metrics}");
+    }
 
     // replace = PUT; the object changes, resourceVersion moves on.
     let changed = write(
