@@ -2,11 +2,26 @@
 //! optionally on an etcd cluster; stopped by PID on drop. `kubectl` runs
 //! against it with the admin kubeconfig the server writes.
 use std::{
+    path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use crate::{Daemon, NetNs, bin, command_in, free_port, topology::TempDir};
+
+/// Debian's kubectl 1.20 (an old client: OpenAPI v2 only, no server-side
+/// field validation), extracted under the target dir by `cargo xtask
+/// bootstrap`.
+pub fn old_kubectl() -> PathBuf {
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/kubectl-1.20/usr/bin/kubectl");
+    assert!(
+        p.is_file(),
+        "{} not found: run `cargo xtask bootstrap` (or `cargo xtask test`)",
+        p.display()
+    );
+    p
+}
 
 /// Field order matters for Drop: the server stops before its data dir goes.
 pub struct ApiServer {
@@ -92,6 +107,20 @@ impl ApiServer {
         self.data.0.join("admin.kubeconfig")
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
+    }
+
+    /// A kube-rs client with the admin credentials.
+    pub async fn client(&self) -> kube::Client {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let kc = Kubeconfig::read_from(self.kubeconfig()).expect("admin.kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kube config from admin.kubeconfig");
+        kube::Client::try_from(config).expect("kube client")
+    }
+
     /// The credentials agents use.
     pub fn node_kubeconfig(&self) -> std::path::PathBuf {
         self.data.0.join("node.kubeconfig")
@@ -99,9 +128,14 @@ impl ApiServer {
 
     /// `kubectl ARGS` (the machine's kubectl) against this server.
     pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_bin(Path::new("kubectl"), args)
+    }
+
+    /// Like [`Self::kubectl`] with another kubectl binary.
+    pub fn kubectl_bin(&self, kubectl: &Path, args: &[&str]) -> Output {
         match &self.netns {
-            Some(ns) => command_in(ns, "kubectl"),
-            None => Command::new("kubectl"),
+            Some(ns) => command_in(ns, kubectl),
+            None => Command::new(kubectl),
         }
         .arg("--kubeconfig")
         .arg(self.kubeconfig())

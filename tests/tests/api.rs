@@ -11,7 +11,12 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_tests::{Daemon, api_server::ApiServer, etcd::EtcdCluster, topology::TempDir};
+use sluice_tests::{
+    Daemon,
+    api_server::{ApiServer, old_kubectl},
+    etcd::EtcdCluster,
+    topology::TempDir,
+};
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -741,6 +746,67 @@ fn allocation(s: &ApiServer) {
     }
 }
 
+/// Debian's kubectl 1.20 (OpenAPI v2 only, no server-side validation):
+/// apply with its default validation, apply a change keeping a sidecar,
+/// scale, get, delete.
+fn old_client(s: &ApiServer) {
+    let old = old_kubectl();
+    let run = |args: &[&str]| {
+        let out = s.kubectl_bin(&old, args);
+        assert!(
+            out.status.success(),
+            "kubectl 1.20 {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let version = run(&["version", "--client", "--short"]);
+    assert!(version.contains("v1.20"), "{version}");
+    let files = TempDir::new();
+    let all = write(&files, "all.yaml", &MANIFEST.replace("team", "old-team"));
+    let out = run(&["apply", "-f", &all]);
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    s.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "old-team",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"logger","image":"log:v1"}]}}}}"#,
+    ]);
+    let changed = write(
+        &files,
+        "all.yaml",
+        &MANIFEST.replace("team", "old-team").replace(
+            "image: busybox\n      - name: sidecar",
+            "image: busybox:1.36\n      - name: sidecar",
+        ),
+    );
+    let out = run(&["apply", "-f", &changed]);
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    run(&["scale", "deploy", "web", "-n", "old-team", "--replicas=3"]);
+    let d = json(&run(&[
+        "get", "deploy", "web", "-n", "old-team", "-o", "json",
+    ]));
+    let names: Vec<&str> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web", "sidecar", "logger"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:1.36"
+    );
+    assert_eq!(d["spec"]["replicas"], 3);
+    run(&["delete", "-f", &all, "--ignore-not-found"]);
+    let out = s.kubectl(&["get", "ns", "old-team"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
 #[test]
 fn kubectl_round_trip_on_the_embedded_store() {
     let s = ApiServer::start(&[]);
@@ -750,6 +816,7 @@ fn kubectl_round_trip_on_the_embedded_store() {
     validation(&s);
     subresources(&s);
     allocation(&s);
+    old_client(&s);
     // Credentials are private to the owner.
     use std::os::unix::fs::PermissionsExt as _;
     for f in [
@@ -776,4 +843,5 @@ fn kubectl_round_trip_on_etcd() {
     validation(&s);
     subresources(&s);
     allocation(&s);
+    old_client(&s);
 }

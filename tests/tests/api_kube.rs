@@ -7,21 +7,12 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
 use serde_json::json;
 use sluice_tests::api_server::ApiServer;
-
-async fn client(s: &ApiServer) -> Client {
-    let kc = Kubeconfig::read_from(s.kubeconfig()).expect("admin.kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kube config");
-    Client::try_from(config).expect("kube client")
-}
 
 fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
     serde_json::from_value(json!({
@@ -62,7 +53,7 @@ async fn until(store: &reflector::Store<ConfigMap>, what: &str, pred: impl Fn(&[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
     let mut s = ApiServer::start(&[]);
-    let cms: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
 
     // create / get / list with a selector
     let made = cms

@@ -11,16 +11,17 @@ use crate::{
 
 pub fn run(env: &Env, args: &[String]) -> anyhow::Result<()> {
     let Some((what, rest)) = args.split_first() else {
-        bail!("which benchmark? available: lb, cni, store");
+        bail!("which benchmark? available: lb, cni, store, api");
     };
     let bin = match what.as_str() {
         "lb" => "sluice-lb-bench",
         "cni" => "sluice-cni-bench",
         "store" => "sluice-store-bench",
-        other => bail!("unknown benchmark {other:?}; available: lb, cni, store"),
+        "api" => "sluice-api-bench",
+        other => bail!("unknown benchmark {other:?}; available: lb, cni, store, api"),
     };
-    // The store benchmark is files and loopback only.
-    if what != "store" && !cmd::is_root() {
+    // The store and API benchmarks are files and loopback only.
+    if !matches!(what.as_str(), "store" | "api") && !cmd::is_root() {
         bail!("bench {what} needs root (network namespaces, cgroups, eBPF, iptables)");
     }
     let bin_dir = build::run(env)?;

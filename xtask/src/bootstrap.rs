@@ -40,6 +40,7 @@ pub fn run() -> anyhow::Result<Env> {
     let t0 = Instant::now();
     apt_packages(&env)?;
     kubectl(&env)?;
+    old_kubectl(&env)?;
     nightly_toolchain(&env)?;
     rustup_component(&env, Some("nightly"), "rust-src")?;
     // The active toolchain (what `cargo` runs) lints and formats.
@@ -124,6 +125,42 @@ fn kubectl(env: &Env) -> anyhow::Result<()> {
                     "kubernetes-client",
                 ]),
         )
+    })
+}
+
+/// Where the old-client tests find Debian's kubectl 1.20: extracted
+/// under the target dir (not installed: it would replace /usr/bin/kubectl).
+pub const OLD_KUBECTL: &str = "tools/kubectl-1.20/usr/bin/kubectl";
+
+/// The API tests also drive Debian's kubectl 1.20 (an old client: OpenAPI
+/// v2 only, no server-side field validation). `apt-get download` and
+/// `dpkg-deb -x` need no root.
+fn old_kubectl(env: &Env) -> anyhow::Result<()> {
+    let bin = env.target_dir.join(OLD_KUBECTL);
+    step("kubectl 1.20 (extracted)", bin.is_file(), || {
+        let root = env.target_dir.join("tools/kubectl-1.20");
+        let download = env.target_dir.join("tools/download");
+        std::fs::create_dir_all(&download)?;
+        cmd::run(env.command("apt-get").current_dir(&download).args([
+            "download",
+            "-q",
+            "kubernetes-client",
+        ]))?;
+        let deb = std::fs::read_dir(&download)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("kubernetes-client_") && n.ends_with(".deb"))
+            })
+            .context("apt-get download left no kubernetes-client .deb")?;
+        cmd::run(env.command("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        std::fs::remove_dir_all(&download)?;
+        if !bin.is_file() {
+            bail!("{} is not in the kubernetes-client package", bin.display());
+        }
+        Ok(())
     })
 }
 

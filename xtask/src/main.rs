@@ -40,7 +40,8 @@ enum Command {
     Install,
     /// Benchmarks: `bench lb [--services 1,1000,10000] ...` (service load balancing vs
     /// direct, iptables and IPVS), `bench cni [--adds 100]` (sluice-cni vs bridge +
-    /// host-local), `bench store [--ops 2000]` (embedded store vs etcd); reports in
+    /// host-local), `bench store [--ops 2000]` (embedded store vs etcd), `bench api [--pods 10000]`
+    /// (sluice-server on both stores); reports in
     /// target/bench/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
