@@ -19,7 +19,7 @@ use crate::{
     alloc::{AllocError, Allocator, Claims},
     resources::{self, Resource, Sub},
     selector::Selector,
-    watch_cache::{CacheError, WatchCache},
+    watch_cache::{CacheError, Cached, SUMMARY_FIELDS, WatchCache},
 };
 
 /// Kubernetes version reported by /version (kubectl's skew check).
@@ -508,21 +508,40 @@ fn decode_continue(tok: &str) -> Result<(i64, String), ApiError> {
 }
 
 /// The list/watch filter from `labelSelector` and `fieldSelector`.
-fn selectors(
-    q: &HashMap<String, String>,
-) -> Result<impl Fn(&Value) -> bool + Clone + Send + Sync + use<>, ApiError> {
-    let parse =
-        |key: &str, f: fn(&str) -> Result<Selector, String>| -> Result<Selector, ApiError> {
-            match q.get(key) {
-                Some(s) => f(s).map_err(|e| ApiError::bad_request(format!("{key}: {e}"))),
-                None => Ok(Selector::default()),
-            }
-        };
-    let (labels, fields) = (
-        parse("labelSelector", Selector::labels)?,
-        parse("fieldSelector", Selector::fields)?,
-    );
-    Ok(move |obj: &Value| labels.matches(obj) && fields.matches(obj))
+#[derive(Clone, Default)]
+struct Filter {
+    labels: Selector,
+    fields: Selector,
+}
+
+impl Filter {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let parse =
+            |key: &str, f: fn(&str) -> Result<Selector, String>| -> Result<Selector, ApiError> {
+                match q.get(key) {
+                    Some(s) => f(s).map_err(|e| ApiError::bad_request(format!("{key}: {e}"))),
+                    None => Ok(Selector::default()),
+                }
+            };
+        Ok(Self {
+            labels: parse("labelSelector", Selector::labels)?,
+            fields: parse("fieldSelector", Selector::fields)?,
+        })
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(obj) && self.fields.matches(obj)
+    }
+
+    /// A cached object is judged on its summary unless a field selector
+    /// reads beyond it.
+    fn matches_cached(&self, c: &Cached) -> bool {
+        if self.fields.reads_only(SUMMARY_FIELDS) {
+            self.matches(&c.summary)
+        } else {
+            self.labels.matches(&c.summary) && self.fields.matches(&c.value())
+        }
+    }
 }
 
 /// The `resourceVersion` query parameter: None when absent or empty.
@@ -548,7 +567,8 @@ async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<R
             .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
         None => 0,
     };
-    let wanted = selectors(q)?;
+    let filter = Filter::from_query(q)?;
+    let wanted = |c: &Cached| filter.matches_cached(c);
     let rv = resource_version(q)?;
     let exact = q.get("resourceVersionMatch").is_some_and(|m| m == "Exact");
     let (at, start) = match q.get("continue").filter(|c| !c.is_empty()) {
@@ -607,8 +627,8 @@ async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<R
                 .map(|kv| served(r, kv))
                 .collect::<Result<Vec<_>, _>>()?
                 .into_iter()
-                .filter(|o| wanted(o))
-                .map(Arc::new)
+                .filter(|o| filter.matches(o))
+                .map(|o| Arc::new(Cached::new(&o)))
                 .collect();
             let next = if page.more {
                 page.kvs.last().map(|kv| format!("{}\0", kv.key))
@@ -634,14 +654,24 @@ async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<R
         if i > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, item.as_ref())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        out.extend_from_slice(&item.json);
     }
     out.extend_from_slice(b"]}");
     Ok(Response::builder()
         .header("content-type", "application/json")
         .body(Body::from(out))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// A watch event around an object's already-serialized JSON.
+fn watch_line_raw(kind: &str, json: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(json.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(json);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 fn watch_line(kind: &str, obj: &Value) -> Bytes {
@@ -662,12 +692,12 @@ async fn watch_list(
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
-    let selected = selectors(q)?;
+    let filter = Filter::from_query(q)?;
     let ns = t.namespace.clone();
-    let wanted = move |o: &Value| {
+    let wanted = move |c: &Cached| {
         ns.as_deref()
-            .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
-            && selected(o)
+            .is_none_or(|ns| c.summary["metadata"]["namespace"].as_str() == Some(ns))
+            && filter.matches_cached(c)
     };
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let timeout = q
@@ -695,9 +725,9 @@ async fn watch_list(
                     (true, false) => "DELETED",
                     (false, false) => return None,
                 };
-                Some(watch_line(kind, obj))
+                Some(watch_line_raw(kind, &obj.json))
             }
-            Change::Delete { obj } if wanted(obj) => Some(watch_line("DELETED", obj)),
+            Change::Delete { obj } if wanted(obj) => Some(watch_line_raw("DELETED", &obj.json)),
             Change::Delete { .. } => None,
             Change::Bookmark if bookmarks && last_bookmark.elapsed() >= BOOKMARK_EVERY => {
                 last_bookmark = tokio::time::Instant::now();
@@ -1471,12 +1501,12 @@ async fn delete_collection(
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
-    let wanted = selectors(q)?;
+    let filter = Filter::from_query(q)?;
     let page = list_all(api, r, t.namespace.as_deref()).await?;
     let mut items = Vec::new();
     for kv in &page.kvs {
         let obj = served(r, kv)?;
-        if !wanted(&obj) {
+        if !filter.matches(&obj) {
             continue;
         }
         let name = obj["metadata"]["name"]
@@ -1519,6 +1549,31 @@ pub async fn ensure_system_namespaces(store: &dyn Store) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_objects_filter_like_whole_ones() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "n", "labels": {"app": "web"}},
+                         "spec": {"nodeName": "n1", "restartPolicy": "Never"}});
+        let c = Cached::new(&pod);
+        let q = |l: &str, f: &str| {
+            let mut q = HashMap::new();
+            q.insert("labelSelector".to_string(), l.to_string());
+            q.insert("fieldSelector".to_string(), f.to_string());
+            Filter::from_query(&q).expect("valid")
+        };
+        for (l, f, want) in [
+            ("app=web", "spec.nodeName=n1", true),
+            ("app=web", "spec.nodeName=n2", false),
+            ("app!=web", "", false),
+            // Beyond the summary: read from the full object.
+            ("", "spec.restartPolicy=Never", true),
+            ("", "spec.restartPolicy=Always", false),
+        ] {
+            let filter = q(l, f);
+            assert_eq!(filter.matches_cached(&c), want, "{l} {f}");
+            assert_eq!(filter.matches(&pod), want, "{l} {f}");
+        }
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_reject_junk() {

@@ -99,6 +99,20 @@ impl Selector {
         }
     }
 
+    /// Whether every path this selector reads is one of `paths` (always,
+    /// for label selectors).
+    pub fn reads_only(&self, paths: &[&str]) -> bool {
+        !self.fields
+            || self.reqs.iter().all(|r| match r {
+                Req::Eq(k, _)
+                | Req::Ne(k, _)
+                | Req::In(k, _)
+                | Req::NotIn(k, _)
+                | Req::Exists(k)
+                | Req::Absent(k) => paths.contains(&k.as_str()),
+            })
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.reqs.iter().all(|r| match r {
             Req::Eq(k, v) => self.value(obj, k).as_deref() == Some(v.as_str()),

@@ -90,6 +90,11 @@ pub async fn serve(listener: TcpListener, pki: &Pki, app: Router) -> anyhow::Res
                 continue;
             }
         };
+        // Watch events are small writes that must leave at once; with
+        // Nagle they wait for the client's delayed ACK (up to 40 ms).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, "TCP_NODELAY: {e}");
+        }
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
