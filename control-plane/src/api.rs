@@ -420,6 +420,13 @@ async fn route(
     }
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     let fv = FieldValidation::from_query(q)?;
+    // Create/update/bind bodies may come as JSON or YAML; from here on
+    // they are JSON.
+    let body = if matches!(*method, Method::POST | Method::PUT) {
+        json_body(headers, body)?
+    } else {
+        body
+    };
     match (method.clone(), &t.name, t.sub) {
         (Method::GET, None, _) if watch => watch_list(api, &t, q).await,
         (Method::GET, None, _) => list(api, &t, q).await,
@@ -784,6 +791,32 @@ async fn watch_list(
         .header("content-type", "application/json")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// A POST/PUT body as JSON: JSON as sent (also with no or a wildcard
+/// content type), YAML converted; protobuf and anything else is 415.
+fn json_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match ct.split(';').next().unwrap_or("").trim() {
+        "" | "*/*" | "application/json" => Ok(body),
+        "application/yaml" => {
+            let v: Value = serde_yaml::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("malformed YAML body: {e}")))?;
+            serde_json::to_vec(&v)
+                .map(Bytes::from)
+                .map_err(|e| ApiError::bad_request(format!("YAML body is not JSON-shaped: {e}")))
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format {other:?}: sluice-server accepts application/json and application/yaml (not protobuf yet)"
+            ),
+        )),
+    }
 }
 
 /// What `fieldValidation` asks of fields the type does not know (and

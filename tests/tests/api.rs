@@ -94,7 +94,7 @@ fn json(s: &str) -> Value {
 fn round_trip(s: &ApiServer) {
     let files = TempDir::new();
     let all = write(&files, "all.yaml", MANIFEST);
-    let out = s.kubectl_ok(&["create", "-f", &all]);
+    let out = s.kubectl_ok(&["apply", "-f", &all]);
     for created in [
         "namespace/team created",
         "configmap/settings created",
@@ -544,7 +544,7 @@ fn validation(s: &ApiServer) {
         ),
     ] {
         let f = write(&files, file, body);
-        refused(s, &["apply", "-f", &f], field);
+        refused(s, &["apply", "--validate=strict", "-f", &f], field);
     }
     for (kind, name) in [
         ("svc", "badport"),

@@ -171,6 +171,40 @@ async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
         422
     );
 
+    // Bodies may be YAML; protobuf is refused with 415, storing nothing.
+    let raw = |ct: &str, body: &str| {
+        http::Request::post("/api/v1/namespaces/default/configmaps")
+            .header("content-type", ct)
+            .body(body.as_bytes().to_vec())
+            .expect("request")
+    };
+    let client = cms.clone().into_client();
+    client
+        .request_text(raw(
+            "application/yaml",
+            "metadata:\n  name: from-yaml\ndata:\n  k: v\n",
+        ))
+        .await
+        .expect("a YAML body");
+    assert_eq!(
+        cms.get("from-yaml")
+            .await
+            .expect("stored")
+            .data
+            .and_then(|d| d.get("k").cloned()),
+        Some("v".to_string())
+    );
+    let e = client
+        .request_text(raw("application/yaml", "metadata: [unclosed\n"))
+        .await
+        .expect_err("malformed YAML");
+    assert_eq!(code(e), 400);
+    let e = client
+        .request_text(raw("application/vnd.kubernetes.protobuf", "k8s\0"))
+        .await
+        .expect_err("protobuf");
+    assert_eq!(code(e), 415);
+
     // delete, then 404
     cms.delete("two", &DeleteParams::default())
         .await
@@ -188,11 +222,11 @@ async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
         let mut stream = std::pin::pin!(stream);
         while stream.next().await.is_some() {}
     });
-    until(&store, "the initial list", |n| n == ["one"]).await;
+    until(&store, "the initial list", |n| n == ["from-yaml", "one"]).await;
     cms.create(&PostParams::default(), &cm("three", json!({})))
         .await
         .expect("create");
-    until(&store, "a create", |n| n == ["one", "three"]).await;
+    until(&store, "a create", |n| n == ["from-yaml", "one", "three"]).await;
 
     // A selector watch: leaving the selector is a DELETED, joining an ADDED.
     let (picked, writer) = reflector::store::<ConfigMap>();
@@ -228,7 +262,7 @@ async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
         .await
         .expect("delete after restart");
     until(&store, "changes after the restart", |n| {
-        n == ["four", "three"]
+        n == ["four", "from-yaml", "three"]
     })
     .await;
     follow.abort();
