@@ -428,9 +428,11 @@ async fn route(
         body
     };
     match (method.clone(), &t.name, t.sub) {
-        (Method::GET, None, _) if watch => watch_list(api, &t, q).await,
-        (Method::GET, None, _) => list(api, &t, q).await,
-        (Method::GET, Some(name), None | Some(Sub::Status)) => get(api, &t, name).await,
+        (Method::GET, None, _) if watch => watch_list(api, &t, q, as_table(headers)).await,
+        (Method::GET, None, _) => list(api, &t, q, as_table(headers)).await,
+        (Method::GET, Some(name), None | Some(Sub::Status)) => {
+            get(api, &t, name, as_table(headers), q).await
+        }
         (Method::GET, Some(name), Some(Sub::Scale)) => {
             let kv = current(api, &t, name).await?;
             Ok(axum::Json(scale_view(&served(t.resource, &kv)?)).into_response())
@@ -494,9 +496,29 @@ async fn current(api: &Shared, t: &Target, name: &str) -> Result<sluice_store::K
     }
 }
 
-async fn get(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiError> {
+/// Whether the client asked for server-side printing.
+fn as_table(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::table::wanted)
+}
+
+async fn get(
+    api: &Shared,
+    t: &Target,
+    name: &str,
+    table: bool,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
     let kv = current(api, t, name).await?;
-    Ok(axum::Json(served(t.resource, &kv)?).into_response())
+    let obj = served(t.resource, &kv)?;
+    if table {
+        let include = q.get("includeObject").map(String::as_str);
+        let t = crate::table::table(t.resource, &[obj], kv.mod_revision, include);
+        return Ok(axum::Json(t).into_response());
+    }
+    Ok(axum::Json(obj).into_response())
 }
 
 /// `continue` tokens: the list revision and the next key, opaque to clients.
@@ -565,7 +587,12 @@ fn resource_version(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError
 /// LIST. Served from the watch cache, except an exact older revision
 /// (`resourceVersionMatch=Exact`) or a page whose revision the cache has
 /// moved past, which the store reads at that revision.
-async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+async fn list(
+    api: &Shared,
+    t: &Target,
+    q: &HashMap<String, String>,
+    table: bool,
+) -> Result<Response, ApiError> {
     let r = t.resource;
     let prefix = r.prefix(t.namespace.as_deref());
     let limit = match q.get("limit") {
@@ -649,6 +676,13 @@ async fn list(api: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<R
     if let Some(next) = next {
         meta["continue"] = json!(encode_continue(revision, &next));
     }
+    if table {
+        let objects: Vec<Value> = items.iter().map(|c| c.value()).collect();
+        let include = q.get("includeObject").map(String::as_str);
+        let mut t = crate::table::table(r, &objects, revision, include);
+        t["metadata"] = meta;
+        return Ok(axum::Json(t).into_response());
+    }
     // Written out item by item: a 10 000-pod list is not copied into one
     // big Value first.
     let mut out = serde_json::to_vec(&json!({
@@ -697,6 +731,7 @@ async fn watch_list(
     api: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    table: bool,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let filter = Filter::from_query(q)?;
@@ -721,6 +756,22 @@ async fn watch_list(
         .map_err(|e| ApiError::cache(r, e))?;
     let (kind, api_version) = (r.kind, r.api_version());
     let mut last_bookmark = tokio::time::Instant::now();
+    // With server-side printing each event carries a one-row Table; only
+    // the first one defines the columns, as upstream sends them.
+    let include = q.get("includeObject").cloned();
+    let mut header_sent = false;
+    let mut event = move |kind: &str, obj: &Cached| -> Bytes {
+        if !table {
+            return watch_line_raw(kind, &obj.json);
+        }
+        let mut t = crate::table::table(r, &[obj.value()], 0, include.as_deref());
+        t["metadata"] = json!({});
+        if header_sent {
+            t["columnDefinitions"] = json!([]);
+        }
+        header_sent = true;
+        watch_line(kind, &t)
+    };
     let to_line = move |ev: &crate::watch_cache::Event| -> Option<Bytes> {
         use crate::watch_cache::Change;
         match &ev.change {
@@ -732,9 +783,9 @@ async fn watch_list(
                     (true, false) => "DELETED",
                     (false, false) => return None,
                 };
-                Some(watch_line_raw(kind, &obj.json))
+                Some(event(kind, obj))
             }
-            Change::Delete { obj } if wanted(obj) => Some(watch_line_raw("DELETED", &obj.json)),
+            Change::Delete { obj } if wanted(obj) => Some(event("DELETED", obj)),
             Change::Delete { .. } => None,
             Change::Bookmark if bookmarks && last_bookmark.elapsed() >= BOOKMARK_EVERY => {
                 last_bookmark = tokio::time::Instant::now();

@@ -12,6 +12,7 @@ mod resources;
 mod selector;
 mod serve;
 mod strategic;
+mod table;
 mod watch_cache;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};

@@ -122,8 +122,37 @@ fn round_trip(s: &ApiServer) {
     );
     let yaml = s.kubectl_ok(&["get", "svc", "web", "-n", "team", "-o", "yaml"]);
     assert!(yaml.contains("targetPort: 8080"), "{yaml}");
+    // Server-side printing: upstream's columns.
     let wide = s.kubectl_ok(&["get", "deploy", "-n", "team", "-o", "wide"]);
-    assert!(wide.contains("web"), "{wide}");
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR",
+            "AGE"
+        ],
+        "{wide}"
+    );
+    assert!(
+        wide.contains("web,sidecar") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let svc = s.kubectl_ok(&["get", "svc", "web", "-n", "team"]);
+    assert!(
+        svc.starts_with("NAME") && svc.contains("CLUSTER-IP") && svc.contains("80/TCP"),
+        "{svc}"
+    );
     let secret = json(&s.kubectl_ok(&["get", "secret", "token", "-n", "team", "-o", "json"]));
     assert_eq!(
         secret["data"]["key"], "czNjcmV0",

@@ -1,0 +1,464 @@
+//! Server-side printing (`Accept: application/json;as=Table;g=meta.k8s.io;
+//! v=v1`), what `kubectl get` asks for: the columns upstream prints for
+//! the kinds people look at most, NAME and AGE for the rest. `-o wide`
+//! shows the priority-1 columns.
+use serde_json::{Value, json};
+
+use crate::resources::Resource;
+
+/// Whether the client asked for a Table (kubectl get without -o json/yaml).
+pub fn wanted(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
+}
+
+struct Column {
+    name: &'static str,
+    priority: u8,
+    cell: fn(&Value) -> Value,
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn or_none(v: String) -> Value {
+    Value::from(if v.is_empty() { "<none>".into() } else { v })
+}
+
+fn count(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+/// Upstream's HumanDuration for the AGE column.
+pub fn age(created: &Value) -> Value {
+    let Some(t) = created
+        .as_str()
+        .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+    else {
+        return Value::from("<unknown>");
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds();
+    Value::from(human(secs))
+}
+
+fn human(secs: i64) -> String {
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    match secs {
+        s if s < 0 => "<invalid>".into(),
+        s if s < 120 => format!("{s}s"),
+        _ if m < 10 => match secs % 60 {
+            0 => format!("{m}m"),
+            s => format!("{m}m{s}s"),
+        },
+        _ if h < 3 => format!("{m}m"),
+        _ if h < 8 => match m % 60 {
+            0 => format!("{h}h"),
+            mm => format!("{h}h{mm}m"),
+        },
+        _ if h < 48 => format!("{h}h"),
+        _ if h < 24 * 8 => match h % 24 {
+            0 => format!("{d}d"),
+            hh => format!("{d}d{hh}h"),
+        },
+        _ if h < 24 * 365 * 2 => format!("{d}d"),
+        _ => format!("{}y", d / 365),
+    }
+}
+
+fn name(o: &Value) -> Value {
+    o["metadata"]["name"].clone()
+}
+
+fn age_of(o: &Value) -> Value {
+    age(&o["metadata"]["creationTimestamp"])
+}
+
+fn map_len(v: &Value) -> usize {
+    v.as_object().map_or(0, |m| m.len())
+}
+
+fn labels(sel: &Value) -> String {
+    sel.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", s(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn containers(o: &Value, field: &str) -> String {
+    o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| s(&c[field]))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn columns(kind: &str) -> Vec<Column> {
+    let mut cols = vec![Column {
+        name: "Name",
+        priority: 0,
+        cell: name,
+    }];
+    let extra: Vec<Column> = match kind {
+        "Pod" => vec![
+            Column {
+                name: "Ready",
+                priority: 0,
+                cell: |o| {
+                    let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+                    let ready = o["status"]["containerStatuses"]
+                        .as_array()
+                        .map_or(0, |c| c.iter().filter(|c| c["ready"] == true).count());
+                    Value::from(format!("{ready}/{total}"))
+                },
+            },
+            Column {
+                name: "Status",
+                priority: 0,
+                cell: |o| {
+                    let reason = s(&o["status"]["reason"]);
+                    if !o["metadata"]["deletionTimestamp"].is_null() {
+                        Value::from("Terminating")
+                    } else if !reason.is_empty() {
+                        Value::from(reason)
+                    } else {
+                        or_none(s(&o["status"]["phase"]))
+                    }
+                },
+            },
+            Column {
+                name: "Restarts",
+                priority: 0,
+                cell: |o| {
+                    Value::from(o["status"]["containerStatuses"].as_array().map_or(0, |c| {
+                        c.iter().map(|c| count(&c["restartCount"])).sum::<i64>()
+                    }))
+                },
+            },
+            Column {
+                name: "IP",
+                priority: 1,
+                cell: |o| or_none(s(&o["status"]["podIP"])),
+            },
+            Column {
+                name: "Node",
+                priority: 1,
+                cell: |o| or_none(s(&o["spec"]["nodeName"])),
+            },
+        ],
+        "Deployment" => vec![
+            Column {
+                name: "Ready",
+                priority: 0,
+                cell: |o| {
+                    Value::from(format!(
+                        "{}/{}",
+                        count(&o["status"]["readyReplicas"]),
+                        count(&o["spec"]["replicas"])
+                    ))
+                },
+            },
+            Column {
+                name: "Up-to-date",
+                priority: 0,
+                cell: |o| Value::from(count(&o["status"]["updatedReplicas"])),
+            },
+            Column {
+                name: "Available",
+                priority: 0,
+                cell: |o| Value::from(count(&o["status"]["availableReplicas"])),
+            },
+            Column {
+                name: "Containers",
+                priority: 1,
+                cell: |o| Value::from(containers(o, "name")),
+            },
+            Column {
+                name: "Images",
+                priority: 1,
+                cell: |o| Value::from(containers(o, "image")),
+            },
+            Column {
+                name: "Selector",
+                priority: 1,
+                cell: |o| or_none(labels(&o["spec"]["selector"]["matchLabels"])),
+            },
+        ],
+        "ReplicaSet" | "StatefulSet" => vec![
+            Column {
+                name: "Desired",
+                priority: 0,
+                cell: |o| Value::from(count(&o["spec"]["replicas"])),
+            },
+            Column {
+                name: "Ready",
+                priority: 0,
+                cell: |o| Value::from(count(&o["status"]["readyReplicas"])),
+            },
+        ],
+        "DaemonSet" => vec![
+            Column {
+                name: "Desired",
+                priority: 0,
+                cell: |o| Value::from(count(&o["status"]["desiredNumberScheduled"])),
+            },
+            Column {
+                name: "Ready",
+                priority: 0,
+                cell: |o| Value::from(count(&o["status"]["numberReady"])),
+            },
+        ],
+        "Service" => vec![
+            Column {
+                name: "Type",
+                priority: 0,
+                cell: |o| Value::from(s(&o["spec"]["type"])),
+            },
+            Column {
+                name: "Cluster-IP",
+                priority: 0,
+                cell: |o| or_none(s(&o["spec"]["clusterIP"])),
+            },
+            Column {
+                name: "External-IP",
+                priority: 0,
+                cell: |o| {
+                    let mut ips: Vec<String> = o["status"]["loadBalancer"]["ingress"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| s(&i["ip"]))
+                        .filter(|i| !i.is_empty())
+                        .collect();
+                    ips.extend(
+                        o["spec"]["externalIPs"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(s),
+                    );
+                    if o["spec"]["type"] == "LoadBalancer" && ips.is_empty() {
+                        Value::from("<pending>")
+                    } else {
+                        or_none(ips.join(","))
+                    }
+                },
+            },
+            Column {
+                name: "Port(s)",
+                priority: 0,
+                cell: |o| {
+                    or_none(
+                        o["spec"]["ports"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|p| {
+                                let node = p["nodePort"]
+                                    .as_i64()
+                                    .map(|n| format!(":{n}"))
+                                    .unwrap_or_default();
+                                format!("{}{node}/{}", s(&p["port"]), s(&p["protocol"]))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                },
+            },
+            Column {
+                name: "Selector",
+                priority: 1,
+                cell: |o| or_none(labels(&o["spec"]["selector"])),
+            },
+        ],
+        "Namespace" => vec![Column {
+            name: "Status",
+            priority: 0,
+            cell: |o| Value::from(s(&o["status"]["phase"])),
+        }],
+        "ConfigMap" => vec![Column {
+            name: "Data",
+            priority: 0,
+            cell: |o| Value::from(map_len(&o["data"]) + map_len(&o["binaryData"])),
+        }],
+        "Secret" => vec![
+            Column {
+                name: "Type",
+                priority: 0,
+                cell: |o| Value::from(s(&o["type"])),
+            },
+            Column {
+                name: "Data",
+                priority: 0,
+                cell: |o| Value::from(map_len(&o["data"])),
+            },
+        ],
+        "EndpointSlice" => vec![
+            Column {
+                name: "AddressType",
+                priority: 0,
+                cell: |o| Value::from(s(&o["addressType"])),
+            },
+            Column {
+                name: "Ports",
+                priority: 0,
+                cell: |o| {
+                    or_none(
+                        o["ports"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|p| s(&p["port"]))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                },
+            },
+            Column {
+                name: "Endpoints",
+                priority: 0,
+                cell: |o| {
+                    or_none(
+                        o["endpoints"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                            .map(|a| s(&a))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                },
+            },
+        ],
+        _ => Vec::new(),
+    };
+    cols.extend(extra);
+    cols.push(Column {
+        name: "Age",
+        priority: 0,
+        cell: age_of,
+    });
+    cols
+}
+
+/// A meta.k8s.io/v1 Table of `objects`; rows carry the objects' metadata
+/// (`includeObject=Metadata`, the default), the whole object
+/// (`includeObject=Object`) or nothing (`None`).
+pub fn table(r: &Resource, objects: &[Value], revision: i64, include: Option<&str>) -> Value {
+    let cols = columns(r.kind);
+    let defs: Vec<Value> = cols
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name, "type": "string",
+                "format": if c.name == "Name" { "name" } else { "" },
+                "description": "", "priority": c.priority,
+            })
+        })
+        .collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(o)).collect();
+            let object = match include {
+                Some("None") => Value::Null,
+                Some("Object") => o.clone(),
+                _ => json!({
+                    "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o["metadata"],
+                }),
+            };
+            json!({"cells": cells, "object": object})
+        })
+        .collect();
+    json!({
+        "kind": "Table", "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": revision.to_string()},
+        "columnDefinitions": defs,
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+
+    #[test]
+    fn kubectl_accept_headers_are_recognised() {
+        assert!(wanted(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wanted("application/json"));
+        assert!(!wanted("application/json, */*"));
+    }
+
+    #[test]
+    fn services_print_like_upstream() {
+        let r = find("", "v1", "services").expect("services");
+        let svc = json!({"metadata": {"name": "web", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                     "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}});
+        let t = table(r, &[svc], 7, None);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .expect("defs")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Type",
+                "Cluster-IP",
+                "External-IP",
+                "Port(s)",
+                "Selector",
+                "Age"
+            ]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "web");
+        assert_eq!(cells[3], "<none>");
+        assert_eq!(cells[4], "80:30080/TCP");
+        assert_eq!(cells[5], "app=web");
+        assert!(
+            cells[6].as_str().is_some_and(|a| a.ends_with('y')),
+            "{}",
+            cells[6]
+        );
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        for (secs, want) in [
+            (5, "5s"),
+            (130, "2m10s"),
+            (900, "15m"),
+            (4 * 3600 + 120, "4h2m"),
+            (30 * 3600, "30h"),
+            (3 * 86400 + 3600, "3d1h"),
+            (40 * 86400, "40d"),
+            (-5, "<invalid>"),
+        ] {
+            assert_eq!(human(secs), want, "{secs}");
+        }
+    }
+}
