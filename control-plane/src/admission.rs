@@ -173,6 +173,70 @@ fn default_service(spec: &mut Value) {
     }
 }
 
+/// On a Service update, what the server filled in for the old type and
+/// the new type has no use for goes (upstream's dropTypeDependentFields):
+/// node ports and externalTrafficPolicy when leaving NodePort or
+/// LoadBalancer, the ClusterIP when becoming ExternalName. Only values
+/// unchanged from the stored object are dropped; a value the client set
+/// anew is still validated. An omitted ClusterIP keeps the stored one.
+pub fn drop_type_dependent(r: &Resource, new: &mut Value, old: &Value) {
+    if r.kind != "Service" || !r.group.is_empty() {
+        return;
+    }
+    let (spec, was) = (&mut new["spec"], &old["spec"]);
+    if !spec.is_object() {
+        return;
+    }
+    if spec["clusterIP"].as_str().is_none_or(str::is_empty) && !was["clusterIP"].is_null() {
+        spec["clusterIP"] = was["clusterIP"].clone();
+        spec["clusterIPs"] = was["clusterIPs"].clone();
+    }
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let unchanged = |spec: &Value, f: &str| !spec[f].is_null() && spec[f] == was[f];
+    let drop = |spec: &mut Value, f: &str| {
+        if unchanged(spec, f)
+            && let Some(m) = spec.as_object_mut()
+        {
+            m.remove(f);
+        }
+    };
+    if ty == "ClusterIP" || ty == "ExternalName" {
+        let old_ports: Vec<i64> = was["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["nodePort"].as_i64())
+            .collect();
+        for p in spec["ports"].as_array_mut().into_iter().flatten() {
+            if p["nodePort"]
+                .as_i64()
+                .is_some_and(|n| old_ports.contains(&n))
+                && let Some(m) = p.as_object_mut()
+            {
+                m.remove("nodePort");
+            }
+        }
+        for f in [
+            "externalTrafficPolicy",
+            "healthCheckNodePort",
+            "allocateLoadBalancerNodePorts",
+        ] {
+            drop(spec, f);
+        }
+    }
+    if ty == "ExternalName" {
+        for f in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "internalTrafficPolicy",
+        ] {
+            drop(spec, f);
+        }
+    }
+}
+
 /// Upstream's rule for the object's name: most kinds take a DNS-1123
 /// subdomain; namespaces a DNS-1123 label; services a DNS-1035 label.
 pub fn name_problem(r: &Resource, name: &str) -> Option<String> {
@@ -576,6 +640,33 @@ mod tests {
                 "spec.template.spec.containers[1].image"
             ]
         );
+    }
+
+    #[test]
+    fn a_type_change_drops_what_only_the_old_type_used() {
+        let r = kind("services");
+        let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.7", "clusterIPs": ["10.96.0.7"],
+            "externalTrafficPolicy": "Cluster", "ports": [{"port": 80, "nodePort": 30001}]}});
+        let mut new = json!({"spec": {"type": "ClusterIP", "externalTrafficPolicy": "Cluster",
+            "ports": [{"port": 80, "nodePort": 30001}]}});
+        drop_type_dependent(r, &mut new, &old);
+        default(r, &mut new);
+        assert!(validate(r, &new, Some(&old)).is_empty(), "{new}");
+        assert_eq!(
+            new["spec"]["clusterIP"], "10.96.0.7",
+            "an omitted ClusterIP is kept"
+        );
+        assert!(new["spec"]["ports"][0]["nodePort"].is_null());
+        // A node port the client sets anew on a ClusterIP service is still an error.
+        let mut fresh =
+            json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30999}]}});
+        drop_type_dependent(r, &mut fresh, &old);
+        assert!(!validate(r, &fresh, Some(&old)).is_empty());
+        let mut ext = json!({"spec": {"type": "ExternalName", "externalName": "db.example.com",
+            "clusterIP": "10.96.0.7", "ports": [{"port": 80, "nodePort": 30001}]}});
+        drop_type_dependent(r, &mut ext, &old);
+        assert!(ext["spec"]["clusterIP"].is_null(), "{ext}");
+        assert!(validate(r, &ext, Some(&old)).is_empty(), "{ext}");
     }
 
     #[test]

@@ -97,9 +97,13 @@ fn rand_u32() -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// The Service's allocated values (ClusterIP and node ports) as keys.
+/// The Service's allocated values (ClusterIP and node ports) as keys; an
+/// ExternalName service holds none.
 fn held(spec: &Value) -> HashSet<String> {
     let mut out = HashSet::new();
+    if spec["type"] == "ExternalName" {
+        return out;
+    }
     if let Some(ip) = spec["clusterIP"]
         .as_str()
         .filter(|s| !s.is_empty() && *s != "None")
@@ -274,13 +278,11 @@ impl Allocator {
                 claims.0.push(key.to_string());
                 Ok(true)
             }
-            Err(StoreError::AlreadyExists(_)) => {
-                // Ours already (a retried write): fine, but not a new claim.
-                Ok(store
-                    .get(key)
-                    .await?
-                    .is_some_and(|kv| kv.value == owner.as_bytes()))
-            }
+            // Taken, even if by an earlier incarnation of this Service or
+            // a concurrent request for it: what the stored object holds
+            // (`old`) is checked before coming here, anything else is not
+            // ours to share.
+            Err(StoreError::AlreadyExists(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

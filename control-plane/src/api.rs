@@ -323,15 +323,25 @@ pub async fn dispatch(
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let started = std::time::Instant::now();
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     let labels = crate::metrics::RequestLabels::of(&method, uri.path(), watch);
-    let resp = match route(&api, &method, uri.path(), &q, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    let routed = match body {
+        Ok(body) => route(&api, &method, uri.path(), &q, &headers, body).await,
+        // Over the body limit (or unreadable): a Status, not axum's text.
+        Err(e) => Err(ApiError::new(
+            e.status(),
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "RequestEntityTooLarge"
+            } else {
+                "BadRequest"
+            },
+            format!("reading the request body: {e} (the limit is {MAX_BODY_BYTES} bytes)"),
+        )),
     };
+    let resp = routed.unwrap_or_else(IntoResponse::into_response);
     api.metrics
         .observe(&labels, resp.status().as_u16(), started);
     resp
@@ -624,22 +634,21 @@ async fn list(
         None => (None, None),
     };
     let listing = match at {
-        Some(rev) if rev != api.cache.revision() => None,
-        Some(_) => {
-            Some(
-                api.cache
-                    .list(r, t.namespace.as_deref(), start.as_deref(), limit, &wanted),
-            )
-        }
+        Some(rev) => api.cache.list(
+            r,
+            t.namespace.as_deref(),
+            start.as_deref(),
+            limit,
+            Some(rev),
+            &wanted,
+        ),
         None => {
             api.cache
                 .settle(rv)
                 .await
                 .map_err(|e| ApiError::cache(r, e))?;
-            Some(
-                api.cache
-                    .list(r, t.namespace.as_deref(), None, limit, &wanted),
-            )
+            api.cache
+                .list(r, t.namespace.as_deref(), None, limit, None, &wanted)
         }
     };
     let (revision, items, next) = match listing {
@@ -777,13 +786,15 @@ async fn watch_list(
         match &ev.change {
             Change::Put { obj, prev } => {
                 let (now, before) = (wanted(obj), prev.as_deref().is_some_and(&wanted));
-                let kind = match (before, now) {
-                    (false, true) => "ADDED",
-                    (true, true) => "MODIFIED",
-                    (true, false) => "DELETED",
-                    (false, false) => return None,
-                };
-                Some(event(kind, obj))
+                match (before, now) {
+                    (false, true) => Some(event("ADDED", obj)),
+                    (true, true) => Some(event("MODIFIED", obj)),
+                    // Upstream sends the last matching state, at this revision.
+                    (true, false) => prev
+                        .as_deref()
+                        .map(|p| event("DELETED", &crate::watch_cache::deleted(p, ev.rev))),
+                    (false, false) => None,
+                }
             }
             Change::Delete { obj } if wanted(obj) => Some(event("DELETED", obj)),
             Change::Delete { .. } => None,
@@ -1069,7 +1080,20 @@ where
         Ok(bytes) => write(bytes).await.map_err(|e| ApiError::store(r, name, e)),
         Err(e) => Err(ApiError::bad_request(e.to_string())),
     };
-    if result.is_err() {
+    // Only a definite refusal frees the claims; after an ambiguous error
+    // the write may have happened, and the startup repair sorts it out.
+    let definite = |e: &ApiError| {
+        matches!(
+            e.reason,
+            "AlreadyExists"
+                | "Conflict"
+                | "NotFound"
+                | "BadRequest"
+                | "Invalid"
+                | "RequestEntityTooLarge"
+        )
+    };
+    if result.as_ref().err().is_some_and(definite) {
         api.alloc.release(api.store.as_ref(), owner, claims.0).await;
     }
     result
@@ -1388,6 +1412,7 @@ async fn write_update(
         };
         obj["metadata"]["generation"] = json!(bumped);
     }
+    admission::drop_type_dependent(r, &mut obj, &old);
     admission::default(r, &mut obj);
     let causes = admission::validate(r, &obj, Some(&old));
     if !causes.is_empty() {
@@ -1465,7 +1490,8 @@ async fn patch(
         crate::decode::duplicate_fields(body)
     };
     let key = r.key(t.namespace.as_deref(), name);
-    for _ in 0..8 {
+    // Like upstream's GuaranteedUpdate: retry while others win the race.
+    for _ in 0..64 {
         let cur = current(api, t, name).await?;
         let old = served(r, &cur)?;
         let mut doc = if sub == Some(Sub::Scale) {
@@ -1486,7 +1512,19 @@ async fn patch(
                 doc = crate::strategic::apply(&doc, &patch_doc).map_err(|e| unprocessable(e.0))?;
             }
         }
-        let pinned = precondition(&doc)?;
+        // Pinned only if the patch itself names a resourceVersion (the
+        // patched document always carries the current one).
+        let pinned = match media {
+            "application/json-patch+json" => patch_doc
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|op| op["path"] == "/metadata/resourceVersion")
+                .then(|| precondition(&doc))
+                .transpose()?
+                .flatten(),
+            _ => precondition(&patch_doc)?,
+        };
         let doc = merge_part(r, sub, &old, doc)?;
         let d = (r.decode)(&doc).map_err(|e| {
             unprocessable(format!(
@@ -1597,7 +1635,14 @@ async fn delete_collection(
             .as_str()
             .unwrap_or_default()
             .to_string();
-        match delete(api, t, &name).await {
+        // A cluster-wide collection delete reaches every namespace.
+        let one = Target {
+            resource: r,
+            namespace: obj["metadata"]["namespace"].as_str().map(str::to_string),
+            name: None,
+            sub: None,
+        };
+        match delete(api, &one, &name).await {
             Ok(_) => items.push(obj),
             Err(e) if e.reason == "NotFound" => {}
             Err(e) => return Err(e),

@@ -149,10 +149,19 @@ impl RequestLabels {
             (Method::DELETE, true) => "DELETE",
             _ => "OTHER",
         };
+        // Only served names become label values: a client cannot mint
+        // new time series with made-up paths.
+        let known = |n: &str| crate::resources::RESOURCES.iter().any(|r| r.plural == n);
+        let sub = sub.unwrap_or_default();
         Self {
             verb,
-            resource: resource.to_string(),
-            subresource: sub.unwrap_or_default().to_string(),
+            resource: if known(resource) { resource } else { "unknown" }.to_string(),
+            subresource: if sub.is_empty() || crate::resources::Sub::parse(sub).is_some() {
+                sub
+            } else {
+                "unknown"
+            }
+            .to_string(),
         }
     }
 }

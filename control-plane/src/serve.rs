@@ -48,6 +48,11 @@ pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
         .route("/livez", get(api::healthz))
         .route("/readyz", get(api::healthz))
         .merge(authed)
+        // Bodies up to the API's own limit reach it (it answers larger
+        // ones with a Status); axum's default would cut at 2 MiB.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            api::MAX_BODY_BYTES + 1,
+        ))
 }
 
 async fn authenticate(tokens: &HashSet<String>, req: Request, next: Next) -> Response {

@@ -169,7 +169,7 @@ fn decode(r: &Resource, bytes: &[u8], rev: i64) -> Option<Arc<Cached>> {
 }
 
 /// An object's last state, stamped with the revision that deleted it.
-fn deleted(old: &Cached, rev: i64) -> Arc<Cached> {
+pub fn deleted(old: &Cached, rev: i64) -> Arc<Cached> {
     let mut gone = old.value();
     gone["metadata"]["resourceVersion"] = Value::from(rev.to_string());
     Arc::new(Cached::new(&gone))
@@ -236,8 +236,15 @@ impl WatchCache {
                 fresh[i].insert(kv.key, v);
             }
         }
-        for (c, objects) in self.caches.iter().zip(fresh) {
-            let mut inner = c.inner.write().unwrap_or_else(|p| p.into_inner());
+        // Every cache is swapped under all the locks (taken in table
+        // order, as no one else takes two), and the revision moves once,
+        // so no reader sees one resource new and another old at `rev`.
+        let mut guards: Vec<_> = self
+            .caches
+            .iter()
+            .map(|c| c.inner.write().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        for ((c, inner), objects) in self.caches.iter().zip(guards.iter_mut()).zip(fresh) {
             let mut changes = Vec::new();
             for (k, old) in &inner.objects {
                 if !objects.contains_key(k) {
@@ -261,8 +268,9 @@ impl WatchCache {
             for change in changes {
                 let _ = c.live.send(Arc::new(Event { rev, change }));
             }
-            self.revision.send_replace(rev);
         }
+        self.revision.send_replace(rev);
+        drop(guards);
         Ok(rev)
     }
 
@@ -323,12 +331,11 @@ impl WatchCache {
     /// Waits until the cache has reached `rev`.
     async fn reach(&self, rev: i64) -> Result<(), CacheError> {
         let mut rx = self.revision.subscribe();
-        let current = *rx.borrow();
         match tokio::time::timeout(FRESHNESS_WAIT, rx.wait_for(|r| *r >= rev)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(CacheError::TooNew {
                 requested: rev,
-                current,
+                current: *self.revision.borrow(),
             }),
         }
     }
@@ -356,38 +363,49 @@ impl WatchCache {
         ns: Option<&str>,
         start: Option<&str>,
         limit: usize,
+        at: Option<i64>,
         wanted: &dyn Fn(&Cached) -> bool,
-    ) -> Listing {
-        let c = self.cache_of(r);
-        let inner = c.inner.read().unwrap_or_else(|p| p.into_inner());
-        let revision = *self.revision.borrow();
+    ) -> Option<Listing> {
         let prefix = r.prefix(ns);
         let from = start.unwrap_or(&prefix).to_string();
+        // Only the Arcs are taken under the lock; selectors (which may
+        // parse objects) run after it, so the feeder is never held up.
+        let (revision, candidates) = {
+            let inner = self
+                .cache_of(r)
+                .inner
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let revision = *self.revision.borrow();
+            // A later page must come from the same revision as the first.
+            if at.is_some_and(|at| at != revision) {
+                return None;
+            }
+            let candidates: Vec<(String, Arc<Cached>)> = inner
+                .objects
+                .range(from..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (revision, candidates)
+        };
         let mut items = Vec::new();
         let mut next = None;
-        for (k, v) in inner.objects.range(from..) {
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if !wanted(v) {
+        for (k, v) in candidates {
+            if !wanted(&v) {
                 continue;
             }
             if limit > 0 && items.len() == limit {
-                next = Some(k.clone());
+                next = Some(k);
                 break;
             }
-            items.push(v.clone());
+            items.push(v);
         }
-        Listing {
+        Some(Listing {
             revision,
             items,
             next,
-        }
-    }
-
-    /// The current revision (what a list taken now reflects).
-    pub fn revision(&self) -> i64 {
-        *self.revision.borrow()
+        })
     }
 
     /// A watch on `r` from `after`: the current objects as a snapshot
@@ -531,7 +549,9 @@ mod tests {
         let (_dir, store, cache) = setup(Limits::default()).await;
         let r = configmaps();
         let all = |_: &Cached| true;
-        let first = cache.list(r, Some("ns"), None, 0, &all);
+        let first = cache
+            .list(r, Some("ns"), None, 0, None, &all)
+            .expect("listing");
         assert_eq!(names(&first), ["a"]);
         let rev_b = store
             .create(&format!("{KEY}b"), cm("b", "1"))
@@ -550,13 +570,26 @@ mod tests {
             .expect("update a");
         // A list with no resourceVersion reflects every acknowledged write.
         cache.settle(None).await.expect("settle");
-        let now = cache.list(r, Some("ns"), None, 0, &all);
+        let now = cache
+            .list(r, Some("ns"), None, 0, None, &all)
+            .expect("listing");
         assert_eq!(names(&now), ["a", "b"]);
         assert_eq!(now.items[0].value()["data"]["v"], "2");
         // Paging: one item, then the rest from the continue key.
-        let page = cache.list(r, Some("ns"), None, 1, &all);
+        let page = cache
+            .list(r, Some("ns"), None, 1, None, &all)
+            .expect("listing");
         assert_eq!(names(&page), ["a"]);
-        let rest = cache.list(r, Some("ns"), page.next.as_deref(), 1, &all);
+        let rest = cache
+            .list(
+                r,
+                Some("ns"),
+                page.next.as_deref(),
+                1,
+                Some(page.revision),
+                &all,
+            )
+            .expect("same revision");
         assert_eq!(names(&rest), ["b"]);
         // Resuming at b's revision replays exactly the later update.
         let (backlog, _, _) = cache.watch(r, Some(rev_b)).await.expect("watch");

@@ -755,9 +755,16 @@ fn allocation(s: &ApiServer) {
     s.kubectl_ok(&["create", "-f", &dup]);
     let d = json(&s.kubectl_ok(&["get", "svc", "dup", "-o", "json"]));
     assert_eq!(d["spec"]["clusterIP"], ip.as_str());
-    // Switching to ClusterIP gives the node port back; the IP stays.
-    s.kubectl_ok(&["patch", "svc", "dup", "--type=json", "-p",
-        r#"[{"op":"replace","path":"/spec/type","value":"ClusterIP"},{"op":"remove","path":"/spec/ports/0/nodePort"},{"op":"remove","path":"/spec/externalTrafficPolicy"}]"#]);
+    // Switching to ClusterIP gives the node port back (the server drops
+    // what only NodePort used); the IP stays.
+    s.kubectl_ok(&[
+        "patch",
+        "svc",
+        "dup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ]);
     let d = json(&s.kubectl_ok(&["get", "svc", "dup", "-o", "json"]));
     assert_eq!(d["spec"]["clusterIP"], ip.as_str());
     assert!(d["spec"]["ports"][0]["nodePort"].is_null());

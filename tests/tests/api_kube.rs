@@ -128,6 +128,31 @@ async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
             .map(String::as_str),
         Some("y")
     );
+    // Patches without a resourceVersion never fail on a lost race: 12
+    // concurrent label patches all land.
+    let patches = (0..12).map(|i| {
+        let cms = cms.clone();
+        async move {
+            let p = Patch::Merge(json!({"metadata": {"labels": {format!("l{i}"): "x"}}}));
+            cms.patch("one", &PatchParams::default(), &p).await
+        }
+    });
+    for r in futures::future::join_all(patches).await {
+        r.expect("a concurrent patch");
+    }
+    let labels = cms
+        .get("one")
+        .await
+        .expect("get")
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        (0..12)
+            .filter(|i| labels.contains_key(&format!("l{i}")))
+            .count(),
+        12
+    );
     // A stale resourceVersion on replace is a 409.
     let mut stale = got.clone();
     stale.data = None;
