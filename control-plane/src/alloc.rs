@@ -375,10 +375,18 @@ impl Allocator {
         self.release(store, owner, gone).await;
     }
 
-    /// Removes allocations whose Service is gone or no longer uses them
-    /// (left by a crash between claim and write).
-    pub async fn repair(&self, store: &dyn Store) -> Result<usize, StoreError> {
+    /// One repair pass: removes allocations whose Service is gone or no
+    /// longer uses them (left by a crash or an ambiguous store error
+    /// between claim and write) once two passes in a row have seen them
+    /// unchanged, so another server's claim that is still in flight is
+    /// never taken away. `suspects` carries the previous pass's finds.
+    pub async fn repair(
+        &self,
+        store: &dyn Store,
+        suspects: &mut std::collections::HashMap<String, i64>,
+    ) -> Result<usize, StoreError> {
         let mut removed = 0;
+        let mut now = std::collections::HashMap::new();
         for prefix in [IP_PREFIX, PORT_PREFIX] {
             let page = store
                 .list(ListRequest {
@@ -392,16 +400,36 @@ impl Allocator {
                 let used = svc
                     .and_then(|s| serde_json::from_slice::<Value>(&s.value).ok())
                     .is_some_and(|s| held(&s["spec"]).contains(&kv.key));
-                if !used {
-                    match store.delete(&kv.key, Some(kv.mod_revision)).await {
-                        Ok(_) => removed += 1,
-                        Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
+                if used {
+                    continue;
+                }
+                if suspects.get(&kv.key) != Some(&kv.mod_revision) {
+                    now.insert(kv.key, kv.mod_revision);
+                    continue;
+                }
+                match store.delete(&kv.key, Some(kv.mod_revision)).await {
+                    Ok(_) => removed += 1,
+                    Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
+        *suspects = now;
         Ok(removed)
+    }
+
+    /// Repairs every `every`, forever (the server's background task).
+    pub async fn repair_loop(&self, store: &dyn Store, every: std::time::Duration) {
+        let mut suspects = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match self.repair(store, &mut suspects).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(released = n, "allocations no Service holds"),
+                Err(e) => tracing::warn!("allocation repair: {e}"),
+            }
+        }
     }
 }
 
@@ -447,6 +475,54 @@ mod tests {
                 .iter()
                 .map(|s| s.parse().expect("ip"))
                 .collect()
+        );
+    }
+
+    #[tokio::test]
+    async fn repair_removes_an_orphan_only_on_the_second_sighting() {
+        use sluice_store::embedded::{Embedded, Options};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Embedded::open(&dir.path().join("s.redb"), Options::default()).expect("store");
+        let svc = json!({"spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}});
+        store
+            .create(
+                "/registry/core/services/ns/web",
+                serde_json::to_vec(&svc).expect("json"),
+            )
+            .await
+            .expect("service");
+        for (key, owner) in [
+            ("clusterips/10.96.0.5", "ns/web"),
+            ("clusterips/10.96.0.6", "ns/gone"),
+        ] {
+            store
+                .create(
+                    &format!("/registry/allocations/{key}"),
+                    owner.as_bytes().to_vec(),
+                )
+                .await
+                .expect("claim");
+        }
+        let a = Allocator {
+            cidr: "10.96.0.0/12".parse().expect("cidr"),
+            node_ports: 30000..=32767,
+        };
+        let mut suspects = std::collections::HashMap::new();
+        assert_eq!(a.repair(&store, &mut suspects).await.expect("pass 1"), 0);
+        assert_eq!(a.repair(&store, &mut suspects).await.expect("pass 2"), 1);
+        assert!(
+            store
+                .get("/registry/allocations/clusterips/10.96.0.6")
+                .await
+                .expect("get")
+                .is_none()
+        );
+        assert!(
+            store
+                .get("/registry/allocations/clusterips/10.96.0.5")
+                .await
+                .expect("get")
+                .is_some()
         );
     }
 

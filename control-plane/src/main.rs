@@ -126,10 +126,6 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
     api::ensure_system_namespaces(store.as_ref()).await?;
     let cache =
         watch_cache::WatchCache::start(store.clone(), watch_cache::Limits::default()).await?;
-    let orphans = alloc.repair(store.as_ref()).await?;
-    if orphans > 0 {
-        tracing::info!(orphans, "released allocations no Service holds");
-    }
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("--listen {}", cli.listen))?;
@@ -144,16 +140,23 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
     let tokens = [pki.admin_token.clone(), pki.node_token.clone()]
         .into_iter()
         .collect();
-    let app = serve::router(
-        Arc::new(api::Api {
-            store,
-            metrics,
-            cache,
-            listen: addr.to_string(),
-            alloc,
-        }),
-        tokens,
-    );
+    let api = Arc::new(api::Api {
+        store,
+        metrics,
+        cache,
+        listen: addr.to_string(),
+        alloc,
+    });
+    // Allocation repair, like upstream's repair controllers: a minute
+    // apart, an orphan goes on its second sighting.
+    let repair = api.clone();
+    tokio::spawn(async move {
+        repair
+            .alloc
+            .repair_loop(repair.store.as_ref(), std::time::Duration::from_secs(60))
+            .await
+    });
+    let app = serve::router(api, tokens);
     tracing::info!(%addr, data_dir = %cli.data_dir.display(), "serving");
     serve::serve(listener, &pki, app).await
 }
