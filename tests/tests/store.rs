@@ -223,14 +223,24 @@ async fn etcd_cluster_keeps_writing_and_watching_after_losing_a_member() {
     let p = "/registry/t-cluster/";
     let start = s.current_revision().await.expect("revision");
     let mut w = s.watch(p, start).await.expect("watch");
+    // Writes run until 50 have been acknowledged after the kill (or 20 s):
+    // if the killed member led, the survivors first elect a new leader,
+    // and a write caught in that election fails or waits seconds.
+    let killed_at: Arc<std::sync::OnceLock<Instant>> = Arc::default();
     let writer = {
-        let s = s.clone();
+        let (s, killed_at) = (s.clone(), killed_at.clone());
         tokio::spawn(async move {
-            let mut acked = Vec::new();
+            let mut acked: Vec<(Instant, i64)> = Vec::new();
             let mut failed = 0;
             let t = Instant::now();
             let mut i = 0;
-            while t.elapsed() < Duration::from_secs(6) {
+            while t.elapsed() < Duration::from_secs(20) {
+                let after = killed_at
+                    .get()
+                    .map_or(0, |k| acked.iter().filter(|(at, _)| at > k).count());
+                if after >= 50 {
+                    break;
+                }
                 match s.create(&format!("{p}{i:05}"), b"v".to_vec()).await {
                     Ok(r) => acked.push((Instant::now(), r)),
                     Err(_) => failed += 1,
@@ -243,6 +253,7 @@ async fn etcd_cluster_keeps_writing_and_watching_after_losing_a_member() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.members[0].kill();
     let killed = Instant::now();
+    let _ = killed_at.set(killed);
     let (acked, failed) = writer.await.expect("writer");
     let (before, after_kill) = (
         acked.iter().filter(|(t, _)| *t < killed).count(),
