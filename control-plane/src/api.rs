@@ -583,15 +583,20 @@ impl Filter {
     }
 }
 
-/// The `resourceVersion` query parameter: None when absent or empty.
-fn resource_version(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
-    match q.get("resourceVersion").filter(|v| !v.is_empty()) {
+/// A resourceVersion as given: None when absent or empty.
+fn parse_rv(v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match v.filter(|v| !v.is_empty()) {
         Some(v) => v
             .parse::<i64>()
             .map(Some)
             .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}"))),
         None => Ok(None),
     }
+}
+
+/// The `resourceVersion` query parameter.
+fn resource_version(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+    parse_rv(q.get("resourceVersion").map(String::as_str))
 }
 
 /// LIST. Served from the watch cache, except an exact older revision
@@ -1368,13 +1373,7 @@ async fn bind(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Respo
 
 /// The resourceVersion an update or patch carries, if any.
 fn precondition(obj: &Value) -> Result<Option<i64>, ApiError> {
-    match obj["metadata"]["resourceVersion"].as_str() {
-        Some(v) if !v.is_empty() => v
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}"))),
-        _ => Ok(None),
-    }
+    parse_rv(obj["metadata"]["resourceVersion"].as_str())
 }
 
 /// Stores `obj` over `cur` if the key is still at `expected`: identity

@@ -172,14 +172,39 @@ pub fn v3_document(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
+/// The index and every group-version's document, serialized. They follow
+/// from the static resource table, so they are built once, not per request.
+struct Served {
+    index: Vec<u8>,
+    /// "api/v1", "apis/apps/v1", ... -> document.
+    docs: std::collections::HashMap<String, Vec<u8>>,
+}
+
+fn served() -> &'static Served {
+    static SERVED: std::sync::OnceLock<Served> = std::sync::OnceLock::new();
+    SERVED.get_or_init(|| {
+        let mut docs = std::collections::HashMap::new();
+        for (seg, g, v) in group_versions() {
+            let doc = v3_document(g, v)
+                .unwrap_or_default()
+                .to_string()
+                .into_bytes();
+            docs.insert(seg, doc);
+        }
+        Served {
+            index: v3_index(&docs).to_string().into_bytes(),
+            docs,
+        }
+    })
+}
+
 /// GET /openapi/v3: where each group-version's document is. The hash
 /// changes whenever the document does, so clients may cache by it.
-pub fn v3_index() -> Value {
+fn v3_index(docs: &std::collections::HashMap<String, Vec<u8>>) -> Value {
     let mut paths = serde_json::Map::new();
-    for (seg, g, v) in group_versions() {
-        let doc = v3_document(g, v).unwrap_or_default();
+    for (seg, doc) in docs {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        doc.to_string().hash(&mut h);
+        doc.hash(&mut h);
         paths.insert(
             seg.clone(),
             json!({"serverRelativeURL": format!("/openapi/v3/{seg}?hash={:016X}", h.finish())}),
@@ -188,20 +213,18 @@ pub fn v3_index() -> Value {
     json!({"paths": paths})
 }
 
+fn json_bytes(bytes: &'static [u8]) -> Response {
+    ([("content-type", "application/json")], bytes).into_response()
+}
+
 pub async fn v3_root() -> Response {
-    axum::Json(v3_index()).into_response()
+    json_bytes(&served().index)
 }
 
 /// GET /openapi/v3/api/v1 and /openapi/v3/apis/<group>/<version>.
 pub async fn v3_group_version(Path(rest): Path<String>) -> Response {
-    let segs: Vec<&str> = rest.trim_matches('/').split('/').collect();
-    let doc = match segs.as_slice() {
-        ["api", "v1"] => v3_document("", "v1"),
-        ["apis", g, v] => v3_document(g, v),
-        _ => None,
-    };
-    match doc {
-        Some(d) => axum::Json(d).into_response(),
+    match served().docs.get(rest.trim_matches('/')) {
+        Some(d) => json_bytes(d),
         None => ApiError::new(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -242,7 +265,7 @@ mod tests {
             let schema = &doc["components"]["schemas"][schema_name(r)];
             assert_eq!(schema["x-kubernetes-group-version-kind"][0], want);
         }
-        let index = v3_index();
+        let index: Value = serde_json::from_slice(&served().index).expect("index JSON");
         assert!(
             index["paths"]["apis/apps/v1"]["serverRelativeURL"]
                 .as_str()

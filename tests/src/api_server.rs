@@ -146,10 +146,16 @@ impl ApiServer {
 
     /// Like [`Self::kubectl`], panicking with kubectl's stderr on failure.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
+        self.kubectl_bin_ok(Path::new("kubectl"), args)
+    }
+
+    /// Like [`Self::kubectl_ok`] with another kubectl binary.
+    pub fn kubectl_bin_ok(&self, kubectl: &Path, args: &[&str]) -> String {
+        let out = self.kubectl_bin(kubectl, args);
         assert!(
             out.status.success(),
-            "kubectl {args:?} failed: {}",
+            "{} {args:?} failed: {}",
+            kubectl.display(),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -215,22 +215,16 @@ fn round_trip(s: &ApiServer) {
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: team\n  resourceVersion: \"{rv}\"\ndata:\n  mode: stale\n"
         ),
     );
-    let out = s.kubectl(&["replace", "-f", &stale]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("the object has been modified"),
-        "{err}"
+    refused(
+        s,
+        &["replace", "-f", &stale],
+        "the object has been modified",
     );
     let cm = json(&s.kubectl_ok(&["get", "cm", "settings", "-n", "team", "-o", "json"]));
     assert_eq!(cm["data"]["mode"], "careful");
 
     // Creating it again: 409 AlreadyExists.
-    let out = s.kubectl(&["create", "-f", &changed]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("already exists"),
-        "{err}"
-    );
+    refused(s, &["create", "-f", &changed], "already exists");
 
     // A bad name is a 422 naming the field; nothing is stored.
     let bad = write(
@@ -253,12 +247,7 @@ fn round_trip(s: &ApiServer) {
         "lost.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: nope\n",
     );
-    let out = s.kubectl(&["create", "-f", &lost]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("namespaces \"nope\" not found"),
-        "{err}"
-    );
+    refused(s, &["create", "-f", &lost], "namespaces \"nope\" not found");
 
     // Lists page with limit/continue.
     for i in 0..5 {
@@ -427,11 +416,10 @@ fn apply_and_patch(s: &ApiServer) {
     );
 
     let rv = d["metadata"]["resourceVersion"].clone();
-    let out = s.kubectl(&["apply", "--server-side", "-f", &f]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("server-side apply is not supported"),
-        "{err}"
+    refused(
+        s,
+        &["apply", "--server-side", "-f", &f],
+        "server-side apply is not supported",
     );
     let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
     assert_eq!(
@@ -493,12 +481,7 @@ fn deletion(s: &ApiServer) {
     s.kubectl_ok(&["delete", "namespace", "scratch"]);
     let out = s.kubectl(&["get", "cm", "free", "-n", "scratch"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
-    let out = s.kubectl(&["delete", "namespace", "default"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("may not be deleted"),
-        "{err}"
-    );
+    refused(s, &["delete", "namespace", "default"], "may not be deleted");
 }
 
 /// Nothing a refused request carried may be stored.
@@ -787,15 +770,7 @@ fn allocation(s: &ApiServer) {
 /// scale, get, delete.
 fn old_client(s: &ApiServer) {
     let old = old_kubectl();
-    let run = |args: &[&str]| {
-        let out = s.kubectl_bin(&old, args);
-        assert!(
-            out.status.success(),
-            "kubectl 1.20 {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |args: &[&str]| s.kubectl_bin_ok(&old, args);
     let version = run(&["version", "--client", "--short"]);
     assert!(version.contains("v1.20"), "{version}");
     let files = TempDir::new();

@@ -61,34 +61,39 @@ fn changed<K>(ev: &watcher::Event<K>) -> bool {
     )
 }
 
+/// A backed-off watcher of every `K` feeding `writer`, its events told
+/// apart by `seen`.
+fn follow<K>(
+    client: &Client,
+    writer: reflector::store::Writer<K>,
+    seen: fn(bool) -> Seen,
+    what: &'static str,
+) -> impl futures::Stream<Item = Result<Seen, String>> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    )
+    .map(move |ev| match ev {
+        Ok(ev) => Ok(seen(changed(&ev))),
+        Err(e) => Err(format!("watching {what}: {e}")),
+    })
+}
+
 impl ServiceSource for KubeSource {
     async fn run(self, tx: mpsc::Sender<Update>) -> anyhow::Result<()> {
         let (svc_store, svc_writer) = reflector::store::<Service>();
         let (eps_store, eps_writer) = reflector::store::<EndpointSlice>();
-        let services = reflector(
-            svc_writer,
-            watcher(
-                Api::<Service>::all(self.client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        )
-        .map(|ev| match ev {
-            Ok(ev) => Ok(Seen::Services(changed(&ev))),
-            Err(e) => Err(format!("watching Services: {e}")),
-        });
-        let slices = reflector(
-            eps_writer,
-            watcher(
-                Api::<EndpointSlice>::all(self.client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        )
-        .map(|ev| match ev {
-            Ok(ev) => Ok(Seen::Slices(changed(&ev))),
-            Err(e) => Err(format!("watching EndpointSlices: {e}")),
-        });
+        let services = follow(&self.client, svc_writer, Seen::Services, "Services");
+        let slices = follow(&self.client, eps_writer, Seen::Slices, "EndpointSlices");
         let mut events = std::pin::pin!(futures::stream::select(services, slices));
         let (mut svc_ready, mut eps_ready) = (false, false);
         let mut pending: Option<Instant> = None;
