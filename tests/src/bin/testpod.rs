@@ -15,6 +15,12 @@
 //! rr FILE CONNS SECS              benchmark: CONNS persistent connections (to the
 //!                                 ADDR:PORT lines of FILE, round robin) doing request/
 //!                                 response for SECS; prints "requests=N errors=E"
+//! rr-pair FILE_A FILE_B NETNS_B CONNS SECS SLICE_MS
+//!                                 benchmark: CONNS persistent connections to FILE_A's
+//!                                 targets from here and CONNS to FILE_B's from netns
+//!                                 NETNS_B (/run/netns), driven in alternating slices
+//!                                 of SLICE_MS (A B B A ...) for SECS each; prints
+//!                                 "a_requests=N a_secs=S b_requests=N b_secs=S errors=E"
 //! crr FILE CONNS SECS             benchmark: CONNS threads doing connect, read the
 //!                                 greeting, close, for SECS, walking FILE's targets;
 //!                                 prints "conns=N errors=E connect_p50_us=.. connect_p99_us=.."
@@ -38,6 +44,14 @@ fn main() {
         "load" => load(addr(a(2)), num(a(3)), num(a(4))),
         "hold" => hold(addr(a(2))),
         "rr" => rr(&targets(a(2)), num(a(3)), num(a(4))),
+        "rr-pair" => rr_pair(
+            &targets(a(2)),
+            &targets(a(3)),
+            a(4),
+            num(a(5)),
+            num(a(6)),
+            num(a(7)),
+        ),
         "same-port" => same_port(addr(a(2)), addr(a(3)), num(a(4)) as u16, num(a(5)) as u16),
         "crr" => crr(&targets(a(2)), num(a(3)), num(a(4))),
         "sink" => sink(a(2).parse().unwrap_or_else(|_| usage())),
@@ -48,7 +62,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT | same-port A B PORT COUNT | rr|crr FILE CONNS SECS | sink PORT | stream ADDR:PORT SECS"
+        "usage: sluice-testpod serve NAME PORT | tcp|udp|udp-connected ADDR:PORT COUNT | load ADDR:PORT SECS PERSIST | hold ADDR:PORT | same-port A B PORT COUNT | rr|crr FILE CONNS SECS | rr-pair FILE_A FILE_B NETNS_B CONNS SECS SLICE_MS | sink PORT | stream ADDR:PORT SECS"
     );
     std::process::exit(2)
 }
@@ -367,6 +381,166 @@ fn rr(targets: &[SocketAddr], conns: u64, secs: u64) {
         errors += e;
     }
     println!("requests={ok} errors={errors}");
+}
+
+/// Request/response on two sets of persistent connections, A from this
+/// netns and B from netns `netns_b`, driven in alternating slices within one
+/// process: the two paths share every condition (CPU steal, frequency,
+/// the backends' load) except the path itself, which 2-second rounds run
+/// one after the other cannot promise on a shared VM. The slice order is
+/// A B B A, so a steady drift cancels. A connection's rate also depends on
+/// where its threads happen to be scheduled, so both sets reconnect every
+/// `EPOCH_SLICES` slices (setup is never timed). Only requests that start
+/// and end inside their own set's slice count.
+fn rr_pair(
+    a: &[SocketAddr],
+    b: &[SocketAddr],
+    netns_b: &str,
+    conns: u64,
+    secs: u64,
+    slice_ms: u64,
+) {
+    const EPOCH_SLICES: u64 = 8;
+    let slice = Duration::from_millis(slice_ms.max(1));
+    let total_slices = (2 * secs * 1000).div_ceil(slice_ms.max(1)).max(2);
+    let (mut counts, mut spent, mut errors) = ([0u64; 2], [Duration::ZERO; 2], 0u64);
+    let mut done = 0;
+    while done < total_slices {
+        let n = EPOCH_SLICES.min(total_slices - done);
+        match rr_pair_epoch(a, b, netns_b, conns, slice, done, n) {
+            Ok((c, t, e)) => {
+                for i in 0..2 {
+                    counts[i] += c[i];
+                    spent[i] += t[i];
+                }
+                errors += e;
+            }
+            Err(e) => {
+                eprintln!("connect: {e}");
+                errors += 2 * conns;
+            }
+        }
+        done += n;
+    }
+    println!(
+        "a_requests={} a_secs={:.4} b_requests={} b_secs={:.4} errors={errors}",
+        counts[0],
+        spent[0].as_secs_f64(),
+        counts[1],
+        spent[1].as_secs_f64(),
+    );
+}
+
+/// One epoch of [`rr_pair`]: fresh connections, slices `first..first + n`
+/// of the A B B A order. Returns requests and time per set, and errors.
+fn rr_pair_epoch(
+    a: &[SocketAddr],
+    b: &[SocketAddr],
+    netns_b: &str,
+    conns: u64,
+    slice: Duration,
+    first: u64,
+    n: u64,
+) -> Result<([u64; 2], [Duration; 2], u64), String> {
+    use std::sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    };
+    let connect_all = |targets: &[SocketAddr], offset: usize| -> Result<Vec<TcpStream>, String> {
+        (0..conns as usize)
+            .map(|i| connect_once(targets[(offset + i) % targets.len()]).map(|(_, s)| s))
+            .collect()
+    };
+    // Walk the target lists across epochs, so every target gets its turn.
+    let offset = (first as usize) * conns as usize;
+    let a_streams = connect_all(a, offset)?;
+    // A socket stays in the netns it was created in: create B's from a
+    // thread that entered NETNS_B (setns changes only the calling thread).
+    let path = format!("/run/netns/{netns_b}");
+    let b_streams = std::thread::scope(|sc| {
+        sc.spawn(|| -> Result<Vec<TcpStream>, String> {
+            use std::os::fd::AsRawFd as _;
+            let f = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+            // SAFETY: a valid netns fd; affects only this thread.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+            }
+            connect_all(b, offset)
+        })
+        .join()
+        .unwrap_or_else(|_| Err("connect thread panicked".into()))
+    })?;
+    const STOP: u8 = 2;
+    // The set allowed to send (0 = A, 1 = B, STOP); the mutex + condvar park
+    // the other set's threads so they take no CPU from the measured one.
+    let phase = Arc::new((AtomicU8::new(STOP + 1), Mutex::new(()), Condvar::new()));
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let errors = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = a_streams
+        .into_iter()
+        .map(|s| (0u8, s))
+        .chain(b_streams.into_iter().map(|s| (1u8, s)))
+        .map(|(set, s)| {
+            let (phase, counts, errors) = (phase.clone(), counts.clone(), errors.clone());
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut w = s;
+                let mut line = String::new();
+                loop {
+                    let p = phase.0.load(Ordering::Acquire);
+                    if p == STOP {
+                        return;
+                    }
+                    if p != set {
+                        let guard = phase.1.lock().unwrap_or_else(|e| e.into_inner());
+                        let _unused = phase
+                            .2
+                            .wait_while(guard, |_| {
+                                let p = phase.0.load(Ordering::Acquire);
+                                p != set && p != STOP
+                            })
+                            .unwrap_or_else(|e| e.into_inner());
+                        continue;
+                    }
+                    line.clear();
+                    if w.write_all(b"x\n").is_err() || r.read_line(&mut line).unwrap_or(0) == 0 {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    if phase.0.load(Ordering::Acquire) == set {
+                        counts[set as usize].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let switch = |to: u8| {
+        let _g = phase.1.lock().unwrap_or_else(|e| e.into_inner());
+        phase.0.store(to, Ordering::Release);
+        phase.2.notify_all();
+    };
+    let mut spent = [Duration::ZERO; 2];
+    for i in first..first + n {
+        // A B B A A B B A ...
+        let set = (i.div_ceil(2) % 2) as u8;
+        switch(set);
+        let t0 = Instant::now();
+        std::thread::sleep(slice);
+        spent[set as usize] += t0.elapsed();
+    }
+    switch(STOP);
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok((
+        [
+            counts[0].load(Ordering::Relaxed),
+            counts[1].load(Ordering::Relaxed),
+        ],
+        spent,
+        errors.load(Ordering::Relaxed),
+    ))
 }
 
 /// New connections back to back: connect (timed), read the server's

@@ -70,6 +70,10 @@ pub struct Load {
 pub struct Ratio {
     pub rps: f64,
     pub crr: f64,
+    /// The lowest and highest per-round request-rate ratio (the spread the
+    /// median comes from; NaN when not paired).
+    pub rps_lo: f64,
+    pub rps_hi: f64,
 }
 
 #[derive(Debug)]
@@ -86,6 +90,9 @@ pub struct Scale {
     /// Median over rounds of (path / direct) for alternated round pairs.
     pub socket_ratio: Ratio,
     pub tc_ratio: Ratio,
+    /// The pairing's noise floor: direct from the client pod against direct
+    /// from the baseline pod, paired the same way (the ideal is 1).
+    pub null_ratio: Ratio,
     pub iptables: Outcome,
     pub ipvs: Outcome,
     /// Agent-reported: change seen -> maps updated (includes YAML parsing).
@@ -297,7 +304,15 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (rss, peak) = rss_mb(t.agent().pid().expect("agent running"));
     eprintln!("-- sluice socket LB (client in the cgroup), alternating with direct");
-    let socket_phase = alternate(&t, Client::InCgroup, base, &vip_file, &direct_file, o);
+    let socket_phase = alternate(
+        &t,
+        Client::InCgroup,
+        &base_ns,
+        &vip_file,
+        &direct_file,
+        true,
+        o,
+    );
     // sluice tc path: the same pinned state, adopted by an agent that also
     // balances on the client's veth; the client runs outside the cgroup.
     t.agent().stop();
@@ -305,7 +320,15 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     let pod_if = t.client_host_if.clone();
     t.start_agent(&["--pod-iface", &pod_if, "--metrics-addr", "127.0.0.1:0"]);
     eprintln!("-- sluice tc path (client outside the cgroup), alternating with direct");
-    let tc_phase = alternate(&t, Client::OutsideCgroup, base, &vip_file, &direct_file, o);
+    let tc_phase = alternate(
+        &t,
+        Client::OutsideCgroup,
+        &base_ns,
+        &vip_file,
+        &direct_file,
+        false,
+        o,
+    );
     t.agent().stop();
     t.agent = None;
     // Detach: the links are pinned, so removing the pins is what lets go.
@@ -342,6 +365,7 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         tc: median(&tc_phase.path),
         socket_ratio: paired(&socket_phase.path, &socket_phase.direct),
         tc_ratio: paired(&tc_phase.path, &tc_phase.direct),
+        null_ratio: paired(&socket_phase.null_a, &socket_phase.null_b),
         iptables,
         ipvs,
         sluice_program_ms: field(&line, "latency_ms").unwrap_or(f64::NAN),
@@ -487,64 +511,144 @@ fn measure(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
     median(&runs)
 }
 
-/// One rr run then one crr run of `o.secs` each.
-fn round(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
-    let run = |mode: &str, conns: u64| -> String {
-        let args = [
-            mode,
-            &targets.display().to_string(),
-            &conns.to_string(),
-            &o.secs.to_string(),
-        ];
-        let mut c = match client {
-            Client::InCgroup => t.client_command(&args),
-            Client::OutsideCgroup => t.client_outside_cgroup_command(&args),
-            Client::Pod(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name])
-                    .arg(testpod())
-                    .args(args);
-                c
-            }
-        };
-        let out = c.output().expect("run load generator");
-        assert!(
-            out.status.success(),
-            "load generator {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        for l in stderr.lines().take(3) {
-            eprintln!("   [{mode}] {l}");
+/// `sluice-testpod ARGS` as `client`; its stdout (stderr's first lines
+/// echoed).
+fn load_gen(t: &LbTopology, client: Client, args: &[&str]) -> String {
+    let mode = args.first().copied().unwrap_or("");
+    let mut c = match client {
+        Client::InCgroup => t.client_command(args),
+        Client::OutsideCgroup => t.client_outside_cgroup_command(args),
+        Client::Pod(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name])
+                .arg(testpod())
+                .args(args);
+            c
         }
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let rr = run("rr", o.rr_conns);
-    let crr = run("crr", o.crr_conns);
-    let secs = o.secs as f64;
-    let l = Load {
-        rps: field(&rr, "requests").unwrap_or(0.0) / secs,
-        crr: field(&crr, "conns").unwrap_or(0.0) / secs,
-        connect_p50_us: field(&crr, "connect_p50_us").unwrap_or(f64::NAN),
-        connect_p99_us: field(&crr, "connect_p99_us").unwrap_or(f64::NAN),
-        errors: (field(&rr, "errors").unwrap_or(1.0) + field(&crr, "errors").unwrap_or(1.0)) as u64,
-    };
-    let who = match client {
+    let out = c.output().expect("run load generator");
+    assert!(
+        out.status.success(),
+        "load generator {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for l in stderr.lines().take(3) {
+        eprintln!("   [{mode}] {l}");
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn who(client: Client) -> &'static str {
+    match client {
         Client::InCgroup => "in cgroup",
         Client::OutsideCgroup => "outside  ",
         Client::Pod(_) => "direct   ",
-    };
-    eprintln!(
-        "   {who} rr {:.0}/s  crr {:.0}/s  connect p50 {:.0} us p99 {:.0} us  errors {}",
-        l.rps, l.crr, l.connect_p50_us, l.connect_p99_us, l.errors
+    }
+}
+
+/// One crr run of `o.secs`: (conns/s, connect p50, connect p99, errors).
+fn crr_run(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
+    let crr = load_gen(
+        t,
+        client,
+        &[
+            "crr",
+            &targets.display().to_string(),
+            &o.crr_conns.to_string(),
+            &o.secs.to_string(),
+        ],
     );
+    Load {
+        rps: f64::NAN,
+        crr: field(&crr, "conns").unwrap_or(0.0) / o.secs as f64,
+        connect_p50_us: field(&crr, "connect_p50_us").unwrap_or(f64::NAN),
+        connect_p99_us: field(&crr, "connect_p99_us").unwrap_or(f64::NAN),
+        errors: field(&crr, "errors").unwrap_or(1.0) as u64,
+    }
+}
+
+/// One rr run then one crr run of `o.secs` each.
+fn round(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
+    let rr = load_gen(
+        t,
+        client,
+        &[
+            "rr",
+            &targets.display().to_string(),
+            &o.rr_conns.to_string(),
+            &o.secs.to_string(),
+        ],
+    );
+    let mut l = crr_run(t, client, targets, o);
+    l.rps = field(&rr, "requests").unwrap_or(0.0) / o.secs as f64;
+    l.errors += field(&rr, "errors").unwrap_or(1.0) as u64;
+    log_round(client, &l);
     l
+}
+
+fn log_round(client: Client, l: &Load) {
+    eprintln!(
+        "   {} rr {:.0}/s  crr {:.0}/s  connect p50 {:.0} us p99 {:.0} us  errors {}",
+        who(client),
+        l.rps,
+        l.crr,
+        l.connect_p50_us,
+        l.connect_p99_us,
+        l.errors
+    );
+}
+
+/// Slice length of the paired rr runs: long against a request (~30 us),
+/// short against the VM's drifts (seconds).
+const PAIR_SLICE_MS: u64 = 50;
+
+/// Paired rr: `client` to the services (set A) and the direct pod `base`
+/// to the pods (set B) in one load generator, alternating every
+/// `PAIR_SLICE_MS`. Returns (path req/s, direct req/s, errors).
+fn rr_pair(
+    t: &LbTopology,
+    client: Client,
+    base: &NetNs,
+    vip_file: &Path,
+    direct_file: &Path,
+    secs: u64,
+    o: &Opts,
+) -> (f64, f64, u64) {
+    let out = load_gen(
+        t,
+        client,
+        &[
+            "rr-pair",
+            &vip_file.display().to_string(),
+            &direct_file.display().to_string(),
+            &base.name,
+            &o.rr_conns.to_string(),
+            &secs.to_string(),
+            &PAIR_SLICE_MS.to_string(),
+        ],
+    );
+    let rate = |n: &str, s: &str| -> f64 {
+        match (field(&out, n), field(&out, s)) {
+            (Some(n), Some(s)) if s > 0.0 => n / s,
+            _ => 0.0,
+        }
+    };
+    (
+        rate("a_requests", "a_secs"),
+        rate("b_requests", "b_secs"),
+        field(&out, "errors").unwrap_or(1.0) as u64,
+    )
 }
 
 /// One sluice path measured against direct under the running agent.
 struct Phase {
     path: Vec<Load>,
     direct: Vec<Load>,
+    /// A/A rounds (request rates only): direct from `client` / direct from
+    /// the baseline pod.
+    null_a: Vec<Load>,
+    null_b: Vec<Load>,
     agent_cpu_pct: f64,
     costs: Vec<(String, u64, f64)>,
 }
@@ -555,21 +659,48 @@ struct Phase {
 fn alternate(
     t: &LbTopology,
     client: Client,
-    base: Client,
+    base_ns: &NetNs,
     vip_file: &Path,
     direct_file: &Path,
+    with_null: bool,
     o: &Opts,
 ) -> Phase {
+    let base = Client::Pod(base_ns);
     let pid = t
         .agent
         .as_ref()
         .and_then(|a| a.pid())
         .expect("agent running");
+    // Unreported warm-up: the first seconds after an agent start run
+    // measurably slower on this machine kind (for both sets alike).
+    let _ = rr_pair(t, client, base_ns, vip_file, direct_file, 1, o);
     let (cpu0, wall0) = (cpu_secs(pid), Instant::now());
     let (mut path, mut direct) = (Vec::new(), Vec::new());
+    let (mut null_a, mut null_b) = (Vec::new(), Vec::new());
     for _ in 0..o.rounds {
-        path.push(round(t, client, vip_file, o));
-        direct.push(round(t, base, direct_file, o));
+        if with_null {
+            let (a, b, _) = rr_pair(t, client, base_ns, direct_file, direct_file, o.secs, o);
+            eprintln!("   A/A null  rr {a:.0}/s vs {b:.0}/s");
+            null_a.push(Load {
+                rps: a,
+                ..Load::default()
+            });
+            null_b.push(Load {
+                rps: b,
+                ..Load::default()
+            });
+        }
+        let (path_rps, direct_rps, errors) =
+            rr_pair(t, client, base_ns, vip_file, direct_file, o.secs, o);
+        let mut p = crr_run(t, client, vip_file, o);
+        p.rps = path_rps;
+        p.errors += errors;
+        log_round(client, &p);
+        let mut d = crr_run(t, base, direct_file, o);
+        d.rps = direct_rps;
+        log_round(base, &d);
+        path.push(p);
+        direct.push(d);
     }
     let agent_cpu_pct = 100.0 * (cpu_secs(pid) - cpu0) / wall0.elapsed().as_secs_f64();
     eprintln!("   agent CPU while under load: {agent_cpu_pct:.1}%");
@@ -579,21 +710,27 @@ fn alternate(
     Phase {
         path,
         direct,
+        null_a,
+        null_b,
         agent_cpu_pct,
         costs,
     }
 }
 
-/// Median of per-pair ratios `a[i] / b[i]`.
+/// Median of per-pair ratios `a[i] / b[i]`, with the request-rate spread.
 fn paired(a: &[Load], b: &[Load]) -> Ratio {
-    let med = |f: fn(&Load) -> f64| -> f64 {
+    let sorted = |f: fn(&Load) -> f64| -> Vec<f64> {
         let mut v: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect();
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        v
     };
+    let med = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+    let rps = sorted(|l| l.rps);
     Ratio {
-        rps: med(|l| l.rps),
-        crr: med(|l| l.crr),
+        rps: med(&rps),
+        crr: med(&sorted(|l| l.crr)),
+        rps_lo: rps.first().copied().unwrap_or(f64::NAN),
+        rps_hi: rps.last().copied().unwrap_or(f64::NAN),
     }
 }
 

@@ -115,6 +115,8 @@ fn vs_medians(l: &Load, direct: &Load) -> Ratio {
     Ratio {
         rps: l.rps / direct.rps,
         crr: l.crr / direct.crr,
+        rps_lo: f64::NAN,
+        rps_hi: f64::NAN,
     }
 }
 
@@ -126,6 +128,8 @@ fn load_json(l: &Load, r: Ratio) -> Value {
         "connect_p99_us": l.connect_p99_us,
         "errors": l.errors,
         "rps_vs_direct": r.rps,
+        "rps_vs_direct_min": r.rps_lo,
+        "rps_vs_direct_max": r.rps_hi,
         "crr_vs_direct": r.crr,
     })
 }
@@ -159,6 +163,7 @@ pub fn write(o: &Opts, scales: &[Scale], steal_pct: f64) -> Result<(), String> {
             "direct": load_json(&s.direct, vs_medians(&s.direct, &s.direct)),
             "sluice_socket": load_json(&s.socket, s.socket_ratio),
             "sluice_tc": load_json(&s.tc, s.tc_ratio),
+            "rr_null_ratio": {"median": s.null_ratio.rps, "min": s.null_ratio.rps_lo, "max": s.null_ratio.rps_hi},
             "iptables": outcome_json(&s.iptables, &s.direct),
             "ipvs": outcome_json(&s.ipvs, &s.direct),
             "sluice_program_ms": s.sluice_program_ms,
@@ -207,9 +212,11 @@ fn markdown(o: &Opts, scales: &[Scale], ts: &[Target], steal_pct: f64) -> String
         "# Service LB benchmark\n\nkernel {}, {} CPUs; {} endpoints per service; {} rounds x {} s per figure (median); \
          rr over {} persistent connections, CRR (connect, read the reply, close) on {} threads over {} sampled services; \
          kube-proxy rules loaded with {}. \
-         \"x direct\" for (b) and (c) is the median of per-round ratios against direct rounds run alternately from \
-         a pod no sluice program sees; for (d) and (e) it is against the median of all direct rounds. \
-         CPU steal during the run: {:.1}% (a shared VM: rates of one path vary by +-25% between rounds).\n",
+         \"x direct\" for (b) and (c) is the median of per-round ratios against direct measured in the same round: \
+         for req/s one load generator drives the path's connections and direct ones (from a pod no sluice program sees) \
+         in alternating 50 ms slices (A B B A, fresh connections every 8 slices), for CRR the rounds alternate; \
+         for (d) and (e) it is against the median of all direct rounds. The A/A line under each table pairs direct with direct \
+         the same way: the method's noise floor. CPU steal during the run: {:.1}% (a shared VM).\n",
         mach["kernel"].as_str().unwrap_or("?"),
         mach["cpus"],
         o.endpoints,
@@ -265,6 +272,18 @@ fn markdown(o: &Opts, scales: &[Scale], ts: &[Target], steal_pct: f64) -> String
                 }
             }
         }
+        let _ = writeln!(
+            m,
+            "\nreq/s ratio per round (min - max): socket LB {:.3} - {:.3}, tc path {:.3} - {:.3}; \
+             A/A noise floor {:.3} (min - max {:.3} - {:.3}).",
+            s.socket_ratio.rps_lo,
+            s.socket_ratio.rps_hi,
+            s.tc_ratio.rps_lo,
+            s.tc_ratio.rps_hi,
+            s.null_ratio.rps,
+            s.null_ratio.rps_lo,
+            s.null_ratio.rps_hi
+        );
         let _ = writeln!(
             m,
             "\nProgramming: sluice {:.1} ms (change seen -> maps updated; {:.1} ms of it model + map writes, the rest YAML parsing; {:.1} ms from the manifest's rename to the agent's log line), \
