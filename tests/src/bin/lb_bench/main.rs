@@ -539,26 +539,26 @@ fn load_gen(t: &LbTopology, client: Client, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn who(client: Client) -> &'static str {
-    match client {
-        Client::InCgroup => "in cgroup",
-        Client::OutsideCgroup => "outside  ",
-        Client::Pod(_) => "direct   ",
-    }
+/// `sluice-testpod MODE FILE CONNS SECS` (rr or crr) for `o.secs`.
+fn timed_run(
+    t: &LbTopology,
+    client: Client,
+    mode: &str,
+    targets: &Path,
+    conns: u64,
+    o: &Opts,
+) -> String {
+    let (targets, conns, secs) = (
+        targets.display().to_string(),
+        conns.to_string(),
+        o.secs.to_string(),
+    );
+    load_gen(t, client, &[mode, &targets, &conns, &secs])
 }
 
 /// One crr run of `o.secs`: (conns/s, connect p50, connect p99, errors).
 fn crr_run(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
-    let crr = load_gen(
-        t,
-        client,
-        &[
-            "crr",
-            &targets.display().to_string(),
-            &o.crr_conns.to_string(),
-            &o.secs.to_string(),
-        ],
-    );
+    let crr = timed_run(t, client, "crr", targets, o.crr_conns, o);
     Load {
         rps: f64::NAN,
         crr: field(&crr, "conns").unwrap_or(0.0) / o.secs as f64,
@@ -570,16 +570,7 @@ fn crr_run(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
 
 /// One rr run then one crr run of `o.secs` each.
 fn round(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
-    let rr = load_gen(
-        t,
-        client,
-        &[
-            "rr",
-            &targets.display().to_string(),
-            &o.rr_conns.to_string(),
-            &o.secs.to_string(),
-        ],
-    );
+    let rr = timed_run(t, client, "rr", targets, o.rr_conns, o);
     let mut l = crr_run(t, client, targets, o);
     l.rps = field(&rr, "requests").unwrap_or(0.0) / o.secs as f64;
     l.errors += field(&rr, "errors").unwrap_or(1.0) as u64;
@@ -588,14 +579,14 @@ fn round(t: &LbTopology, client: Client, targets: &Path, o: &Opts) -> Load {
 }
 
 fn log_round(client: Client, l: &Load) {
+    let who = match client {
+        Client::InCgroup => "in cgroup",
+        Client::OutsideCgroup => "outside  ",
+        Client::Pod(_) => "direct   ",
+    };
     eprintln!(
         "   {} rr {:.0}/s  crr {:.0}/s  connect p50 {:.0} us p99 {:.0} us  errors {}",
-        who(client),
-        l.rps,
-        l.crr,
-        l.connect_p50_us,
-        l.connect_p99_us,
-        l.errors
+        who, l.rps, l.crr, l.connect_p50_us, l.connect_p99_us, l.errors
     );
 }
 
