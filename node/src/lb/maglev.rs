@@ -55,28 +55,34 @@ pub fn build<S: AsRef<[u8]>>(backends: &[S], size: u32) -> Vec<u32> {
     // Visit backends in name order so input order cannot change the table.
     let mut order: Vec<usize> = (0..backends.len()).collect();
     order.sort_by(|&a, &b| backends[a].as_ref().cmp(backends[b].as_ref()));
-    let perms: Vec<(u64, u64)> = order
+    // Per backend: its permutation's next position and its skip. The
+    // permutation is (offset + j·skip) mod M for j = 0, 1, ...; stepping it
+    // by one addition and a conditional subtraction gives the same walk
+    // without a division per probe (the division was most of the build).
+    let mut walks: Vec<(u32, u32)> = order
         .iter()
         .map(|&i| {
             let name = backends[i].as_ref();
             let offset = xxh3_64_with_seed(name, OFFSET_SEED) % m;
             let skip = xxh3_64_with_seed(name, SKIP_SEED) % (m - 1) + 1;
-            (offset, skip)
+            (offset as u32, skip as u32)
         })
         .collect();
 
     const EMPTY: u32 = u32::MAX;
     let mut table = vec![EMPTY; size as usize];
-    let mut next = vec![0u64; order.len()];
     let mut filled = 0u32;
     'fill: loop {
-        for (k, &(offset, skip)) in perms.iter().enumerate() {
+        for (k, (pos, skip)) in walks.iter_mut().enumerate() {
             // Walk this backend's permutation to its next free slot. Since M
             // is prime and 0 < skip < M, the walk visits every slot, so a
             // free one is always found while the table is not full.
             let slot = loop {
-                let c = ((offset + next[k] * skip) % m) as usize;
-                next[k] += 1;
+                let c = *pos as usize;
+                *pos += *skip;
+                if *pos >= size {
+                    *pos -= size;
+                }
                 if table[c] == EMPTY {
                     break c;
                 }
@@ -182,6 +188,52 @@ mod tests {
             pct < 5.0,
             "{pct:.1}% of slots moved between surviving backends"
         );
+    }
+
+    /// The paper's formulation, one modulo per probe: `build` must give
+    /// exactly this table (tables are compared across agent versions by
+    /// digest, and every node must agree).
+    fn reference(backends: &[String], size: u32) -> Vec<u32> {
+        let m = u64::from(size);
+        let mut order: Vec<usize> = (0..backends.len()).collect();
+        order.sort_by(|&a, &b| backends[a].cmp(&backends[b]));
+        let perms: Vec<(u64, u64)> = order
+            .iter()
+            .map(|&i| {
+                let name = backends[i].as_bytes();
+                let offset = xxh3_64_with_seed(name, OFFSET_SEED) % m;
+                (offset, xxh3_64_with_seed(name, SKIP_SEED) % (m - 1) + 1)
+            })
+            .collect();
+        let mut table = vec![u32::MAX; size as usize];
+        let mut next = vec![0u64; order.len()];
+        let mut filled = 0;
+        while filled < size {
+            for (k, &(offset, skip)) in perms.iter().enumerate() {
+                let slot = loop {
+                    let c = ((offset + next[k] * skip) % m) as usize;
+                    next[k] += 1;
+                    if table[c] == u32::MAX {
+                        break c;
+                    }
+                };
+                table[slot] = order[k] as u32;
+                filled += 1;
+                if filled == size {
+                    break;
+                }
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn matches_the_modulo_formulation() {
+        for n in [1, 2, 3, 10, 64, 200] {
+            for m in [251, 1021, MAX_TABLE_SIZE] {
+                assert_eq!(build(&names(n), m), reference(&names(n), m), "n={n} m={m}");
+            }
+        }
     }
 
     #[test]
