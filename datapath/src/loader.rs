@@ -8,7 +8,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        CgroupAttachMode, Program, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLinkId,
     },
@@ -105,7 +105,7 @@ impl Datapath {
     }
 
     /// Attaches the socket-LB hooks (connect4, sendmsg4, recvmsg4,
-    /// getpeername4) to the node's cgroup subtree as bpf_links pinned under
+    /// getpeername4, sock_release) to the node's cgroup subtree as bpf_links pinned under
     /// `<bpffs>/links/`, so they stay attached (and keep translating with the
     /// pinned maps) while the agent is down or restarting.
     ///
@@ -126,6 +126,7 @@ impl Datapath {
             (prog_names::SOCK4_SENDMSG, link_pins::SOCK4_SENDMSG),
             (prog_names::SOCK4_RECVMSG, link_pins::SOCK4_RECVMSG),
             (prog_names::SOCK4_GETPEERNAME, link_pins::SOCK4_GETPEERNAME),
+            (prog_names::SOCK4_RELEASE, link_pins::SOCK4_RELEASE),
         ] {
             self.attach_cgroup_pinned(name, cgroup, &self.bpffs_dir.join(pin))?;
         }
@@ -142,21 +143,27 @@ impl Datapath {
             path: cgroup.to_path_buf(),
             source,
         })?;
-        let prog: &mut CgroupSockAddr = self
+        let program = self
             .ebpf
             .program_mut(name)
-            .ok_or(DatapathError::ProgramMissing(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| DatapathError::Program { name, source })?;
-        let id = prog
-            .attach(&cgroup_file, CgroupAttachMode::default())
-            .map_err(|source| DatapathError::Program { name, source })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| DatapathError::Program { name, source })?;
-        let link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
+            .ok_or(DatapathError::ProgramMissing(name))?;
+        let err = |source| DatapathError::Program { name, source };
+        // The two cgroup program types share this API but no trait.
+        macro_rules! attach {
+            ($prog:expr) => {{
+                $prog.load().map_err(err)?;
+                let id = $prog
+                    .attach(&cgroup_file, CgroupAttachMode::default())
+                    .map_err(err)?;
+                $prog.take_link(id).map_err(err)?.try_into()
+            }};
+        }
+        let link: FdLink = match program {
+            Program::CgroupSockAddr(prog) => attach!(prog),
+            Program::CgroupSock(prog) => attach!(prog),
+            _ => return Err(err(ProgramError::UnexpectedProgramType)),
+        }
+        .map_err(|e: aya::programs::links::LinkError| DatapathError::Pin {
             path: pin.to_path_buf(),
             reason: e.to_string(),
         })?;

@@ -4,12 +4,13 @@
 //! kernel routes anything, so the packets carry the backend address from
 //! the first byte and no per-packet NAT is needed. The frontend the socket
 //! asked for is remembered per (socket cookie, backend) so getpeername4 and
-//! recvmsg4 can show the service address again.
+//! recvmsg4 can show the service address again, and forgotten by
+//! sock_release when the socket closes.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
 use aya_log_ebpf::debug;
 use sluice_common::{
@@ -70,6 +71,37 @@ pub fn sock4_getpeername(ctx: SockAddrContext) -> i32 {
     reverse(&ctx);
     ALLOW
 }
+
+/// A socket in the cgroup is closing: delete the reverse translation its
+/// connect recorded (key: its cookie and its peer, the backend).
+///
+/// Without this, every closed connection's entry stays until the LRU
+/// evicts it: under connection churn the map sits full, every connect pays
+/// an eviction, and the entries evicted are the oldest ones, which are
+/// those of long-lived connections, whose getpeername then shows the
+/// backend instead of the service. Unconnected UDP sockets that sent to
+/// several backends keep the other entries until the LRU takes them.
+#[cgroup_sock(sock_release)]
+pub fn sock4_release(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel hands us a valid bpf_sock for the program's lifetime.
+    let (family, addr, port) = unsafe {
+        let sk = &*ctx.sock;
+        (sk.family, sk.dst_ip4, sk.dst_port)
+    };
+    if family == AF_INET && addr != 0 {
+        // SAFETY: helper valid for cgroup_sock programs.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+        let _ = LB4_SOCK_REVNAT.remove(SockRevNatKey {
+            cookie,
+            addr,
+            port,
+            pad: 0,
+        });
+    }
+    ALLOW
+}
+
+const AF_INET: u32 = 2;
 
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) -> i32 {

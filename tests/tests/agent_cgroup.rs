@@ -94,13 +94,14 @@ fn agent_attaches_connect4_and_forwards_ebpf_logs_to_tracing() {
 
     let status = agent.stop();
     assert!(status.success(), "agent exit on SIGTERM: {status}");
-    // The data plane outlives the agent: all four socket hooks stay.
+    // The data plane outlives the agent: all five socket hooks stay.
     let shown = cgroup_programs(&cg);
     for hook in [
         "sock4_connect",
         "sock4_sendmsg",
         "sock4_recvmsg",
         "sock4_getpeername",
+        "sock4_release",
     ] {
         assert!(
             shown.contains(hook),

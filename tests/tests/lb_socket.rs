@@ -195,6 +195,44 @@ impl Drop for Held {
     }
 }
 
+/// The reverse translations (socket -> service) the pinned map holds, as
+/// the frontend addresses they restore.
+fn sock_revnat_entries(t: &LbTopology) -> Vec<String> {
+    let maps = sluice_datapath::LbMaps::open(&t.pins.path, false).expect("open pinned LB maps");
+    maps.sock_revnat
+        .iter()
+        .map(|e| {
+            let (_, v) = e.expect("read entry");
+            format!(
+                "{}:{}",
+                Ipv4Addr::from(u32::from_be(v.addr)),
+                u16::from_be(v.port)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn closing_a_socket_forgets_its_reverse_translation() {
+    if !require_root("closing_a_socket_forgets_its_reverse_translation") {
+        return;
+    }
+    let t = started(2, &[0, 1], "");
+    let held = Held::open(&t);
+    let tcp = t.client(&["tcp", &format!("{VIP}:80"), "30"]);
+    let udp = t.client(&["udp-connected", &format!("{VIP}:53"), "10"]);
+    // While open, each socket saw the service as its peer.
+    assert!(
+        tcp.iter().all(|l| l.ends_with(&format!(" {VIP}:80"))),
+        "{tcp:?}"
+    );
+    assert_eq!(udp.len(), 10, "{udp:?}");
+    // Only the live connection's entry is left.
+    assert_eq!(sock_revnat_entries(&t), vec![format!("{VIP}:80")]);
+    drop(held);
+    assert_eq!(sock_revnat_entries(&t), Vec::<String>::new());
+}
+
 #[test]
 fn manifest_changes_move_new_connections_and_keep_existing_ones() {
     if !require_root("manifest_changes_move_new_connections_and_keep_existing_ones") {

@@ -47,6 +47,7 @@ pub mod link_pins {
     pub const SOCK4_SENDMSG: &str = "links/sock4_sendmsg";
     pub const SOCK4_RECVMSG: &str = "links/sock4_recvmsg";
     pub const SOCK4_GETPEERNAME: &str = "links/sock4_getpeername";
+    pub const SOCK4_RELEASE: &str = "links/sock4_release";
     /// Per LB interface (external or pod-facing): `links/tc_ingress_<ifname>`,
     /// `links/tc_egress_<ifname>`.
     pub const TC_PREFIX: &str = "links/tc_";
@@ -65,6 +66,8 @@ pub mod prog_names {
     pub const SOCK4_RECVMSG: &str = "sock4_recvmsg";
     /// cgroup/getpeername4: report the service address, not the backend.
     pub const SOCK4_GETPEERNAME: &str = "sock4_getpeername";
+    /// cgroup/sock_release: forget a closing socket's reverse translation.
+    pub const SOCK4_RELEASE: &str = "sock4_release";
     /// tc ingress on a pod's host-side veth (traffic from the pod): service
     /// DNAT for every frontend, then an in-kernel hand-off to a local pod.
     pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
