@@ -248,9 +248,6 @@ fn parse_all(docs: &[(usize, Chunk<'_>)], threads: usize) -> Vec<Vec<Outcome>> {
 /// the splitter does not cut at, such as `--- ` inside a flow collection).
 fn parse_chunk(chunk: &Chunk<'_>) -> Vec<Outcome> {
     use serde::Deserialize as _;
-    if let Some(done) = fast_path(chunk.text) {
-        return vec![done];
-    }
     let mut out = Vec::with_capacity(1);
     for doc in serde_yaml::Deserializer::from_str(chunk.text) {
         let value = match serde_yaml::Value::deserialize(doc) {
@@ -263,41 +260,6 @@ fn parse_chunk(chunk: &Chunk<'_>) -> Vec<Outcome> {
         out.push(classify(value));
     }
     out
-}
-
-/// A top-level `key: value` line's plain or quoted scalar, as written.
-fn top_level_scalar<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let v = text
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?;
-    let v = v.split(" #").next().unwrap_or(v).trim();
-    Some(v.trim_matches(|c| c == '"' || c == '\''))
-}
-
-/// Decodes a Service or EndpointSlice straight into its type, skipping the
-/// intermediate `Value` (a fifth of the parse). Its kind is read from the
-/// text's top-level `apiVersion:`/`kind:` lines; a guess that is wrong,
-/// or any error or unknown field, returns `None` and the document goes the
-/// general way, which words every error. (k8s-openapi's types check
-/// apiVersion and kind themselves, so a wrong guess cannot decode.)
-fn fast_path(text: &str) -> Option<Outcome> {
-    fn exact<T: DeserializeOwned>(text: &str) -> Option<T> {
-        let mut unknown = false;
-        let obj = serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |_| {
-            unknown = true
-        });
-        obj.ok().filter(|_| !unknown)
-    }
-    match (
-        top_level_scalar(text, "apiVersion")?,
-        top_level_scalar(text, "kind")?,
-    ) {
-        ("v1", "Service") => exact(text).map(|s| Outcome::Service(Box::new(s))),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            exact(text).map(|s| Outcome::Slice(Box::new(s)))
-        }
-        _ => None,
-    }
 }
 
 /// serde_yaml's message with the chunk's line numbers (`line N column`,
@@ -421,32 +383,6 @@ mod tests {
                 .collect(),
             s.errors.iter().map(ToString::to_string).collect(),
         )
-    }
-
-    #[test]
-    fn fast_path_agrees_with_the_general_path() {
-        let svc = "# c\napiVersion: \"v1\"  # quoted\nkind: Service\nmetadata:\n  name: a\n  namespace: n\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{name: x, port: 80, targetPort: http}]\n";
-        let slice = "kind: EndpointSlice\napiVersion: discovery.k8s.io/v1\nmetadata: {name: s, labels: {kubernetes.io/service-name: a}}\naddressType: IPv4\nendpoints:\n- addresses: [10.0.0.1]\n  conditions: {ready: true}\n";
-        let general = |t: &str| {
-            use serde::Deserialize as _;
-            classify(serde_yaml::Value::deserialize(serde_yaml::Deserializer::from_str(t)).unwrap())
-        };
-        let json = |o: Outcome| match o {
-            Outcome::Service(s) => serde_json::to_value(s).unwrap(),
-            Outcome::Slice(s) => serde_json::to_value(s).unwrap(),
-            _ => panic!("not an object"),
-        };
-        for t in [svc, slice] {
-            assert_eq!(
-                json(fast_path(t).expect("fast path taken")),
-                json(general(t))
-            );
-        }
-        // Unknown fields, a kind given in flow style, another kind: the
-        // general path decides (and words the error).
-        assert!(fast_path(&svc.replace("clusterIP", "clusterIp")).is_none());
-        assert!(fast_path("{apiVersion: v1, kind: Service}").is_none());
-        assert!(fast_path("apiVersion: v1\nkind: ConfigMap\n").is_none());
     }
 
     #[test]
