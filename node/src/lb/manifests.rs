@@ -37,62 +37,72 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Reads every manifest file in `dir` into one snapshot.
 pub fn read_dir(dir: &Path) -> std::io::Result<Snapshot> {
+    let files: Vec<ManifestFile> = manifest_files(dir)?
+        .into_iter()
+        .map(|file| {
+            let origin: Arc<str> = file.display().to_string().into();
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("read: {e}"));
+            (origin, text)
+        })
+        .collect();
     let mut snap = Snapshot::default();
-    let mut texts = Vec::new();
-    for file in manifest_files(dir)? {
-        let origin: Arc<str> = file.display().to_string().into();
-        match std::fs::read_to_string(&file) {
-            Ok(text) => texts.push((origin, text)),
-            Err(e) => snap.errors.push(ObjectError {
-                origin,
-                object: String::new(),
-                message: format!("read: {e}"),
-            }),
-        }
-    }
-    parse_files(&texts, default_threads(&texts), &mut snap);
+    parse_files(&files, default_threads(&files), &mut snap);
     Ok(snap)
 }
+
+/// A manifest file's origin (path) and its text, or why it could not be read.
+type ManifestFile = (Arc<str>, Result<String, String>);
 
 /// Below this much YAML per thread a second thread costs more than it saves.
 const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 
 /// One per CPU, but none that would get less than [`PARALLEL_MIN_BYTES`].
-fn default_threads(texts: &[(Arc<str>, String)]) -> usize {
-    let total: usize = texts.iter().map(|(_, t)| t.len()).sum();
+fn default_threads(files: &[ManifestFile]) -> usize {
+    let total: usize = files
+        .iter()
+        .filter_map(|(_, t)| t.as_ref().ok())
+        .map(String::len)
+        .sum();
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(total / PARALLEL_MIN_BYTES)
         .max(1)
 }
 
-/// Parses files' documents (`(origin, text)`) into `snap`, on `threads`
-/// threads.
+/// Parses files' documents into `snap`, on `threads` threads.
 ///
 /// Why threads: 10 000 Services with their EndpointSlices are ~15 MB of
 /// YAML, and parsing it was two thirds of what programming them cost. The
 /// result does not depend on `threads`: objects and errors come out in
 /// file and document order, documents are numbered per file as a stream
 /// parse numbers them, and a YAML syntax error skips the rest of its file.
-fn parse_files(texts: &[(Arc<str>, String)], threads: usize, snap: &mut Snapshot) {
-    let docs: Vec<(usize, Chunk<'_>)> = texts
+fn parse_files(files: &[ManifestFile], threads: usize, snap: &mut Snapshot) {
+    let docs: Vec<(usize, Chunk<'_>)> = files
         .iter()
         .enumerate()
-        .flat_map(|(i, (_, text))| split_documents(text).into_iter().map(move |c| (i, c)))
+        .filter_map(|(i, (_, text))| Some((i, text.as_ref().ok()?)))
+        .flat_map(|(i, text)| split_documents(text).into_iter().map(move |c| (i, c)))
         .collect();
     let parsed = parse_all(&docs, threads);
-    let (mut file, mut number, mut broken) = (usize::MAX, 0, false);
-    for ((f, _), outcomes) in docs.iter().zip(parsed) {
-        if *f != file {
-            (file, number, broken) = (*f, 0, false);
+    let mut parsed = docs.iter().map(|(f, _)| *f).zip(parsed).peekable();
+    for (i, (origin, text)) in files.iter().enumerate() {
+        if let Err(message) = text {
+            snap.errors.push(ObjectError {
+                origin: origin.clone(),
+                object: String::new(),
+                message: message.clone(),
+            });
+            continue;
         }
-        let origin = &texts[file].0;
-        for outcome in outcomes {
-            if broken {
-                break;
+        let (mut number, mut broken) = (0, false);
+        while let Some((_, outcomes)) = parsed.next_if(|(f, _)| *f == i) {
+            for outcome in outcomes {
+                if broken {
+                    break;
+                }
+                number += 1;
+                broken = !merge(origin, number, outcome, snap);
             }
-            number += 1;
-            broken = !merge(origin, number, outcome, snap);
         }
     }
 }
@@ -361,9 +371,9 @@ mod tests {
     use super::*;
 
     fn files(texts: &[(&str, &str)], threads: usize) -> Snapshot {
-        let texts: Vec<(Arc<str>, String)> = texts
+        let texts: Vec<ManifestFile> = texts
             .iter()
-            .map(|(o, t)| (Arc::from(*o), t.to_string()))
+            .map(|(o, t)| (Arc::from(*o), Ok(t.to_string())))
             .collect();
         let mut s = Snapshot::default();
         parse_files(&texts, threads, &mut s);
@@ -396,6 +406,29 @@ mod tests {
                 .collect(),
             s.errors.iter().map(ToString::to_string).collect(),
         )
+    }
+
+    #[test]
+    fn errors_come_in_file_order() {
+        let files: Vec<ManifestFile> = vec![
+            (Arc::from("a.yaml"), Ok("kind: [\n".into())),
+            (Arc::from("b.yaml"), Err("read: permission denied".into())),
+            (
+                Arc::from("c.yaml"),
+                Ok(format!("{}---\nmetadata: {{}}\n", svc("c"))),
+            ),
+        ];
+        let mut s = Snapshot::default();
+        parse_files(&files, 2, &mut s);
+        let errors: Vec<String> = s.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].starts_with("a.yaml: invalid YAML in document 1"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[1], "b.yaml: read: permission denied");
+        assert_eq!(errors[2], "c.yaml: document 2: missing kind");
+        assert_eq!(s.services.len(), 1);
     }
 
     #[test]
