@@ -105,9 +105,10 @@ impl Datapath {
     }
 
     /// Attaches the socket-LB hooks (connect4, sendmsg4, recvmsg4,
-    /// getpeername4, sock_release) to the node's cgroup subtree as bpf_links pinned under
-    /// `<bpffs>/links/`, so they stay attached (and keep translating with the
-    /// pinned maps) while the agent is down or restarting.
+    /// getpeername4, sock_release) to the node's cgroup subtree as bpf_links
+    /// pinned under `<bpffs>/links/`, so they stay attached (and keep
+    /// translating with the pinned maps) while the agent is down or
+    /// restarting.
     ///
     /// A link pinned by a previous agent is replaced make-before-break: the
     /// new program is attached first, then the old link is unpinned (which

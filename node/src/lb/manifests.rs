@@ -131,52 +131,44 @@ fn split_documents(text: &str) -> Vec<Chunk<'_>> {
     // A byte order mark is not content (libyaml skips it too).
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
+    // The document being collected: where it starts, and whether it holds
+    // anything yet (only then is it cut off as a document of its own).
     let (mut start, mut start_line, mut has_content) = (0, 1, false);
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let line_no = i + 1;
-        match marker(line) {
-            Some(b'-') => {
-                if has_content {
-                    out.push(Chunk {
-                        text: &text[start..offset],
-                        first_line: start_line,
-                    });
-                    (start, start_line) = (offset, line_no);
-                }
-                has_content = true;
-            }
-            Some(_) => {
-                // `...` ends the document it follows.
-                offset += line.len();
-                if has_content {
-                    out.push(Chunk {
-                        text: &text[start..offset],
-                        first_line: start_line,
-                    });
-                }
-                (start, start_line, has_content) = (offset, line_no + 1, false);
-                continue;
-            }
+        let end = offset + line.len();
+        // (cut before this line, cut after it, this line is content)
+        let (before, after, content) = match marker(line) {
+            Some(b'-') => (true, false, true),
+            // `...` ends the document it follows.
+            Some(_) => (false, true, false),
             // A directive belongs to the next document, even right after
             // one that has no `...` (libyaml allows that).
-            None if line.starts_with('%') => {
-                if has_content {
-                    out.push(Chunk {
-                        text: &text[start..offset],
-                        first_line: start_line,
-                    });
-                    (start, start_line, has_content) = (offset, line_no, false);
-                }
-            }
+            None if line.starts_with('%') => (true, false, false),
             None => {
                 let t = line.trim_start();
-                if !(t.is_empty() || t.starts_with('#')) {
-                    has_content = true;
-                }
+                (false, false, !(t.is_empty() || t.starts_with('#')))
             }
+        };
+        if before && has_content {
+            out.push(Chunk {
+                text: &text[start..offset],
+                first_line: start_line,
+            });
+            (start, start_line, has_content) = (offset, line_no, false);
         }
-        offset += line.len();
+        has_content |= content;
+        if after {
+            if has_content {
+                out.push(Chunk {
+                    text: &text[start..end],
+                    first_line: start_line,
+                });
+            }
+            (start, start_line, has_content) = (end, line_no + 1, false);
+        }
+        offset = end;
     }
     if has_content {
         out.push(Chunk {
@@ -236,10 +228,10 @@ fn merge(origin: &Arc<str>, number: usize, outcome: Outcome, snap: &mut Snapshot
 /// Parses every chunk on `threads` threads, each taking a contiguous run
 /// of about the same number of bytes; results in input order.
 fn parse_all(docs: &[(usize, Chunk<'_>)], threads: usize) -> Vec<Vec<Outcome>> {
-    let total: usize = docs.iter().map(|(_, c)| c.text.len()).sum();
     if threads <= 1 || docs.len() < 2 {
         return docs.iter().map(|(_, c)| parse_chunk(c)).collect();
     }
+    let total: usize = docs.iter().map(|(_, c)| c.text.len()).sum();
     let mut runs = Vec::with_capacity(threads);
     let (mut from, mut bytes) = (0, 0);
     for (i, (_, c)) in docs.iter().enumerate() {
