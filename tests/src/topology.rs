@@ -54,6 +54,8 @@ pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
     pub ns: NetNs,
+    /// The node side of the pod's veth.
+    pub host_if: String,
     /// The pod's echo server, ended with the pod.
     _server: Option<Daemon>,
 }
@@ -81,14 +83,36 @@ impl Drop for TempDir {
     }
 }
 
+/// Pods made sluice endpoints by [`LbTopology::enroll`]; dropping it
+/// detaches the pod programs (the veths' clsact qdiscs go) and removes the
+/// endpoint entries.
+pub struct Enrolled {
+    node: PathBuf,
+    pins: PathBuf,
+    pods: Vec<(Ipv4Addr, String)>,
+}
+
+impl Drop for Enrolled {
+    fn drop(&mut self) {
+        for (_, host_if) in &self.pods {
+            let _ = crate::command_in(&self.node, "tc")
+                .args(["qdisc", "del", "dev", host_if, "clsact"])
+                .output();
+        }
+        if let Ok(mut eps) = sluice_datapath::Endpoints::open(&self.pins) {
+            for (ip, _) in &self.pods {
+                let _ = eps.remove_endpoint(*ip);
+            }
+        }
+    }
+}
+
 /// Field order matters for Drop: the agent stops before its netns goes, and
 /// the pin dir (pinned links) goes before the cgroup it is attached to.
 pub struct LbTopology {
     pub agent: Option<Daemon>,
     /// The node's interface towards the external host (`--nodeport-iface`).
     pub node_ext_if: String,
-    /// The node side of the client pod's veth (`--pod-iface` for the tc path).
-    pub client_host_if: String,
     pub backends: Vec<Pod>,
     pub client: Pod,
     pub external: NetNs,
@@ -159,7 +183,7 @@ impl LbTopology {
         for i in 0..backends {
             let name = format!("pod-{i}");
             let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
-            let (ns, _) = wire_pod(&node, ip);
+            let (ns, host_if) = wire_pod(&node, ip);
             let mut c = Command::new("ip");
             c.args(["netns", "exec", &ns.name]).arg(testpod()).args([
                 "serve",
@@ -174,18 +198,19 @@ impl LbTopology {
                 name,
                 ip,
                 ns,
+                host_if,
                 _server: Some(server),
             });
         }
         Self {
             agent: None,
             node_ext_if,
-            client_host_if,
             backends: pods,
             client: Pod {
                 name: "client".into(),
                 ip: CLIENT_IP,
                 ns: client_ns,
+                host_if: client_host_if,
                 _server: None,
             },
             external,
@@ -199,8 +224,68 @@ impl LbTopology {
     /// Wires one more pod netns to the node (not in the node's cgroup, not
     /// on any `--pod-iface`): a client whose traffic no sluice program sees,
     /// e.g. the benchmark's direct baseline. Dropping it removes it.
-    pub fn extra_pod(&self, ip: Ipv4Addr) -> NetNs {
-        wire_pod(&self.node, ip).0
+    pub fn extra_pod(&self, name: &str, ip: Ipv4Addr) -> Pod {
+        let (ns, host_if) = wire_pod(&self.node, ip);
+        Pod {
+            name: name.into(),
+            ip,
+            ns,
+            host_if,
+            _server: None,
+        }
+    }
+
+    /// Makes `pods` sluice endpoints the way sluice-cni's ADD does for the
+    /// pods it wires: the pod programs on the host side of each veth and an
+    /// `EP4_ENDPOINTS` entry, so traffic between them (service traffic
+    /// after DNAT included) is handed over in the kernel instead of routed
+    /// by the node. Needs the node's pinned maps (an agent has run).
+    /// Undone when the returned guard drops.
+    pub fn enroll(&self, pods: &[&Pod]) -> Enrolled {
+        use sluice_common::endpoint::Endpoint;
+        use sluice_datapath::PodDatapath;
+        let link = |ns: &NetNs, dev: &str| -> (u32, [u8; 6]) {
+            let out = ns.ip(["-j", "link", "show", "dev", dev]);
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("ip -j link show");
+            let index = v[0]["ifindex"].as_u64().expect("ifindex") as u32;
+            let mac = v[0]["address"].as_str().expect("mac address");
+            let mut b = [0u8; 6];
+            for (slot, hex) in b.iter_mut().zip(mac.split(':')) {
+                *slot = u8::from_str_radix(hex, 16).expect("mac byte");
+            }
+            (index, b)
+        };
+        let eps: Vec<(Ipv4Addr, String, Endpoint)> = pods
+            .iter()
+            .map(|p| {
+                let (ifindex, host_mac) = link(&self.node, &p.host_if);
+                let (_, mac) = link(&p.ns, "eth0");
+                let ep = Endpoint {
+                    ifindex,
+                    flags: 0,
+                    mac,
+                    host_mac,
+                };
+                (p.ip, p.host_if.clone(), ep)
+            })
+            .collect();
+        let enrolled = Enrolled {
+            node: self.node.path(),
+            pins: self.pins.path.clone(),
+            pods: eps.iter().map(|(ip, i, _)| (*ip, i.clone())).collect(),
+        };
+        let pins = self.pins.path.clone();
+        self.node.run(move || {
+            let mut dp = PodDatapath::open(&pins).expect("open the pod datapath");
+            for (ip, host_if, ep) in eps {
+                dp.attach(&host_if, false).expect("attach pod programs");
+                dp.endpoints()
+                    .set_endpoint(ip, ep)
+                    .expect("write endpoint entry");
+            }
+        });
+        enrolled
     }
 
     /// Arguments that make `sluice-agent` (or its `bpf` subcommands) act on

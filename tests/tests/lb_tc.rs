@@ -156,7 +156,7 @@ fn cluster_ip_from_a_pod_outside_the_socket_hooks_is_balanced_per_packet() {
     }
     let mut t = LbTopology::new(3);
     t.write_manifest("np.yaml", &svc(&t, false, |_| NODE_NAME));
-    let pod_if = t.client_host_if.clone();
+    let pod_if = t.client.host_if.clone();
     t.start_agent(&["--pod-iface", &pod_if]);
     t.agent()
         .wait_for_line("programmed", Duration::from_secs(10), |l| {
@@ -225,7 +225,7 @@ fn tc_path_keeps_two_flows_sharing_a_client_port_apart() {
     }
     .yaml();
     t.write_manifest("svcs.yaml", &format!("{one}---\n{many}"));
-    let pod_if = t.client_host_if.clone();
+    let pod_if = t.client.host_if.clone();
     t.start_agent(&["--pod-iface", &pod_if]);
     t.agent()
         .wait_for_line("programmed", Duration::from_secs(10), |l| {

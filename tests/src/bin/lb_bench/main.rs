@@ -8,7 +8,11 @@
 //! socket LB (client in the node's cgroup), (c) sluice's tc path (the same
 //! pinned state adopted by an agent with `--pod-iface` on the client's
 //! veth; the client outside the cgroup, so only `tc_pod_ingress`
-//! balances),
+//! balances; the backends are plain routed pods, as remote ones would be),
+//! (c') the tc path on a sluice node: every pod a sluice endpoint the way
+//! sluice-cni wires it, so DNATed traffic and its replies are handed from
+//! veth to veth in the kernel, measured against direct on that same
+//! datapath,
 //! (d) kube-proxy's iptables rules loaded with iptables-restore, and (e)
 //! IPVS when the kernel has it. Every scale gets a fresh topology, so the
 //! netfilter state of one baseline never taxes another.
@@ -28,7 +32,7 @@ use std::{
 
 use sluice_tests::{
     NetNs,
-    topology::{BACKEND_PORT, LbTopology, NODE_NAME, TempDir, testpod},
+    topology::{BACKEND_PORT, LbTopology, NODE_NAME, Pod, TempDir, testpod},
     unique,
 };
 
@@ -87,12 +91,19 @@ pub struct Scale {
     pub direct: Load,
     pub socket: Load,
     pub tc: Load,
+    /// (c'): every pod a sluice endpoint; direct and the tc path then both
+    /// take sluice's pod-to-pod hand-off.
+    pub node_direct: Load,
+    pub node_tc: Load,
     /// Median over rounds of (path / direct) for alternated round pairs.
     pub socket_ratio: Ratio,
     pub tc_ratio: Ratio,
+    pub node_tc_ratio: Ratio,
     /// The pairing's noise floor: direct from the client pod against direct
     /// from the baseline pod, paired the same way (the ideal is 1).
     pub null_ratio: Ratio,
+    /// The same on the sluice-node datapath of (c').
+    pub node_null_ratio: Ratio,
     pub iptables: Outcome,
     pub ipvs: Outcome,
     /// Agent-reported: change seen -> maps updated (includes YAML parsing).
@@ -106,9 +117,9 @@ pub struct Scale {
     pub agent_cpu_pct: f64,
     /// The same during the tc-path rounds (conntrack GC runs then).
     pub agent_cpu_tc_pct: f64,
-    /// sluice's programs: (name, runs, mean ns per run), from one extra
-    /// round per path with kernel BPF run-time stats on.
-    pub prog_costs: Vec<(String, u64, f64)>,
+    /// sluice's programs: (path, name, runs, mean ns per run), from one
+    /// extra round per path with kernel BPF run-time stats on.
+    pub prog_costs: Vec<(&'static str, String, u64, f64)>,
     pub agent_peak_rss_mb: f64,
     pub iptables_rules: usize,
     pub iptables_program_ms: f64,
@@ -280,9 +291,10 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     // sees, so it can alternate round by round with every sluice path and
     // each ratio pairs rounds taken under the same conditions (this
     // machine kind is noisy: one path's rate moves by +-20% over minutes).
-    let base_ns = t.extra_pod(BASELINE_IP);
+    let base_pod = t.extra_pod("baseline", BASELINE_IP);
+    let base_ns = &base_pod.ns;
     tune_client(&base_ns.name);
-    let base = Client::Pod(&base_ns);
+    let base = Client::Pod(base_ns);
     let mut direct = Vec::new();
     eprintln!("-- direct (no agent)");
     for _ in 0..o.rounds {
@@ -303,36 +315,35 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         });
     let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (rss, peak) = rss_mb(t.agent().pid().expect("agent running"));
+    // One phase under the running agent, which stops after it.
+    let phase = |t: &mut LbTopology, client: Client, with_null: bool| {
+        let p = alternate(t, client, base_ns, &vip_file, &direct_file, with_null, o);
+        t.agent().stop();
+        t.agent = None;
+        p
+    };
     eprintln!("-- sluice socket LB (client in the cgroup), alternating with direct");
-    let socket_phase = alternate(
-        &t,
-        Client::InCgroup,
-        &base_ns,
-        &vip_file,
-        &direct_file,
-        true,
-        o,
-    );
+    let socket_phase = phase(&mut t, Client::InCgroup, true);
     // sluice tc path: the same pinned state, adopted by an agent that also
     // balances on the client's veth; the client runs outside the cgroup.
-    t.agent().stop();
-    t.agent = None;
-    let pod_if = t.client_host_if.clone();
+    let pod_if = t.client.host_if.clone();
     t.start_agent(&["--pod-iface", &pod_if, "--metrics-addr", "127.0.0.1:0"]);
     eprintln!("-- sluice tc path (client outside the cgroup), alternating with direct");
-    let tc_phase = alternate(
-        &t,
-        Client::OutsideCgroup,
-        &base_ns,
-        &vip_file,
-        &direct_file,
-        false,
-        o,
-    );
-    t.agent().stop();
-    t.agent = None;
+    let tc_phase = phase(&mut t, Client::OutsideCgroup, false);
     // Detach: the links are pinned, so removing the pins is what lets go.
     let _ = std::fs::remove_dir_all(t.pins.path.join("links"));
+
+    // (c') a sluice node: the agent with no --pod-iface, and every pod
+    // (client, backends, baseline) an endpoint with the pod programs on
+    // its veth, as sluice-cni leaves them. Direct traffic from the
+    // baseline pod now takes the same hand-off as the DNATed traffic.
+    eprintln!("-- sluice tc path, every pod a sluice endpoint, alternating with direct");
+    let mut pods: Vec<&Pod> = t.backends.iter().collect();
+    pods.extend([&t.client, &base_pod]);
+    let enrolled = t.enroll(&pods);
+    t.start_agent(&["--metrics-addr", "127.0.0.1:0"]);
+    let node_phase = phase(&mut t, Client::OutsideCgroup, true);
+    drop(enrolled);
     direct.extend(socket_phase.direct.iter().copied());
     direct.extend(tc_phase.direct.iter().copied());
 
@@ -365,7 +376,11 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         tc: median(&tc_phase.path),
         socket_ratio: paired(&socket_phase.path, &socket_phase.direct),
         tc_ratio: paired(&tc_phase.path, &tc_phase.direct),
+        node_direct: median(&node_phase.direct),
+        node_tc: median(&node_phase.path),
+        node_tc_ratio: paired(&node_phase.path, &node_phase.direct),
         null_ratio: paired(&socket_phase.null_a, &socket_phase.null_b),
+        node_null_ratio: paired(&node_phase.null_a, &node_phase.null_b),
         iptables,
         ipvs,
         sluice_program_ms: field(&line, "latency_ms").unwrap_or(f64::NAN),
@@ -374,11 +389,14 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         agent_rss_mb: rss,
         agent_cpu_pct: socket_phase.agent_cpu_pct,
         agent_cpu_tc_pct: tc_phase.agent_cpu_pct,
-        prog_costs: socket_phase
-            .costs
-            .into_iter()
-            .chain(tc_phase.costs)
-            .collect(),
+        prog_costs: [
+            ("socket LB", socket_phase.costs),
+            ("tc path", tc_phase.costs),
+            ("tc path, endpoints", node_phase.costs),
+        ]
+        .into_iter()
+        .flat_map(|(path, costs)| costs.into_iter().map(move |(n, r, ns)| (path, n, r, ns)))
+        .collect(),
         agent_peak_rss_mb: peak,
         iptables_rules: kube_proxy::rule_count(&payload),
         iptables_program_ms,
