@@ -15,12 +15,11 @@ use aya_ebpf::{
 use sluice_common::{
     ProgStat,
     endpoint::{EP_F_VIA_QDISC, Endpoint, MAX_ENDPOINTS},
-    lb::CT_DIR_REV,
 };
 
 use crate::{
     stats,
-    tc_lb::{ETH_HLEN, IP_CSUM_OFF, IP_DST_OFF, Nat, apply, lb_flow, parse, read, tracked},
+    tc_lb::{ETH_HLEN, IP_CSUM_OFF, IP_DST_OFF, Nat, apply, lb_flow, parse, read, reply_nat},
 };
 
 /// Written by the CNI plugin (ADD inserts, DEL removes).
@@ -73,10 +72,7 @@ fn pod_ingress(ctx: &mut TcContext, redirect: bool) -> i32 {
         // source must not re-enter the host stack: it would be dropped as
         // martian).
         let dnat_seen = POD_DNAT_SEEN.get(0).is_some_and(|v| *v != 0);
-        if let Some(ct) = dnat_seen
-            .then(|| tracked(&f.key(CT_DIR_REV), now(), f.closing()))
-            .flatten()
-        {
+        if let Some(ct) = dnat_seen.then(|| reply_nat(&f, now())).flatten() {
             let verdict = apply(ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port));
             if verdict != TC_ACT_OK {
                 return verdict;

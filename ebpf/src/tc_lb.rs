@@ -77,6 +77,11 @@ impl Flow {
     fn syn(&self) -> bool {
         self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
+    /// A TCP SYN-ACK: a server accepting a connection.
+    #[inline(always)]
+    fn syn_ack(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+    }
     /// A TCP FIN or RST: the connection is closing.
     #[inline(always)]
     pub fn closing(&self) -> bool {
@@ -266,6 +271,30 @@ pub(crate) fn tracked(key: &CtKey, now: u64, closing: bool) -> Option<CtValue> {
     }
 }
 
+/// The reverse-NAT entry for reply packet `f`, if the reply belongs to a
+/// translated flow.
+///
+/// A reverse entry outlives its flow (until the GC expires it), and the
+/// wire tuple it is keyed on can be taken by a connection that was never
+/// translated: a client that talked to a ClusterIP from port P may next
+/// connect from P straight to the backend's pod IP. Rewriting that
+/// connection's replies to the ClusterIP would break it (the client sees
+/// a SYN-ACK from an address it never called). A translated flow that
+/// reuses the tuple re-records its entry, clearing the closing mark, on its
+/// SYN (`lb_flow`), before the server can answer; so a SYN-ACK that meets
+/// an entry still marked closing answers a connection that was not
+/// translated. The stale entry is dropped and the packet left alone.
+#[inline(always)]
+pub(crate) fn reply_nat(f: &Flow, now: u64) -> Option<CtValue> {
+    let key = f.key(CT_DIR_REV);
+    let ct = tracked(&key, now, f.closing())?;
+    if f.syn_ack() && ct.flags & CT_F_CLOSING != 0 {
+        let _ = LB4_CT.remove(key);
+        return None;
+    }
+    Some(ct)
+}
+
 /// Marks the reverse entry of a forward flow closing (the tuple check in
 /// `tuple_taken` looks at reverse entries).
 #[inline(always)]
@@ -445,10 +474,9 @@ pub fn tc_lb_egress(mut ctx: TcContext) -> i32 {
     let Some(f) = parse(&mut ctx) else {
         return TC_ACT_OK;
     };
-    let key = f.key(CT_DIR_REV);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(ct) = tracked(&key, now, f.closing()) else {
+    let Some(ct) = reply_nat(&f, now) else {
         return TC_ACT_OK;
     };
     apply(&mut ctx, f.proto, Nat::src(&f, ct.nat_addr, ct.nat_port))

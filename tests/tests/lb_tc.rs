@@ -5,7 +5,10 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use sluice_tests::{
     require_root,
-    topology::{CHI2_DF2_P999, LbTopology, NODE_IP, NODE_NAME, SvcSpec, chi_square_uniform, tally},
+    topology::{
+        BACKEND_PORT, CHI2_DF2_P999, LbTopology, NODE_IP, NODE_NAME, SvcSpec, chi_square_uniform,
+        tally,
+    },
 };
 
 const EXTERNAL_VIP: &str = "192.168.77.100";
@@ -241,4 +244,61 @@ fn tc_path_keeps_two_flows_sharing_a_client_port_apart() {
         assert_ne!(f[1], "pod-0", "second flow collided with the first: {l}");
         assert_eq!(&f[2..], ["ok", "ok"], "both connections keep working: {l}");
     }
+}
+
+/// A connection straight to a backend's pod IP, from the client port of a
+/// closed ClusterIP connection that was DNATed to that backend: the wire
+/// tuple is the same, and the closed flow's reverse entry (kept until the
+/// GC expires it) must not rewrite the new connection's replies to the
+/// ClusterIP. Checked with the replies reverse-NATed on the client's veth
+/// (backends behind host routing) and on the backend's veth (every pod a
+/// sluice endpoint).
+fn direct_connection_reusing_a_closed_flows_port(enroll: bool) {
+    let mut t = LbTopology::new(1);
+    let one = SvcSpec {
+        name: "one",
+        cluster_ip: "10.96.0.63",
+        ports: &[("http", "TCP", 80)],
+        extra_spec: "",
+        endpoints: &[(t.backends[0].ip, true, true, false, NODE_NAME)],
+        with_slice: true,
+    }
+    .yaml();
+    t.write_manifest("one.yaml", &one);
+    let _enrolled;
+    if enroll {
+        // The agent first (it creates the pinned maps), then the pods.
+        t.start_agent(&[]);
+        _enrolled = t.enroll(&[&t.backends[0], &t.client]);
+    } else {
+        let pod_if = t.client.host_if.clone();
+        t.start_agent(&["--pod-iface", &pod_if]);
+    }
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), |l| {
+            l.contains("services programmed")
+        });
+    let direct = format!("{}:{BACKEND_PORT}", t.backends[0].ip);
+    let lines = t.client_outside_cgroup(&["port-reuse", "10.96.0.63:80", &direct, "40200", "5"]);
+    assert_eq!(
+        lines,
+        vec!["pod-0 pod-0 ok ok"; 5],
+        "ClusterIP, closed, then the pod IP from the same port"
+    );
+}
+
+#[test]
+fn direct_connection_reusing_a_closed_flows_port_via_host_routing() {
+    if !require_root("direct_connection_reusing_a_closed_flows_port_via_host_routing") {
+        return;
+    }
+    direct_connection_reusing_a_closed_flows_port(false);
+}
+
+#[test]
+fn direct_connection_reusing_a_closed_flows_port_between_endpoints() {
+    if !require_root("direct_connection_reusing_a_closed_flows_port_between_endpoints") {
+        return;
+    }
+    direct_connection_reusing_a_closed_flows_port(true);
 }

@@ -12,6 +12,8 @@
 //! same-port A B PORT COUNT       COUNT times: from local PORT+i, one connection to A
 //!                                 and, while it is open, one to B from the same port;
 //!                                 then a ping on each; prints "NAME_A NAME_B PING_A PING_B"
+//! port-reuse A B PORT COUNT      as same-port, but the connection to A is pinged and
+//!                                 closed before B is dialled from its port
 //! rr FILE CONNS SECS              benchmark: CONNS persistent connections (to the
 //!                                 ADDR:PORT lines of FILE, round robin) doing request/
 //!                                 response for SECS; prints "requests=N errors=E"
@@ -52,7 +54,13 @@ fn main() {
             num(a(6)),
             num(a(7)),
         ),
-        "same-port" => same_port(addr(a(2)), addr(a(3)), num(a(4)) as u16, num(a(5)) as u16),
+        mode @ ("same-port" | "port-reuse") => same_port(
+            addr(a(2)),
+            addr(a(3)),
+            num(a(4)) as u16,
+            num(a(5)) as u16,
+            mode == "same-port",
+        ),
         "crr" => crr(&targets(a(2)), num(a(3)), num(a(4))),
         "sink" => sink(a(2).parse().unwrap_or_else(|_| usage())),
         "stream" => stream(addr(a(2)), num(a(3))),
@@ -667,7 +675,9 @@ fn connect_from(port: u16, to: SocketAddr) -> std::io::Result<TcpStream> {
     }
 }
 
-fn same_port(a: SocketAddr, b: SocketAddr, port: u16, count: u16) {
+/// `hold_a`: B is dialled while A is open (two live flows on one port);
+/// otherwise A is done and closed first (a port reused after a close).
+fn same_port(a: SocketAddr, b: SocketAddr, port: u16, count: u16, hold_a: bool) {
     let greet = |s: &TcpStream| -> String {
         let mut line = String::new();
         match BufReader::new(s).read_line(&mut line) {
@@ -684,6 +694,23 @@ fn same_port(a: SocketAddr, b: SocketAddr, port: u16, count: u16) {
     };
     for i in 0..count {
         let p = port + i;
+        if !hold_a {
+            let (na, pa) = match connect_from(p, a) {
+                Ok(mut sa) => (greet(&sa), ping(&mut sa)),
+                Err(e) => {
+                    println!("ERROR {e:?}");
+                    continue;
+                }
+            };
+            // Closed; give the FIN exchange time to finish.
+            std::thread::sleep(Duration::from_millis(50));
+            let (nb, pb) = match connect_from(p, b) {
+                Ok(mut sb) => (greet(&sb), ping(&mut sb)),
+                Err(e) => (format!("ERROR_{:?}", e.kind()), "BROKEN"),
+            };
+            println!("{na} {nb} {pa} {pb}");
+            continue;
+        }
         let (mut sa, mut sb) = match (connect_from(p, a), connect_from(p, b)) {
             (Ok(x), Ok(y)) => (x, y),
             (x, y) => {
