@@ -50,10 +50,32 @@ pub fn gc(maps: &mut LbMaps) -> Result<usize, DatapathError> {
             dead.push(k);
         }
     }
+    let mut removed = 0;
     for k in &dead {
-        super::reconcile::absent_ok(maps.ct.remove(k)).map_err(err)?;
+        let current = match maps.ct.get(k, 0) {
+            Ok(v) => Some(v),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(err(e)),
+        };
+        if still_expired(k, current, now) {
+            super::reconcile::absent_ok(maps.ct.remove(k)).map_err(err)?;
+            removed += 1;
+        }
     }
-    Ok(dead.len())
+    Ok(removed)
+}
+
+/// Whether entry `k`, seen expired by the scan, may be deleted now that
+/// it reads `current`.
+///
+/// The scan of a busy map takes long enough (tens of ms) for a client to
+/// reuse an expired flow's tuple: the datapath then re-records the entry
+/// with a fresh timestamp, and deleting it would strip a live connection
+/// of its NAT (the bench's CRR saw "connected, no greeting" about once
+/// per 10^5 connections). Reading the entry again just before deleting it
+/// shrinks that window from the whole scan to one syscall.
+fn still_expired(k: &CtKey, current: Option<CtValue>, now: u64) -> bool {
+    current.is_some_and(|v| expired(k, &v, now))
 }
 
 #[derive(Serialize)]
@@ -123,4 +145,47 @@ pub fn render_table(rows: &[CtRow]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(proto: u8) -> CtKey {
+        CtKey {
+            saddr: 1,
+            daddr: 2,
+            sport: 3,
+            dport: 4,
+            proto,
+            dir: CT_DIR_FWD,
+            pad: 0,
+        }
+    }
+
+    fn value(last_seen_s: u64, flags: u16) -> CtValue {
+        CtValue {
+            nat_addr: 5,
+            nat_port: 6,
+            flags,
+            backend_id: 7,
+            svc_id: 8,
+            last_seen_ns: last_seen_s * 1_000_000_000,
+        }
+    }
+
+    #[test]
+    fn an_entry_refreshed_after_the_scan_is_kept() {
+        let now = 1_000 * 1_000_000_000;
+        let k = key(PROTO_TCP);
+        // Seen by the scan: closing and idle for 20 s.
+        assert!(expired(&k, &value(980, CT_F_CLOSING), now));
+        // Re-recorded by a new flow on the same tuple before the delete.
+        assert!(!still_expired(&k, Some(value(999, 0)), now));
+        // Refreshed only (still closing, but touched a second ago).
+        assert!(!still_expired(&k, Some(value(999, CT_F_CLOSING)), now));
+        // Unchanged: deleted; already gone: nothing to delete.
+        assert!(still_expired(&k, Some(value(980, CT_F_CLOSING)), now));
+        assert!(!still_expired(&k, None, now));
+    }
 }
