@@ -63,8 +63,7 @@ fn default_threads(files: &[ManifestFile]) -> usize {
         .filter_map(|(_, t)| t.as_ref().ok())
         .map(String::len)
         .sum();
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    super::parallel::cpus()
         .min(total / PARALLEL_MIN_BYTES)
         .max(1)
 }
@@ -241,22 +240,7 @@ fn parse_all(docs: &[(usize, Chunk<'_>)], threads: usize) -> Vec<Vec<Outcome>> {
             from = i + 1;
         }
     }
-    // The first run is parsed here, the others on threads of their own.
-    let parse_run =
-        |run: &[(usize, Chunk<'_>)]| run.iter().map(|(_, c)| parse_chunk(c)).collect::<Vec<_>>();
-    std::thread::scope(|s| {
-        let mut runs = runs.into_iter();
-        let first = runs.next().unwrap_or_default();
-        let handles: Vec<_> = runs.map(|run| s.spawn(move || parse_run(run))).collect();
-        let mut out = parse_run(first);
-        for h in handles {
-            match h.join() {
-                Ok(v) => out.extend(v),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
+    super::parallel::map_runs(&runs, |(_, c)| parse_chunk(c))
 }
 
 /// The documents of one chunk (one, unless the text holds stray markers

@@ -9,5 +9,6 @@ pub mod list;
 pub mod maglev;
 pub mod manifests;
 pub mod model;
+pub mod parallel;
 pub mod reconcile;
 pub mod source;

@@ -142,23 +142,48 @@ impl Reconciler {
             backends: desired.backends.len(),
             ..Default::default()
         };
-        // 1. Backends (new ones and flag changes) before anything points at them.
+        // 1. Backends (new ones and flag changes) before anything points at
+        // them, in one batch. Ids are recorded only once it is written; a
+        // changed backend whose write failed still looks stale to the retry.
+        let (mut addrs, mut ids, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        let mut fresh = Vec::new();
         for (addr, flags) in &desired.backends {
             let want = Backend::new(addr.ip.octets(), addr.port, addr.proto, *flags);
             let id = match self.backend_ids.get(addr) {
-                Some((id, have)) if *have == want => continue,
+                Some((_, have)) if *have == want => continue,
                 Some((id, _)) => *id,
-                None => self.backend_pool.alloc().ok_or_else(|| {
-                    DatapathError::Table(format!("more than {MAX_BACKENDS} backends"))
-                })?,
+                None => match self.backend_pool.alloc() {
+                    Some(id) => {
+                        fresh.push(id);
+                        id
+                    }
+                    None => {
+                        for id in fresh {
+                            self.backend_pool.free(id);
+                        }
+                        return Err(DatapathError::Table(format!(
+                            "more than {MAX_BACKENDS} backends"
+                        )));
+                    }
+                },
             };
-            self.maps
-                .backends
-                .insert(id, want, 0)
-                .map_err(DatapathError::map(sluice_common::map_names::LB4_BACKENDS))?;
-            self.backend_ids.insert(*addr, (id, want));
-            st.backends_written += 1;
+            addrs.push(*addr);
+            ids.push(id);
+            values.push(want);
         }
+        if let Err(e) = self.maps.write_backends(&ids, &values) {
+            // Part of the batch may have landed: take the new entries out
+            // again (nothing points at them yet) so no id is leaked.
+            for id in fresh {
+                let _ = self.maps.backends.remove(&id);
+                self.backend_pool.free(id);
+            }
+            return Err(e);
+        }
+        for ((addr, id), want) in addrs.into_iter().zip(&ids).zip(&values) {
+            self.backend_ids.insert(addr, (*id, *want));
+        }
+        st.backends_written = ids.len();
         // 2. Tables. Decide which services need a new one, then build and
         // install those in batches (see LbMaps::commit_tables).
         let mut work: Vec<TableWork> = Vec::new();
@@ -204,20 +229,29 @@ impl Reconciler {
             }
         }
         // Tables are built and installed a batch at a time: each built table
-        // holds an fd until installed. (Building on several threads did not
-        // help: map creation and mmap serialize in the kernel.)
+        // holds an fd until installed. The Maglev tables are computed on
+        // every CPU (~20 us each, half of building a 10-endpoint service's
+        // table); the maps are created on one thread, since map creation and
+        // mmap serialize in the kernel (several threads did not help).
+        // They are computed a few hundred at a time, so only those few are
+        // ever held in memory beside their maps.
+        let threads = super::parallel::cpus();
         for chunk in work.chunks_mut(table_batch_limit()) {
-            let built = chunk
-                .iter()
-                .map(|w| {
-                    let (info, table) = w.info();
+            let mut built = Vec::with_capacity(chunk.len());
+            for part in chunk.chunks(COMPUTE_AT_ONCE) {
+                let computed = super::parallel::map_runs(
+                    &super::parallel::even_runs(part, threads),
+                    TableWork::info,
+                );
+                for (w, (info, table)) in part.iter().zip(computed) {
                     if self.infos.get(&w.id) == Some(&info) {
-                        return Ok((info, None, false));
+                        built.push((info, None, false));
+                        continue;
                     }
                     let table = table.as_deref().map(LbMaps::build_table).transpose()?;
-                    Ok((info, table, true))
-                })
-                .collect::<Result<Vec<_>, DatapathError>>()?;
+                    built.push((info, table, true));
+                }
+            }
             let mut pending = Vec::new();
             for (w, (info, table, write)) in chunk.iter().zip(built) {
                 if write {
@@ -299,6 +333,10 @@ impl Reconciler {
         Ok(st)
     }
 }
+
+/// Maglev tables computed before their maps are built: enough to keep
+/// every CPU busy for a while (~5 ms), few enough to hold (~1 MB).
+const COMPUTE_AT_ONCE: usize = 256;
 
 /// A service whose table must be (re)computed.
 struct TableWork<'a> {
