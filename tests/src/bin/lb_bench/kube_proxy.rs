@@ -7,7 +7,12 @@
 //! service port picking an endpoint with `statistic --mode random
 //! --probability 1/(n-i)`, and a KUBE-SEP-* chain per endpoint doing the
 //! DNAT, plus the masquerade plumbing (KUBE-MARK-MASQ, KUBE-POSTROUTING)
-//! and the trailing KUBE-NODEPORTS jump. IPVS mode: an `ipvsadm -R` payload
+//! and the trailing KUBE-NODEPORTS jump. One deviation, so the socket LB
+//! can run alongside in paired rounds: the PREROUTING jump into
+//! KUBE-SERVICES only takes packets from the iptables client's veth.
+//! kube-proxy's is unconditional, so every new connection on its node walks
+//! the chain; a socket-LB connection already carries a pod address and, on
+//! a sluice node (no kube-proxy), walks nothing. IPVS mode: an `ipvsadm -R` payload
 //! with one virtual service per service port and a masq real server per
 //! endpoint, the VIPs bound to a dummy interface (kube-ipvs0).
 use std::{
@@ -24,8 +29,9 @@ fn chain(prefix: &str, parts: impl Hash) -> String {
     format!("{prefix}{:016X}", h.finish())
 }
 
-/// The nat table payload for `iptables-restore --noflush`.
-pub fn iptables_nat(services: &[Svc], cluster_cidr: &str) -> String {
+/// The nat table payload for `iptables-restore --noflush`; `client_if` is
+/// the node-side veth of the pod whose connections iptables balances.
+pub fn iptables_nat(services: &[Svc], cluster_cidr: &str, client_if: &str) -> String {
     let mut chains = String::new();
     let mut rules = String::new();
     for c in [
@@ -36,9 +42,12 @@ pub fn iptables_nat(services: &[Svc], cluster_cidr: &str) -> String {
     ] {
         let _ = writeln!(chains, ":{c} - [0:0]");
     }
+    let _ = writeln!(
+        rules,
+        "-A PREROUTING -i {client_if} -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+    );
     rules.push_str(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
          -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
          -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
          -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\

@@ -74,10 +74,12 @@ pub struct Load {
 pub struct Ratio {
     pub rps: f64,
     pub crr: f64,
-    /// The lowest and highest per-round request-rate ratio (the spread the
-    /// median comes from; NaN when not paired).
+    /// The lowest and highest per-round ratio (the spread the median comes
+    /// from; NaN when not paired).
     pub rps_lo: f64,
     pub rps_hi: f64,
+    pub crr_lo: f64,
+    pub crr_hi: f64,
 }
 
 #[derive(Debug)]
@@ -102,6 +104,8 @@ pub struct Scale {
     /// The pairing's noise floor: direct from the client pod against direct
     /// from the baseline pod, paired the same way (the ideal is 1).
     pub null_ratio: Ratio,
+    /// Socket LB CRR / iptables CRR over alternated rounds (`crr` fields).
+    pub socket_vs_iptables: Ratio,
     /// The same on the sluice-node datapath of (c').
     pub node_null_ratio: Ratio,
     pub iptables: Outcome,
@@ -179,14 +183,18 @@ fn parse_opts() -> Result<Opts, String> {
             _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
-    // Services get ClusterIPs 10.96.0.10 + i and share one Maglev backend
-    // pool of pods at 10.244.0.10 + j.
+    // Services get ClusterIPs 10.96.0.10 + i; each one endpoints of its
+    // own (see `services`), so sluice's map sizes bound the product.
     if o.endpoints > 200 {
         return Err(format!("--endpoints {}: at most 200", o.endpoints));
     }
-    if let Some(n) = o.scales.iter().find(|&&n| n > 60_000) {
+    if let Some(n) = o
+        .scales
+        .iter()
+        .find(|&&n| n > 60_000 || n * o.endpoints > 250_000)
+    {
         return Err(format!(
-            "--services {n}: at most 60000 (sluice's map sizes at 10 endpoints)"
+            "--services {n}: at most 60000 services and 250000 endpoints in all (sluice's map sizes)"
         ));
     }
     Ok(o)
@@ -220,14 +228,43 @@ fn main() {
     }
 }
 
-fn services(n: usize, t: &LbTopology) -> Vec<Svc> {
+/// Indices of the services the load walks: `sample` spread evenly over
+/// all `n`, so lookups hit the whole key range and not one warm corner.
+fn sampled(n: usize, sample: usize) -> Vec<usize> {
+    let sample = sample.min(n);
+    (0..sample)
+        .map(|j| j * n / sample + (n / sample) / 2)
+        .collect()
+}
+
+/// Where the endpoints of services the load never reaches live: their own
+/// addresses, as in a cluster where each service selects its own pods
+/// (10.192.0.0/12, one block of `endpoints` per service; never routed).
+const IDLE_ENDPOINTS: Ipv4Addr = Ipv4Addr::new(10, 192, 0, 0);
+
+/// `n` services; the sampled ones balance over the backend pods, every
+/// other one over endpoints of its own, so programming `n` services writes
+/// `n` x endpoints backends, not the same few again.
+fn services(n: usize, sample: usize, t: &LbTopology) -> Vec<Svc> {
     let base = u32::from(Ipv4Addr::new(10, 96, 0, 10));
+    let mut live = vec![false; n];
+    for i in sampled(n, sample) {
+        live[i] = true;
+    }
+    let idle = u32::from(IDLE_ENDPOINTS);
+    let per = t.backends.len() as u32;
     (0..n)
         .map(|i| Svc {
             name: format!("svc-{i}"),
             vip: Ipv4Addr::from(base + i as u32),
             port: 80,
-            endpoints: t.backends.iter().map(|p| (p.ip, BACKEND_PORT)).collect(),
+            endpoints: if live[i] {
+                t.backends.iter().map(|p| (p.ip, BACKEND_PORT)).collect()
+            } else {
+                (0..per)
+                    .map(|k| (Ipv4Addr::from(idle + i as u32 * per + k), BACKEND_PORT))
+                    .collect()
+            },
         })
         .collect()
 }
@@ -270,7 +307,7 @@ fn tune_client(netns: &str) {
 fn run_scale(n: usize, o: &Opts) -> Scale {
     let mut t = LbTopology::new(o.endpoints);
     tune_client(&t.client.ns.name);
-    let svcs = services(n, &t);
+    let svcs = services(n, o.sample, &t);
     let files = TempDir::new();
     let direct_file = files.0.join("direct.txt");
     let vip_file = files.0.join("vips.txt");
@@ -280,10 +317,9 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         .map(|p| format!("{}:{BACKEND_PORT}\n", p.ip))
         .collect();
     std::fs::write(&direct_file, direct).expect("write direct targets");
-    let sample = o.sample.min(n);
-    let vips: String = (0..sample)
-        .map(|j| &svcs[j * n / sample + (n / sample) / 2])
-        .map(|s| format!("{}:{}\n", s.vip, s.port))
+    let vips: String = sampled(n, o.sample)
+        .into_iter()
+        .map(|i| format!("{}:{}\n", svcs[i].vip, svcs[i].port))
         .collect();
     std::fs::write(&vip_file, vips).expect("write service targets");
 
@@ -347,17 +383,43 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     direct.extend(socket_phase.direct.iter().copied());
     direct.extend(tc_phase.direct.iter().copied());
 
+    // (d), in rounds alternating with the socket LB's CRR: the target
+    // compares the two, and rounds minutes apart differ by more than the
+    // effect on this machine kind. iptables balances the baseline pod's
+    // connections (its jump takes only that veth), the socket LB the client
+    // pod's in the cgroup, under an agent that adopts the pinned state.
     eprintln!("-- kube-proxy iptables: restoring rules");
-    let payload = kube_proxy::iptables_nat(&svcs, "10.244.0.0/16");
+    let payload = kube_proxy::iptables_nat(&svcs, "10.244.0.0/16", &base_pod.host_if);
     let t0 = Instant::now();
     let restore = o.iptables_restore.as_str();
     let restored = pipe_into(&t.node.name, &[restore, "--noflush"], &payload);
     let iptables_program_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let iptables = match restored {
-        Ok(()) => Outcome::Measured(measure(&t, Client::OutsideCgroup, &vip_file, o)),
-        Err(e) => Outcome::Skipped(format!("{restore} failed: {e}")),
+    // The node netns now tracks connections (the nat table needs it); the
+    // client pod's, balanced by the socket LB, are exempt, as on a node
+    // without kube-proxy, where nothing turns conntrack on for them.
+    let notrack = format!(
+        "*raw\n-A PREROUTING -s {ip}/32 -j CT --notrack\n-A PREROUTING -d {ip}/32 -j CT --notrack\nCOMMIT\n",
+        ip = t.client.ip
+    );
+    let restored =
+        restored.and_then(|()| pipe_into(&t.node.name, &[restore, "--noflush"], &notrack));
+    let (iptables, socket_vs_iptables) = match restored {
+        Ok(()) => {
+            t.start_agent(&["--metrics-addr", "127.0.0.1:0"]);
+            eprintln!(
+                "-- kube-proxy iptables (baseline pod), alternating with the socket LB's CRR"
+            );
+            let (ipt, sock) = against_iptables(&t, base, &vip_file, o);
+            t.agent().stop();
+            t.agent = None;
+            (Outcome::Measured(median(&ipt)), paired(&sock, &ipt))
+        }
+        Err(e) => (
+            Outcome::Skipped(format!("{restore} failed: {e}")),
+            paired(&[], &[]),
+        ),
     };
-    let _ = pipe_into(&t.node.name, &[restore], "*nat\nCOMMIT\n");
+    let _ = pipe_into(&t.node.name, &[restore], "*nat\nCOMMIT\n*raw\nCOMMIT\n");
 
     let ipvs = match ipvs_unavailable(&t) {
         Some(why) => Outcome::Skipped(why),
@@ -380,6 +442,7 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         node_tc: median(&node_phase.path),
         node_tc_ratio: paired(&node_phase.path, &node_phase.direct),
         null_ratio: paired(&socket_phase.null_a, &socket_phase.null_b),
+        socket_vs_iptables,
         node_null_ratio: paired(&node_phase.null_a, &node_phase.null_b),
         iptables,
         ipvs,
@@ -726,7 +789,26 @@ fn alternate(
     }
 }
 
-/// Median of per-pair ratios `a[i] / b[i]`, with the request-rate spread.
+/// `o.rounds` rounds of iptables (rr and CRR from `ipt_client`, which the
+/// kube-proxy rules take), each followed by a CRR round of the socket LB
+/// (the client pod in the cgroup). Returns (iptables, socket LB CRR).
+fn against_iptables(
+    t: &LbTopology,
+    ipt_client: Client,
+    vip_file: &Path,
+    o: &Opts,
+) -> (Vec<Load>, Vec<Load>) {
+    let (mut ipt, mut sock) = (Vec::new(), Vec::new());
+    for _ in 0..o.rounds {
+        ipt.push(round(t, ipt_client, vip_file, o));
+        let s = crr_run(t, Client::InCgroup, vip_file, o);
+        log_round(Client::InCgroup, &s);
+        sock.push(s);
+    }
+    (ipt, sock)
+}
+
+/// Median of per-pair ratios `a[i] / b[i]`, with their spread.
 fn paired(a: &[Load], b: &[Load]) -> Ratio {
     let sorted = |f: fn(&Load) -> f64| -> Vec<f64> {
         let mut v: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect();
@@ -734,12 +816,21 @@ fn paired(a: &[Load], b: &[Load]) -> Ratio {
         v
     };
     let med = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
-    let rps = sorted(|l| l.rps);
+    let (rps, crr) = (sorted(|l| l.rps), sorted(|l| l.crr));
+    let ends = |v: &[f64]| {
+        (
+            v.first().copied().unwrap_or(f64::NAN),
+            v.last().copied().unwrap_or(f64::NAN),
+        )
+    };
+    let ((rps_lo, rps_hi), (crr_lo, crr_hi)) = (ends(&rps), ends(&crr));
     Ratio {
         rps: med(&rps),
-        crr: med(&sorted(|l| l.crr)),
-        rps_lo: rps.first().copied().unwrap_or(f64::NAN),
-        rps_hi: rps.last().copied().unwrap_or(f64::NAN),
+        crr: med(&crr),
+        rps_lo,
+        rps_hi,
+        crr_lo,
+        crr_hi,
     }
 }
 
