@@ -106,6 +106,8 @@ pub struct Scale {
     pub null_ratio: Ratio,
     /// Socket LB CRR / iptables CRR over alternated rounds (`crr` fields).
     pub socket_vs_iptables: Ratio,
+    /// Direct CRR / iptables CRR in those same rounds: the ceiling.
+    pub direct_vs_iptables: Ratio,
     /// The same on the sluice-node datapath of (c').
     pub node_null_ratio: Ratio,
     pub iptables: Outcome,
@@ -383,11 +385,12 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     direct.extend(socket_phase.direct.iter().copied());
     direct.extend(tc_phase.direct.iter().copied());
 
-    // (d), in rounds alternating with the socket LB's CRR: the target
-    // compares the two, and rounds minutes apart differ by more than the
-    // effect on this machine kind. iptables balances the baseline pod's
-    // connections (its jump takes only that veth), the socket LB the client
-    // pod's in the cgroup, under an agent that adopts the pinned state.
+    // (d), in rounds alternating with CRR rounds of the socket LB and of
+    // direct traffic: the target compares the first two, and rounds minutes
+    // apart differ by more than the effect on this machine kind. iptables
+    // balances the baseline pod's connections (its jump takes only that
+    // veth), the socket LB the client pod's in the cgroup, under an agent
+    // that adopts the pinned state; direct is the client pod to pod IPs.
     eprintln!("-- kube-proxy iptables: restoring rules");
     let payload = kube_proxy::iptables_nat(&svcs, "10.244.0.0/16", &base_pod.host_if);
     let t0 = Instant::now();
@@ -403,19 +406,24 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     );
     let restored =
         restored.and_then(|()| pipe_into(&t.node.name, &[restore, "--noflush"], &notrack));
-    let (iptables, socket_vs_iptables) = match restored {
+    let (iptables, socket_vs_iptables, direct_vs_iptables) = match restored {
         Ok(()) => {
             t.start_agent(&["--metrics-addr", "127.0.0.1:0"]);
             eprintln!(
-                "-- kube-proxy iptables (baseline pod), alternating with the socket LB's CRR"
+                "-- kube-proxy iptables (baseline pod), alternating with socket LB and direct CRR"
             );
-            let (ipt, sock) = against_iptables(&t, base, &vip_file, o);
+            let (ipt, sock, direct) = against_iptables(&t, base, &vip_file, &direct_file, o);
             t.agent().stop();
             t.agent = None;
-            (Outcome::Measured(median(&ipt)), paired(&sock, &ipt))
+            (
+                Outcome::Measured(median(&ipt)),
+                paired(&sock, &ipt),
+                paired(&direct, &ipt),
+            )
         }
         Err(e) => (
             Outcome::Skipped(format!("{restore} failed: {e}")),
+            paired(&[], &[]),
             paired(&[], &[]),
         ),
     };
@@ -443,6 +451,7 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         node_tc_ratio: paired(&node_phase.path, &node_phase.direct),
         null_ratio: paired(&socket_phase.null_a, &socket_phase.null_b),
         socket_vs_iptables,
+        direct_vs_iptables,
         node_null_ratio: paired(&node_phase.null_a, &node_phase.null_b),
         iptables,
         ipvs,
@@ -791,21 +800,29 @@ fn alternate(
 
 /// `o.rounds` rounds of iptables (rr and CRR from `ipt_client`, which the
 /// kube-proxy rules take), each followed by a CRR round of the socket LB
-/// (the client pod in the cgroup). Returns (iptables, socket LB CRR).
+/// (the client pod in the cgroup) and one of direct CRR from the client pod
+/// (outside the cgroup, to the pod IPs): the ceiling any LB could reach
+/// under the same conditions. Returns (iptables, socket LB, direct).
 fn against_iptables(
     t: &LbTopology,
     ipt_client: Client,
     vip_file: &Path,
+    direct_file: &Path,
     o: &Opts,
-) -> (Vec<Load>, Vec<Load>) {
-    let (mut ipt, mut sock) = (Vec::new(), Vec::new());
+) -> (Vec<Load>, Vec<Load>, Vec<Load>) {
+    let (mut ipt, mut sock, mut direct) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.rounds {
         ipt.push(round(t, ipt_client, vip_file, o));
-        let s = crr_run(t, Client::InCgroup, vip_file, o);
-        log_round(Client::InCgroup, &s);
-        sock.push(s);
+        for (client, targets, out) in [
+            (Client::InCgroup, vip_file, &mut sock),
+            (Client::OutsideCgroup, direct_file, &mut direct),
+        ] {
+            let l = crr_run(t, client, targets, o);
+            log_round(client, &l);
+            out.push(l);
+        }
     }
-    (ipt, sock)
+    (ipt, sock, direct)
 }
 
 /// Median of per-pair ratios `a[i] / b[i]`, with their spread.

@@ -178,6 +178,7 @@ pub fn write(o: &Opts, scales: &[Scale], steal_pct: f64) -> Result<(), String> {
             "rr_null_ratio_endpoints": {"median": s.node_null_ratio.rps, "min": s.node_null_ratio.rps_lo, "max": s.node_null_ratio.rps_hi},
             "iptables": outcome_json(&s.iptables, &s.direct),
             "crr_socket_vs_iptables": {"median": s.socket_vs_iptables.crr, "min": s.socket_vs_iptables.crr_lo, "max": s.socket_vs_iptables.crr_hi},
+            "crr_direct_vs_iptables": {"median": s.direct_vs_iptables.crr, "min": s.direct_vs_iptables.crr_lo, "max": s.direct_vs_iptables.crr_hi},
             "ipvs": outcome_json(&s.ipvs, &s.direct),
             "sluice_program_ms": s.sluice_program_ms,
             "sluice_apply_ms": s.sluice_apply_ms,
@@ -232,7 +233,8 @@ fn markdown(o: &Opts, scales: &[Scale], ts: &[Target], steal_pct: f64) -> String
          in alternating 50 ms slices (A B B A, fresh connections every 8 slices), for CRR the rounds alternate; \
          for (d) and (e) it is against the median of all direct rounds. \
          (d) runs from the baseline pod (kube-proxy's PREROUTING jump takes only its veth, and the socket LB's client is exempt from conntrack, as on a node without kube-proxy) in rounds alternating with \
-         CRR rounds of the socket LB, so the CRR target is a median of per-round ratios too. The A/A line under each table pairs direct with direct \
+         CRR rounds of the socket LB and of direct traffic from the client pod, so the CRR target is a median of \
+         per-round ratios too, next to its ceiling (direct / iptables). The A/A line under each table pairs direct with direct \
          the same way: the method's noise floor. \
          (c) runs with the backends as plain routed pods (as remote backends are reached: through the node's routing); \
          in (c') every pod is a sluice endpoint the way sluice-cni wires it (pod programs on its veth, an EP4 entry), \
@@ -327,11 +329,12 @@ fn markdown(o: &Opts, scales: &[Scale], ts: &[Target], steal_pct: f64) -> String
             s.node_null_ratio.rps_hi
         );
         if measured(&s.iptables).is_some() {
-            let r = &s.socket_vs_iptables;
+            let (r, d) = (&s.socket_vs_iptables, &s.direct_vs_iptables);
             let _ = writeln!(
                 m,
-                "\nCRR socket LB / iptables, rounds alternated: {:.3} (min - max {:.3} - {:.3}).",
-                r.crr, r.crr_lo, r.crr_hi
+                "\nCRR against iptables, rounds alternated: socket LB / iptables {:.3} (min - max {:.3} - {:.3}); \
+                 direct / iptables {:.3} ({:.3} - {:.3}), the ceiling for any LB.",
+                r.crr, r.crr_lo, r.crr_hi, d.crr, d.crr_lo, d.crr_hi
             );
         }
         let _ = writeln!(
