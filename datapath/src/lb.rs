@@ -147,8 +147,9 @@ impl LbMaps {
     }
 
     /// Writes backends (id -> value) in one syscall: 10 000 services of 10
-    /// endpoints are 100 000 backends, one syscall each otherwise. Each element is replaced atomically, as by a
-    /// single write; the batch as a whole is not.
+    /// endpoints are 100 000 backends, one syscall each otherwise. Each
+    /// element is replaced atomically, as by a single write; the batch as a
+    /// whole is not.
     pub fn write_backends(&self, ids: &[u32], values: &[Backend]) -> Result<(), DatapathError> {
         if ids.is_empty() {
             return Ok(());

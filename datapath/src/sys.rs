@@ -1,6 +1,6 @@
 //! The one raw bpf(2) call aya 0.14 does not wrap: batch updates (needed
 //! for a map-of-maps, where every single write costs an RCU grace period,
-//! and worth it for 100 000 backends, one syscall instead of each).
+//! and worth it for 100 000 backends: one syscall instead of one each).
 use std::os::fd::{AsRawFd as _, BorrowedFd};
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;

@@ -230,8 +230,8 @@ impl Reconciler {
         }
         // Tables are built and installed a batch at a time: each built table
         // holds an fd until installed. The Maglev tables are computed on
-        // every CPU (~20 us each, half of building a 10-endpoint service's
-        // table); the maps are created on one thread, since map creation and
+        // every CPU (~20 us each, about half of building a 10-endpoint
+        // service's table); the maps are created on one thread, since map creation and
         // mmap serialize in the kernel (several threads did not help).
         // They are computed a few hundred at a time, so only those few are
         // ever held in memory beside their maps.
