@@ -12,9 +12,9 @@
 //! KUBE-SERVICES only takes packets from the iptables client's veth.
 //! kube-proxy's is unconditional, so every new connection on its node walks
 //! the chain; a socket-LB connection already carries a pod address and, on
-//! a sluice node (no kube-proxy), walks nothing. IPVS mode: an `ipvsadm -R` payload
-//! with one virtual service per service port and a masq real server per
-//! endpoint, the VIPs bound to a dummy interface (kube-ipvs0).
+//! a sluice node (no kube-proxy), walks nothing. IPVS mode: an `ipvsadm -R`
+//! payload with one virtual service per service port and a masq real server
+//! per endpoint, the VIPs bound to a dummy interface (kube-ipvs0).
 use std::{
     fmt::Write as _,
     hash::{Hash, Hasher},

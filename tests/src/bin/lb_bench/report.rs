@@ -129,6 +129,11 @@ fn vs_medians(l: &Load, direct: &Load) -> Ratio {
     }
 }
 
+/// A paired ratio's median and the per-round extremes it came from.
+fn spread(median: f64, min: f64, max: f64) -> Value {
+    json!({"median": median, "min": min, "max": max})
+}
+
 fn load_json(l: &Load, r: Ratio) -> Value {
     json!({
         "requests_per_s": l.rps,
@@ -172,13 +177,13 @@ pub fn write(o: &Opts, scales: &[Scale], steal_pct: f64) -> Result<(), String> {
             "direct": load_json(&s.direct, vs_medians(&s.direct, &s.direct)),
             "sluice_socket": load_json(&s.socket, s.socket_ratio),
             "sluice_tc": load_json(&s.tc, s.tc_ratio),
-            "rr_null_ratio": {"median": s.null_ratio.rps, "min": s.null_ratio.rps_lo, "max": s.null_ratio.rps_hi},
+            "rr_null_ratio": spread(s.null_ratio.rps, s.null_ratio.rps_lo, s.null_ratio.rps_hi),
             "direct_endpoints": load_json(&s.node_direct, vs_medians(&s.node_direct, &s.direct)),
             "sluice_tc_endpoints": load_json(&s.node_tc, s.node_tc_ratio),
-            "rr_null_ratio_endpoints": {"median": s.node_null_ratio.rps, "min": s.node_null_ratio.rps_lo, "max": s.node_null_ratio.rps_hi},
+            "rr_null_ratio_endpoints": spread(s.node_null_ratio.rps, s.node_null_ratio.rps_lo, s.node_null_ratio.rps_hi),
             "iptables": outcome_json(&s.iptables, &s.direct),
-            "crr_socket_vs_iptables": {"median": s.socket_vs_iptables.crr, "min": s.socket_vs_iptables.crr_lo, "max": s.socket_vs_iptables.crr_hi},
-            "crr_direct_vs_iptables": {"median": s.direct_vs_iptables.crr, "min": s.direct_vs_iptables.crr_lo, "max": s.direct_vs_iptables.crr_hi},
+            "crr_socket_vs_iptables": spread(s.socket_vs_iptables.crr, s.socket_vs_iptables.crr_lo, s.socket_vs_iptables.crr_hi),
+            "crr_direct_vs_iptables": spread(s.direct_vs_iptables.crr, s.direct_vs_iptables.crr_lo, s.direct_vs_iptables.crr_hi),
             "ipvs": outcome_json(&s.ipvs, &s.direct),
             "sluice_program_ms": s.sluice_program_ms,
             "sluice_apply_ms": s.sluice_apply_ms,
