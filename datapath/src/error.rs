@@ -32,6 +32,17 @@ pub enum DatapathError {
     MapMissing(&'static str),
     #[error("pinning {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
+    #[error(
+        "{want} is too small: {map} pinned under {dir} needs {need} {which} \
+         (raise it, or remove {dir} to start empty)"
+    )]
+    MapSize {
+        which: crate::LbCapacity,
+        want: u32,
+        need: u32,
+        map: &'static str,
+        dir: PathBuf,
+    },
     #[error("Maglev table: {0}")]
     Table(String),
     #[error("eBPF log forwarding: {0}")]

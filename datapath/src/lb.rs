@@ -12,13 +12,13 @@ use std::{
 use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
 use sluice_common::{
     lb::{
-        Backend, CtKey, CtValue, Frontend, LbCounter, MAX_SERVICES, Service, ServiceInfo,
-        SockRevNatKey, SockRevNatValue, maglev,
+        Backend, CtKey, CtValue, Frontend, LbCounter, Service, ServiceInfo, SockRevNatKey,
+        SockRevNatValue, maglev,
     },
     map_names,
 };
 
-use crate::DatapathError;
+use crate::{DatapathError, LbMapSizes};
 
 /// The LB maps of one node.
 pub struct LbMaps {
@@ -43,25 +43,11 @@ fn open_pinned(dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
 }
 
 impl LbMaps {
-    /// Opens the maps pinned under `dir` (the data plane must have been
-    /// loaded there). With `create_info`, the userspace-only service info map
-    /// is created and pinned when missing (the agent); without it (the
-    /// CLI), a missing info map is an error and nothing is created.
-    pub fn open(dir: &Path, create_info: bool) -> Result<Self, DatapathError> {
-        let info_path = dir.join(map_names::LB4_SVC_INFO);
-        let svc_info = if info_path.exists() || !create_info {
-            HashMap::try_from(open_pinned(dir, map_names::LB4_SVC_INFO)?)
-                .map_err(DatapathError::map(map_names::LB4_SVC_INFO))?
-        } else {
-            let m = HashMap::<MapData, u32, ServiceInfo>::create(MAX_SERVICES, 0)
-                .map_err(DatapathError::map(map_names::LB4_SVC_INFO))?;
-            m.pin(&info_path).map_err(|e| DatapathError::Pin {
-                path: info_path.clone(),
-                reason: e.to_string(),
-            })?;
-            HashMap::try_from(open_pinned(dir, map_names::LB4_SVC_INFO)?)
-                .map_err(DatapathError::map(map_names::LB4_SVC_INFO))?
-        };
+    /// Opens the maps pinned under `dir`. The data plane must have been
+    /// loaded there with LB map sizes (the agent's load creates the
+    /// userspace-only service info map); nothing is created here, so the
+    /// CLI reading a node changes nothing.
+    pub fn open(dir: &Path) -> Result<Self, DatapathError> {
         macro_rules! open {
             ($name:expr) => {
                 open_pinned(dir, $name)?
@@ -78,12 +64,18 @@ impl LbMaps {
                 .map_err(DatapathError::map(map_names::LB4_MAGLEV))?,
             backends_raw: MapData::from_pin(dir.join(map_names::LB4_BACKENDS))
                 .map_err(DatapathError::map(map_names::LB4_BACKENDS))?,
-            svc_info,
+            svc_info: open!(map_names::LB4_SVC_INFO),
             svc_stats: open!(map_names::LB4_SVC_STATS),
             backend_stats: open!(map_names::LB4_BACKEND_STATS),
             sock_revnat: open!(map_names::LB4_SOCK_REVNAT),
             ct: open!(map_names::CT4),
         })
+    }
+
+    /// What the pinned maps hold at most (set by the agent's
+    /// `--bpf-lb-max-*` flags when it loaded the data plane).
+    pub fn capacities(&self) -> Result<LbMapSizes, DatapathError> {
+        LbMapSizes::pinned(&self.dir)
     }
 
     /// The bpffs dir these maps were opened from.

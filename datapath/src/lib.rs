@@ -9,6 +9,7 @@
 mod bpffs;
 mod error;
 mod lb;
+mod lb_sizes;
 mod loader;
 mod log_forward;
 pub mod node;
@@ -18,6 +19,7 @@ mod sys;
 pub use bpffs::ensure_pin_dir;
 pub use error::DatapathError;
 pub use lb::{BuiltTable, LbMaps, table_batch_limit};
+pub use lb_sizes::{LbCapacity, LbMapSizes};
 pub use loader::{BpfLogLevel, Datapath, LbIface, LoadOptions, pinned_counters};
 pub use log_forward::spawn_log_forwarder;
 pub use pod::{Endpoints, POD_FILTER_PRIORITY, POD_PROGRAMS, PodDatapath};

@@ -15,7 +15,7 @@ use aya::{
 };
 use sluice_common::{Counter, ProgStat, link_pins, map_names, prog_names};
 
-use crate::{DatapathError, EBPF_OBJECT, bpffs};
+use crate::{DatapathError, EBPF_OBJECT, LbMapSizes, bpffs, lb_sizes};
 
 /// Level below which eBPF-side log statements are compiled out by the
 /// verifier (aya-log's `AYA_LOG_LEVEL` global is patched before load), so
@@ -57,6 +57,11 @@ pub struct LoadOptions {
     /// The node's bpffs directory; pinned maps live (and are reused) here.
     pub bpffs_dir: PathBuf,
     pub log_level: BpfLogLevel,
+    /// Capacities of the service LB maps. `Some` (the agent): pinned maps of
+    /// another size are resized, keeping their entries, and the userspace
+    /// service info map is created. `None` (the CNI plugin): pinned maps are
+    /// used as they are and new ones get the object's defaults.
+    pub lb_sizes: Option<LbMapSizes>,
 }
 
 /// Which per-packet LB program an interface gets on ingress.
@@ -87,12 +92,31 @@ impl Datapath {
         raise_nofile_rlimit();
         let level = opts.log_level as u8;
         let maglev_pin = opts.bpffs_dir.join(map_names::LB4_MAGLEV);
-        let ebpf = EbpfLoader::new()
+        let resize = match &opts.lb_sizes {
+            Some(sizes) => Some(lb_sizes::prepare(&opts.bpffs_dir, sizes)?),
+            None => None,
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(&opts.bpffs_dir)
             // BTF map definitions carry no pinning attribute; pin by path.
             .map_pin_path(map_names::LB4_MAGLEV, maglev_pin.as_path())
-            .override_global(aya_log::LEVEL, &level, false)
-            .load(EBPF_OBJECT)?;
+            .override_global(aya_log::LEVEL, &level, false);
+        for (name, size) in opts.lb_sizes.iter().flat_map(|s| s.object_maps()) {
+            loader.map_max_entries(name, size);
+        }
+        let ebpf = match loader.load(EBPF_OBJECT) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                if let Some(r) = &resize {
+                    r.abort();
+                }
+                return Err(e.into());
+            }
+        };
+        if let (Some(r), Some(sizes)) = (resize, &opts.lb_sizes) {
+            r.finish(sizes)?;
+        }
         Ok(Self {
             ebpf,
             bpffs_dir: opts.bpffs_dir.clone(),

@@ -130,6 +130,7 @@ impl PodDatapath {
         let mut dp = Datapath::load(&LoadOptions {
             bpffs_dir: bpffs_dir.to_path_buf(),
             log_level: BpfLogLevel::Warn,
+            lb_sizes: None,
         })?;
         // Pin into a scratch dir, then rename: readers never see half a set.
         // (bpffs refuses names with a dot.)

@@ -67,6 +67,37 @@ pub struct AgentArgs {
     /// (off|error|warn|info|debug|trace). Lower levels are removed by the verifier.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub bpf_log_level: BpfLogLevel,
+    /// Capacity of the service frontend map: ClusterIPs, node ports, external and
+    /// load-balancer IPs, times ports. A changed size resizes the pinned map, keeping
+    /// its entries.
+    #[arg(long, value_name = "N", default_value_t = sluice_common::lb::MAX_FRONTENDS,
+          value_parser = clap::value_parser!(u32).range(MAP_MIN..=MAP_MAX))]
+    pub bpf_lb_max_frontends: u32,
+    /// Capacity of service ids (one per service port; the Maglev table array and
+    /// per-service counters).
+    #[arg(long, value_name = "N", default_value_t = sluice_common::lb::MAX_SERVICES,
+          value_parser = clap::value_parser!(u32).range(MAP_MIN..=MAP_MAX))]
+    pub bpf_lb_max_services: u32,
+    /// Capacity of backend ids (one per distinct endpoint address, port and protocol).
+    #[arg(long, value_name = "N", default_value_t = sluice_common::lb::MAX_BACKENDS,
+          value_parser = clap::value_parser!(u32).range(MAP_MIN..=MAP_MAX))]
+    pub bpf_lb_max_backends: u32,
+}
+
+/// Bounds of the `--bpf-lb-max-*` flags: id 0 is reserved, so a map needs a
+/// few slots to hold anything; past 16M entries a map's memory (and the
+/// kernel's allocation limits) make a bigger one a mistake, not a choice.
+const MAP_MIN: i64 = 16;
+const MAP_MAX: i64 = 1 << 24;
+
+impl AgentArgs {
+    pub fn lb_map_sizes(&self) -> sluice_datapath::LbMapSizes {
+        sluice_datapath::LbMapSizes {
+            frontends: self.bpf_lb_max_frontends,
+            services: self.bpf_lb_max_services,
+            backends: self.bpf_lb_max_backends,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,10 +157,9 @@ pub mod bpf {
     pub fn run(node: &NodeArgs, cmd: BpfCommand) -> anyhow::Result<()> {
         match cmd {
             BpfCommand::Ct(CtCommand::List { output }) => {
-                let maps =
-                    sluice_datapath::LbMaps::open(&node.bpffs, false).with_context(|| {
-                        format!("no sluice LB maps pinned under {}", node.bpffs.display())
-                    })?;
+                let maps = sluice_datapath::LbMaps::open(&node.bpffs).with_context(|| {
+                    format!("no sluice LB maps pinned under {}", node.bpffs.display())
+                })?;
                 let rows = crate::lb::conntrack::list(&maps)?;
                 match output {
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
@@ -138,10 +168,9 @@ pub mod bpf {
                 Ok(())
             }
             BpfCommand::Lb(LbCommand::List { output }) => {
-                let maps =
-                    sluice_datapath::LbMaps::open(&node.bpffs, false).with_context(|| {
-                        format!("no sluice LB maps pinned under {}", node.bpffs.display())
-                    })?;
+                let maps = sluice_datapath::LbMaps::open(&node.bpffs).with_context(|| {
+                    format!("no sluice LB maps pinned under {}", node.bpffs.display())
+                })?;
                 let rows = crate::lb::list::collect(&maps)?;
                 match output {
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),

@@ -14,7 +14,6 @@ use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use sluice_common::lb::{MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES};
 use sluice_datapath::LbMaps;
 
 use crate::lb::reconcile::ApplyStats;
@@ -33,6 +32,9 @@ pub struct Metrics {
     svc_packets: IntCounterVec,
     svc_bytes: IntCounterVec,
     svc_backends: IntGaugeVec,
+    /// Capacities the fill ratios divide by, read once: they change only
+    /// when an agent restarts with other `--bpf-lb-max-*` flags.
+    caps: sluice_datapath::LbMapSizes,
     /// Read-only handle for scrape-time counters; the lock also serialises
     /// concurrent scrapes (counter vecs are reset and refilled).
     maps: Mutex<LbMaps>,
@@ -46,6 +48,7 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 
 impl Metrics {
     pub fn new(maps: LbMaps) -> anyhow::Result<Self> {
+        let caps = maps.capacities()?;
         let r = Registry::new_custom(Some("sluice".into()), None)?;
         let buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -108,6 +111,7 @@ impl Metrics {
                 )?,
             )?,
             registry: r,
+            caps,
             maps: Mutex::new(maps),
         })
     }
@@ -121,17 +125,17 @@ impl Metrics {
             (
                 sluice_common::map_names::LB4_SERVICES,
                 st.frontends,
-                MAX_FRONTENDS,
+                self.caps.frontends,
             ),
             (
                 sluice_common::map_names::LB4_BACKENDS,
                 st.backends,
-                MAX_BACKENDS,
+                self.caps.backends,
             ),
             (
                 sluice_common::map_names::LB4_MAGLEV,
                 st.services,
-                MAX_SERVICES,
+                self.caps.services,
             ),
         ] {
             self.map_fill

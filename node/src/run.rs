@@ -66,15 +66,19 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         let opts = LoadOptions {
             bpffs_dir: node.bpffs.clone(),
             log_level: agent.bpf_log_level,
+            lb_sizes: Some(agent.lb_map_sizes()),
         };
         let mut dp = Datapath::load(&opts).map_err(|e| match e {
             DatapathError::Bpffs { .. } => anyhow::Error::new(ConfigError(format!("--bpffs: {e}"))),
+            DatapathError::MapSize { which, .. } => {
+                anyhow::Error::new(ConfigError(format!("--bpf-lb-max-{which}: {e}")))
+            }
             e => anyhow::Error::new(e),
         })?;
         let _logs = sluice_datapath::spawn_log_forwarder(dp.ebpf_mut())?;
-        let maps = LbMaps::open(&node.bpffs, true)?;
+        let maps = LbMaps::open(&node.bpffs)?;
         let reconciler = Reconciler::load(maps)?;
-        let metrics = Arc::new(Metrics::new(LbMaps::open(&node.bpffs, false)?)?);
+        let metrics = Arc::new(Metrics::new(LbMaps::open(&node.bpffs)?)?);
         let metrics_addr = metrics::serve(metrics.clone(), agent.metrics_addr).await?;
         tracing::info!(addr = %metrics_addr, "metrics listening");
         let (services, backends) = reconciler.sizes();
@@ -96,7 +100,7 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                 e => anyhow::Error::new(e),
             })?;
         }
-        let gc_maps = LbMaps::open(&node.bpffs, false)?;
+        let gc_maps = LbMaps::open(&node.bpffs)?;
         tokio::spawn(async move {
             // The walk is a few syscalls per entry: a blocking thread, not
             // an async worker, does it.

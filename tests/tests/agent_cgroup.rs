@@ -151,6 +151,14 @@ fn bad_node_flags_exit_2_with_one_line_naming_the_value() {
         ),
         (vec!["--bpf-log-level".into(), "loud".into()], "loud".into()),
         (
+            vec!["--bpf-lb-max-backends".into(), "8".into()],
+            "'8'".into(),
+        ),
+        (
+            vec!["--bpf-lb-max-services".into(), "4294967296".into()],
+            "4294967296".into(),
+        ),
+        (
             vec!["--bpffs".into(), missing_bpffs.display().to_string()],
             missing_bpffs.display().to_string(),
         ),

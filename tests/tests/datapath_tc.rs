@@ -44,6 +44,7 @@ fn tc_classifier_attaches_runs_and_detaches_on_a_netns_veth() {
     let opts = LoadOptions {
         bpffs_dir: pins.path.clone(),
         log_level: BpfLogLevel::Warn,
+        lb_sizes: None,
     };
     let mut dp = Datapath::load(&opts).expect("load datapath");
     assert_eq!(tc_runs(&dp), (0, 0), "fresh pin dir starts at zero");

@@ -198,7 +198,7 @@ impl Drop for Held {
 /// The reverse translations (socket -> service) the pinned map holds, as
 /// the frontend addresses they restore.
 fn sock_revnat_entries(t: &LbTopology) -> Vec<String> {
-    let maps = sluice_datapath::LbMaps::open(&t.pins.path, false).expect("open pinned LB maps");
+    let maps = sluice_datapath::LbMaps::open(&t.pins.path).expect("open pinned LB maps");
     maps.sock_revnat
         .iter()
         .map(|e| {
@@ -375,39 +375,33 @@ fn bad_manifests_are_reported_by_file_and_object_and_skipped() {
     assert_eq!(tcp, vec![format!("pod-0 {VIP}:80"); 3]);
 }
 
-#[test]
-fn agent_crash_and_restart_under_load_loses_no_connection() {
-    if !require_root("agent_crash_and_restart_under_load_loses_no_connection") {
-        return;
-    }
-    let mut t = started(3, &[0, 1, 2], "");
-    let ids_before = t.lb_list_json();
+/// Successful connections of a `sluice-testpod load` run.
+struct LoadCounts {
+    new_ok: u64,
+}
 
+/// Kills the agent (a crash: no cleanup code runs) while a client keeps
+/// opening new connections to the VIP and using 8 persistent ones for 5 s,
+/// and starts it again with `extra` flags after `gap`. Checks that no
+/// connection failed; returns the new agent's "adopted" log line.
+fn restart_under_load(t: &mut LbTopology, gap: Duration, extra: &[&str]) -> (String, LoadCounts) {
     let mut load = Daemon::from_command(
         "load",
         t.client_command(&["load", &format!("{VIP}:80"), "8", "5"]),
     );
     std::thread::sleep(Duration::from_secs(2));
-    // A crash: no cleanup code runs. Programs stay attached through their
-    // pinned links and keep using the pinned maps.
+    // Programs stay attached through their pinned links and keep using the
+    // pinned maps.
     t.agent().kill();
     t.agent = None;
-    std::thread::sleep(Duration::from_secs(2));
-    t.start_agent(&[]);
+    std::thread::sleep(gap);
+    t.start_agent(extra);
     let adopted = t
         .agent()
         .wait_for_line("adopted", Duration::from_secs(10), |l| {
             l.contains("adopted pinned LB state")
         });
-    // 3 pods x (TCP, UDP) backends.
-    assert!(
-        adopted.contains("services=2") && adopted.contains("backends=6"),
-        "{adopted}"
-    );
-    load.wait_for_line("load summary", Duration::from_secs(20), |l| {
-        l.starts_with("new_ok=")
-    });
-    let summary = load.wait_for_line("load summary", Duration::from_secs(1), |l| {
+    let summary = load.wait_for_line("load summary", Duration::from_secs(20), |l| {
         l.starts_with("new_ok=")
     });
     let field = |k: &str| -> u64 {
@@ -421,6 +415,28 @@ fn agent_crash_and_restart_under_load_loses_no_connection() {
     assert_eq!(field("new_failed"), 0, "{summary}");
     assert!(field("persist_ok") > 0, "{summary}");
     assert_eq!(field("persist_failed"), 0, "{summary}");
+    (
+        adopted,
+        LoadCounts {
+            new_ok: field("new_ok"),
+        },
+    )
+}
+
+#[test]
+fn agent_crash_and_restart_under_load_loses_no_connection() {
+    if !require_root("agent_crash_and_restart_under_load_loses_no_connection") {
+        return;
+    }
+    let mut t = started(3, &[0, 1, 2], "");
+    let ids_before = t.lb_list_json();
+
+    let (adopted, _) = restart_under_load(&mut t, Duration::from_secs(2), &[]);
+    // 3 pods x (TCP, UDP) backends.
+    assert!(
+        adopted.contains("services=2") && adopted.contains("backends=6"),
+        "{adopted}"
+    );
     // The restarted agent kept every id and rewrote nothing that was right.
     let after = t.lb_list_json();
     let ids = |v: &serde_json::Value| -> Vec<(String, u64)> {
@@ -441,4 +457,148 @@ fn agent_crash_and_restart_under_load_loses_no_connection() {
         0,
         "an agent restarted on unchanged manifests writes nothing"
     );
+}
+
+/// `count` services without endpoints, to fill service ids and frontends.
+fn fillers(count: u8) -> String {
+    (0..count)
+        .map(|i| {
+            SvcSpec {
+                name: &format!("filler-{i}"),
+                cluster_ip: &format!("10.96.1.{}", i + 1),
+                ports: &[("http", "TCP", 80)],
+                extra_spec: "",
+                endpoints: &[],
+                with_slice: false,
+            }
+            .yaml()
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// `bpf lb list -o json` with the traffic counters taken out.
+fn without_counters(mut v: serde_json::Value) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for k in ["conns", "packets", "bytes"] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+fn pinned_sizes(t: &LbTopology) -> sluice_datapath::LbMapSizes {
+    sluice_datapath::LbMapSizes::pinned(&t.pins.path).expect("pinned LB map sizes")
+}
+
+#[test]
+fn restart_with_other_map_sizes_resizes_pinned_maps_under_load() {
+    if !require_root("restart_with_other_map_sizes_resizes_pinned_maps_under_load") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    t.write_manifest("web.yaml", &web(&t, &[0, 1, 2], ""));
+    t.write_manifest("fill.yaml", &fillers(20));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    assert_eq!(pinned_sizes(&t), sluice_datapath::LbMapSizes::default());
+    let before = t.lb_list_json();
+
+    let bigger = [
+        "--bpf-lb-max-frontends",
+        "1024",
+        "--bpf-lb-max-services",
+        "4096",
+        "--bpf-lb-max-backends",
+        "8192",
+    ];
+    let (adopted, load) = restart_under_load(&mut t, Duration::ZERO, &bigger);
+    // web: 2 service ids (TCP, UDP) over 3 pods x 2 protocols; 20 fillers.
+    assert!(
+        adopted.contains("services=22") && adopted.contains("backends=6"),
+        "{adopted}"
+    );
+    assert_eq!(
+        pinned_sizes(&t),
+        sluice_datapath::LbMapSizes {
+            frontends: 1024,
+            services: 4096,
+            backends: 8192,
+        }
+    );
+    // Entries copied as they were; counters too, short of the connections
+    // the old programs counted between the copy and their replacement.
+    let after = t.lb_list_json();
+    assert_eq!(without_counters(before), without_counters(after.clone()));
+    let conns: u64 = after
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["conns"].as_u64())
+        .sum();
+    assert!(
+        conns * 100 >= load.new_ok * 95,
+        "{conns} connections counted, {} made: counters not carried over",
+        load.new_ok
+    );
+    assert_eq!(
+        t.agent().count_lines(programmed),
+        0,
+        "the copy is the programmed state: nothing left to write"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&t.pins.path)
+        .expect("read pins")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("_RESIZING"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let metrics = t.metrics();
+    let fill = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_lb_map_fill_ratio{map=\"LB4_BACKENDS\"}"))
+        .unwrap_or_else(|| panic!("no backend fill ratio in\n{metrics}"));
+    assert!(fill.ends_with(&format!(" {}", 6.0 / 8192.0)), "{fill}");
+
+    // Too small for what is pinned: refused with exit 2 before anything
+    // moves; the data plane keeps serving with the maps as they were.
+    t.agent().kill();
+    t.agent = None;
+    let mut args = t.node_args();
+    args.extend(
+        [
+            "--manifests",
+            &t.manifests_dir().display().to_string(),
+            "--bpf-lb-max-services",
+            "16",
+        ]
+        .map(String::from),
+    );
+    let out = std::process::Command::new(sluice_tests::bin("sluice-agent"))
+        .args(&args)
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("--bpf-lb-max-services: 16 is too small")
+            && last.contains("needs 23 services"),
+        "{stderr}"
+    );
+    assert_eq!(pinned_sizes(&t).services, 4096);
+    let tcp = tally(
+        &t.client(&["tcp", &format!("{VIP}:80"), "30"]),
+        &format!("{VIP}:80"),
+    );
+    assert_eq!(tcp.values().sum::<u64>(), 30, "{tcp:?}");
 }

@@ -10,9 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aya::maps::PerCpuValues;
-use sluice_common::lb::{
-    Backend, Frontend, LbCounter, MAX_BACKENDS, MAX_SERVICES, Service, ServiceInfo,
-};
+use sluice_common::lb::{Backend, Frontend, LbCounter, Service, ServiceInfo};
 use sluice_datapath::{BuiltTable, DatapathError, LbMaps, table_batch_limit};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -104,14 +102,15 @@ fn addr_of(b: &Backend) -> BackendAddr {
 impl Reconciler {
     /// Adopts whatever the pinned maps hold.
     pub fn load(maps: LbMaps) -> Result<Self, DatapathError> {
+        let caps = maps.capacities()?;
         let mut r = Self {
             maps,
             svc_ids: HashMap::new(),
             infos: HashMap::new(),
             applied: HashMap::new(),
             backend_ids: HashMap::new(),
-            svc_pool: IdPool::new(MAX_SERVICES),
-            backend_pool: IdPool::new(MAX_BACKENDS),
+            svc_pool: IdPool::new(caps.services),
+            backend_pool: IdPool::new(caps.backends),
         };
         let name = sluice_common::map_names::LB4_SVC_INFO;
         for item in r.maps.svc_info.iter() {
@@ -162,7 +161,8 @@ impl Reconciler {
                             self.backend_pool.free(id);
                         }
                         return Err(DatapathError::Table(format!(
-                            "more than {MAX_BACKENDS} backends"
+                            "more than {} backends (--bpf-lb-max-backends)",
+                            self.backend_pool.max
                         )));
                     }
                 },
@@ -193,7 +193,10 @@ impl Reconciler {
                 Some(id) => *id,
                 None => {
                     let id = self.svc_pool.alloc().ok_or_else(|| {
-                        DatapathError::Table(format!("more than {MAX_SERVICES} service ids"))
+                        DatapathError::Table(format!(
+                            "more than {} service ids (--bpf-lb-max-services)",
+                            self.svc_pool.max
+                        ))
                     })?;
                     self.svc_ids.insert(name.clone(), id);
                     id
