@@ -187,6 +187,10 @@ async fn reconcile_loop(
     // A snapshot whose programming failed: retried after RETRY unless a
     // newer one arrives first (the source does not resend an unchanged one).
     let mut failed: Option<Update> = None;
+    // Logged once, at the first successful apply: from then on the maps
+    // match the source (an agent restarted on unchanged input writes
+    // nothing, so "services programmed" alone would never say so).
+    let mut synced = false;
     loop {
         let next = match failed.take() {
             Some(f) => tokio::select! {
@@ -249,6 +253,15 @@ async fn reconcile_loop(
             last_errors = errors;
         }
         if let Ok(st) = &res {
+            if !synced {
+                synced = true;
+                tracing::info!(
+                    services = st.services,
+                    backends = st.backends,
+                    apply_ms,
+                    "LB maps in sync with the service source"
+                );
+            }
             metrics.applied(st);
             // Only real programming counts; a resync that changed nothing
             // would drown the histogram in no-ops.

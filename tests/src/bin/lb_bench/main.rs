@@ -185,18 +185,20 @@ fn parse_opts() -> Result<Opts, String> {
             _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
-    // Services get ClusterIPs 10.96.0.10 + i; each one endpoints of its
-    // own (see `services`), so sluice's map sizes bound the product.
+    // Services get ClusterIPs 10.96.0.10 + i; the ones the load never
+    // reaches get endpoints of their own from IDLE_ENDPOINTS (a /12), which
+    // bounds the product. The agent's maps are sized to fit (`agent_args`).
     if o.endpoints > 200 {
         return Err(format!("--endpoints {}: at most 200", o.endpoints));
     }
     if let Some(n) = o
         .scales
         .iter()
-        .find(|&&n| n > 60_000 || n * o.endpoints > 250_000)
+        .find(|&&n| n * o.endpoints > IDLE_ENDPOINTS_MAX)
     {
         return Err(format!(
-            "--services {n}: at most 60000 services and 250000 endpoints in all (sluice's map sizes)"
+            "--services {n}: at most {IDLE_ENDPOINTS_MAX} endpoints in all (services x --endpoints; \
+             idle endpoints come from 10.192.0.0/12)"
         ));
     }
     Ok(o)
@@ -243,6 +245,27 @@ fn sampled(n: usize, sample: usize) -> Vec<usize> {
 /// addresses, as in a cluster where each service selects its own pods
 /// (10.192.0.0/12, one block of `endpoints` per service; never routed).
 const IDLE_ENDPOINTS: Ipv4Addr = Ipv4Addr::new(10, 192, 0, 0);
+const IDLE_ENDPOINTS_MAX: usize = 1 << 20;
+
+/// The agent's flags for `n` services: `extra`, plus LB map capacities
+/// when the defaults (64k service ids, 256k backends and frontends) are too
+/// small, with headroom, as an operator would set `--bpf-lb-max-*` for such
+/// a cluster. Every phase of a scale passes the same sizes, so the pinned
+/// maps are created once at that size and adopted after.
+fn agent_args(n: usize, o: &Opts, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    for (flag, need, default) in [
+        ("--bpf-lb-max-services", n, 65_536),
+        ("--bpf-lb-max-backends", n * o.endpoints, 262_144),
+        ("--bpf-lb-max-frontends", n, 262_144),
+    ] {
+        let want = (need + need / 8).next_power_of_two();
+        if want > default {
+            args.extend([flag.to_string(), want.to_string()]);
+        }
+    }
+    args
+}
 
 /// `n` services; the sampled ones balance over the backend pods, every
 /// other one over endpoints of its own, so programming `n` services writes
@@ -340,7 +363,9 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     }
 
     eprintln!("-- sluice: programming {n} services");
-    t.start_agent(&["--metrics-addr", "127.0.0.1:0"]);
+    let plain = agent_args(n, o, &["--metrics-addr", "127.0.0.1:0"]);
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    t.start_agent(&plain);
     let staged = std::env::temp_dir().join(unique("bench-manifest"));
     std::fs::write(&staged, manifest(&svcs)).expect("stage manifest");
     let t0 = Instant::now();
@@ -365,7 +390,13 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     // sluice tc path: the same pinned state, adopted by an agent that also
     // balances on the client's veth; the client runs outside the cgroup.
     let pod_if = t.client.host_if.clone();
-    t.start_agent(&["--pod-iface", &pod_if, "--metrics-addr", "127.0.0.1:0"]);
+    let with_pod_if = agent_args(
+        n,
+        o,
+        &["--pod-iface", &pod_if, "--metrics-addr", "127.0.0.1:0"],
+    );
+    let with_pod_if: Vec<&str> = with_pod_if.iter().map(String::as_str).collect();
+    restart_agent(&mut t, &with_pod_if);
     eprintln!("-- sluice tc path (client outside the cgroup), alternating with direct");
     let tc_phase = phase(&mut t, Client::OutsideCgroup, false);
     // Detach: the links are pinned, so removing the pins is what lets go.
@@ -379,7 +410,7 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     let mut pods: Vec<&Pod> = t.backends.iter().collect();
     pods.extend([&t.client, &base_pod]);
     let enrolled = t.enroll(&pods);
-    t.start_agent(&["--metrics-addr", "127.0.0.1:0"]);
+    restart_agent(&mut t, &plain);
     let node_phase = phase(&mut t, Client::OutsideCgroup, true);
     drop(enrolled);
     direct.extend(socket_phase.direct.iter().copied());
@@ -395,7 +426,17 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
     let payload = kube_proxy::iptables_nat(&svcs, "10.244.0.0/16", &base_pod.host_if);
     let t0 = Instant::now();
     let restore = o.iptables_restore.as_str();
-    let restored = pipe_into(&t.node.name, &[restore, "--noflush"], &payload);
+    // Bounded: at 100 000 services kube-proxy's ruleset is millions of
+    // rules in a million chains, and legacy restore may not finish.
+    let restored = pipe_into(
+        &t.node.name,
+        &["timeout", RESTORE_LIMIT_S, restore, "--noflush"],
+        &payload,
+    )
+    .map_err(|e| match e.contains("exit status: 124") {
+        true => format!("gave up after {RESTORE_LIMIT_S} s"),
+        false => e,
+    });
     let iptables_program_ms = t0.elapsed().as_secs_f64() * 1e3;
     // The node netns now tracks connections (the nat table needs it); the
     // client pod's, balanced by the socket LB, are exempt, as on a node
@@ -408,7 +449,7 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         restored.and_then(|()| pipe_into(&t.node.name, &[restore, "--noflush"], &notrack));
     let (iptables, socket_vs_iptables, direct_vs_iptables) = match restored {
         Ok(()) => {
-            t.start_agent(&["--metrics-addr", "127.0.0.1:0"]);
+            restart_agent(&mut t, &plain);
             eprintln!(
                 "-- kube-proxy iptables (baseline pod), alternating with socket LB and direct CRR"
             );
@@ -474,6 +515,19 @@ fn run_scale(n: usize, o: &Opts) -> Scale {
         iptables_program_ms,
     }
 }
+
+/// Starts an agent on the state a previous one pinned and waits for its
+/// first reconcile, so re-reading the manifest (seconds of CPU at 100 000
+/// services) does not land in measured rounds.
+fn restart_agent(t: &mut LbTopology, args: &[&str]) {
+    t.start_agent(args)
+        .wait_for_line("agent in sync", Duration::from_secs(600), |l| {
+            l.contains("LB maps in sync")
+        });
+}
+
+/// How long the iptables baseline may take to load its rules.
+const RESTORE_LIMIT_S: &str = "1200";
 
 /// `key=value` from a tracing or testpod line.
 fn field(line: &str, key: &str) -> Option<f64> {
