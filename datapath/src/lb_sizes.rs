@@ -248,7 +248,8 @@ impl Resize {
     /// After the object is loaded (new maps pinned): creates LB4_SVC_INFO
     /// if missing, copies every moved map's entries into its new map and
     /// drops the old pins. On failure everything is put back as it was.
-    pub(crate) fn finish(self, sizes: &LbMapSizes) -> Result<(), DatapathError> {
+    /// Returns whether any map was resized.
+    pub(crate) fn finish(self, sizes: &LbMapSizes) -> Result<bool, DatapathError> {
         let res = ensure_svc_info(&self.dir, sizes.services).and_then(|()| {
             self.moved
                 .iter()
@@ -260,7 +261,7 @@ impl Resize {
                     let old = aside(&self.dir.join(name));
                     std::fs::remove_file(&old).map_err(|e| pin_err(&old, e))?;
                 }
-                Ok(())
+                Ok(!self.moved.is_empty())
             }
             Err(e) => {
                 self.abort();

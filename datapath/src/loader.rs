@@ -81,6 +81,7 @@ pub enum LbIface {
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs_dir: PathBuf,
+    lb_resized: bool,
 }
 
 impl Datapath {
@@ -114,13 +115,22 @@ impl Datapath {
                 return Err(e.into());
             }
         };
+        let mut lb_resized = false;
         if let (Some(r), Some(sizes)) = (resize, &opts.lb_sizes) {
-            r.finish(sizes)?;
+            lb_resized = r.finish(sizes)?;
         }
         Ok(Self {
             ebpf,
             bpffs_dir: opts.bpffs_dir.clone(),
+            lb_resized,
         })
+    }
+
+    /// Whether this load resized pinned LB maps: programs loaded earlier
+    /// (pinned pod programs, see `PodDatapath::refresh_after_resize`) still
+    /// use the old ones.
+    pub fn lb_maps_resized(&self) -> bool {
+        self.lb_resized
     }
 
     /// The underlying object, for log forwarding and map access.

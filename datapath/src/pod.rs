@@ -30,8 +30,8 @@ use std::{
 use aya::{
     maps::{HashMap, MapData, MapError},
     programs::{
-        SchedClassifier, TcAttachType,
-        tc::{NlOptions, TcAttachOptions, TcHandle},
+        ProgramError, SchedClassifier, TcAttachType,
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
 };
 use nix::fcntl::{Flock, FlockArg};
@@ -96,13 +96,7 @@ impl PodDatapath {
         let dir = prog_dir(bpffs_dir);
         if !dir.join(PINNED[0]).exists() {
             bpffs::ensure_pin_dir(bpffs_dir)?;
-            let lock_file = File::open(bpffs_dir).map_err(io_pin(bpffs_dir))?;
-            let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| {
-                DatapathError::Pin {
-                    path: bpffs_dir.to_path_buf(),
-                    reason: format!("lock: {e}"),
-                }
-            })?;
+            let _lock = lock(bpffs_dir)?;
             // Another ADD may have pinned them while we waited.
             if !dir.join(PINNED[0]).exists() {
                 Self::load_and_pin(bpffs_dir, &dir)?;
@@ -193,6 +187,77 @@ impl PodDatapath {
         Ok(())
     }
 
+    /// After the agent resized the LB maps (`lb_sizes.rs`), the pinned pod
+    /// programs, and the copies attached to pod veths, still use the old
+    /// maps, which nothing updates any more. This drops the pinned set (the
+    /// next ADD would otherwise attach it), pins one loaded on the new maps
+    /// and swaps it onto every endpoint's veth in place: a filter's program
+    /// is replaced atomically, a shaped pod's tcx link make-before-break.
+    /// Returns how many veths were switched. An endpoint whose veth is gone
+    /// is left to the CNI plugin's GC. (An ADD that opened the old set just
+    /// before it was dropped can still attach it: a narrow race, closed by
+    /// that pod's next ADD.)
+    pub fn refresh_after_resize(bpffs_dir: &Path) -> Result<usize, DatapathError> {
+        let progs = bpffs_dir.join("progs");
+        {
+            let _lock = lock(bpffs_dir)?;
+            match std::fs::remove_dir_all(&progs) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_pin(&progs)(e)),
+            }
+        }
+        let endpoints = match Endpoints::open_existing(bpffs_dir)? {
+            Some(eps) => eps.list(),
+            None => return Ok(0),
+        };
+        if endpoints.is_empty() {
+            return Ok(0);
+        }
+        let mut dp = Self::open(bpffs_dir)?;
+        let mut switched = 0;
+        for (_, ep) in endpoints {
+            let Some(iface) = ifname(ep.ifindex) else {
+                continue;
+            };
+            if Self::tcx_linked(bpffs_dir, &iface) {
+                dp.attach(&iface, true)?;
+            } else {
+                dp.replace_filters(&iface)?;
+            }
+            switched += 1;
+        }
+        Ok(switched)
+    }
+
+    /// Points `iface`'s pod filters at this set's programs (attaching them
+    /// if the veth has none).
+    fn replace_filters(&mut self, iface: &str) -> Result<(), DatapathError> {
+        for (name, ty) in POD_PROGRAMS {
+            let existing = SchedClassifierLink::attached(
+                iface,
+                ty,
+                POD_FILTER_PRIORITY,
+                TcHandle::new(0, 1),
+                None,
+            );
+            let prog = self.program(name);
+            let replaced = existing.map_err(ProgramError::from).and_then(|link| {
+                let id = prog.attach_to_link(link)?;
+                prog.take_link(id)
+            });
+            match replaced {
+                // Dropping the link would remove the filter.
+                Ok(link) => std::mem::forget(link),
+                Err(e) => {
+                    tracing::debug!(iface, "{name}: no filter to replace ({e}); attaching");
+                    return self.attach(iface, false);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `iface` has the shaped-pod tcx links (their pins exist).
     pub fn tcx_linked(bpffs_dir: &Path, iface: &str) -> bool {
         SHAPED_PROGRAMS
@@ -214,6 +279,29 @@ impl PodDatapath {
         }
         Ok(())
     }
+}
+
+/// The node's bpffs lock: held while the pinned pod program set is loaded
+/// or dropped, so concurrent ADDs load it once and never see it half gone.
+fn lock(bpffs_dir: &Path) -> Result<Flock<File>, DatapathError> {
+    let file = File::open(bpffs_dir).map_err(io_pin(bpffs_dir))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| DatapathError::Pin {
+        path: bpffs_dir.to_path_buf(),
+        reason: format!("lock: {e}"),
+    })
+}
+
+/// The name of interface `ifindex` in the calling thread's netns.
+fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 fn link_pin(bpffs_dir: &Path, dir: &str, iface: &str) -> PathBuf {

@@ -75,6 +75,13 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             }
             e => anyhow::Error::new(e),
         })?;
+        if dp.lb_maps_resized() {
+            let pods = sluice_datapath::PodDatapath::refresh_after_resize(&node.bpffs)?;
+            tracing::info!(
+                pods,
+                "LB maps resized; pod programs switched to the new maps"
+            );
+        }
         let _logs = sluice_datapath::spawn_log_forwarder(dp.ebpf_mut())?;
         let maps = LbMaps::open(&node.bpffs)?;
         let reconciler = Reconciler::load(maps)?;

@@ -450,6 +450,24 @@ fn lines_of(mut c: Command, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// A one-port (`http`, TCP 80) Service over the ready backend pods
+/// `backends` of `t`, all on this node.
+pub fn http_service(t: &LbTopology, name: &str, cluster_ip: &str, backends: &[usize]) -> String {
+    let eps: Vec<_> = backends
+        .iter()
+        .map(|&i| (t.backends[i].ip, true, true, false, NODE_NAME))
+        .collect();
+    SvcSpec {
+        name,
+        cluster_ip,
+        ports: &[("http", "TCP", 80)],
+        extra_spec: "",
+        endpoints: &eps,
+        with_slice: true,
+    }
+    .yaml()
+}
+
 /// YAML for a Service plus one EndpointSlice, in the upstream schema.
 pub struct SvcSpec<'a> {
     pub name: &'a str,

@@ -6,25 +6,13 @@ use std::time::Duration;
 use sluice_tests::{
     api_server::ApiServer,
     require_root,
-    topology::{LbTopology, NODE_NAME, SvcSpec, TempDir, tally},
+    topology::{LbTopology, TempDir, http_service, tally},
 };
 
 const VIP: &str = "10.96.0.10";
 
 fn web(t: &LbTopology, backends: &[usize]) -> String {
-    let eps: Vec<_> = backends
-        .iter()
-        .map(|&i| (t.backends[i].ip, true, true, false, NODE_NAME))
-        .collect();
-    SvcSpec {
-        name: "web",
-        cluster_ip: VIP,
-        ports: &[("http", "TCP", 80)],
-        extra_spec: "",
-        endpoints: &eps,
-        with_slice: true,
-    }
-    .yaml()
+    http_service(t, "web", VIP, backends)
 }
 
 fn programmed(l: &str) -> bool {

@@ -7,7 +7,7 @@ use sluice_tests::{
     require_root,
     topology::{
         BACKEND_PORT, CHI2_DF2_P999, LbTopology, NODE_IP, NODE_NAME, SvcSpec, chi_square_uniform,
-        tally,
+        http_service, tally,
     },
 };
 
@@ -301,4 +301,48 @@ fn direct_connection_reusing_a_closed_flows_port_between_endpoints() {
         return;
     }
     direct_connection_reusing_a_closed_flows_port(true);
+}
+
+#[test]
+fn pods_enrolled_before_a_map_resize_balance_with_the_resized_maps() {
+    if !require_root("pods_enrolled_before_a_map_resize_balance_with_the_resized_maps") {
+        return;
+    }
+    let mut t = LbTopology::new(3);
+    let web = |t: &LbTopology, backends: &[usize]| http_service(t, "web", "10.96.0.70", backends);
+    let programmed = |l: &str| l.contains("services programmed");
+    t.write_manifest("web.yaml", &web(&t, &[0, 1, 2]));
+    t.start_agent(&[]);
+    t.agent()
+        .wait_for_line("programmed", Duration::from_secs(10), programmed);
+    let pods = [&t.backends[0], &t.backends[1], &t.backends[2], &t.client];
+    let _enrolled = t.enroll(&pods);
+    let vip = "10.96.0.70:80";
+    assert_eq!(
+        tally(&t.client_outside_cgroup(&["tcp", vip, "30"]), vip).len(),
+        3
+    );
+
+    t.agent().kill();
+    t.agent = None;
+    t.start_agent(&["--bpf-lb-max-services", "4096"]);
+    let switched = t
+        .agent()
+        .wait_for_line("pod programs switched", Duration::from_secs(10), |l| {
+            l.contains("pod programs switched")
+        });
+    assert!(switched.contains("pods=4"), "{switched}");
+    // Only the new maps hear about this change: a veth still running the
+    // programs loaded before the resize would keep sending to pod-2.
+    t.write_manifest("web.yaml", &web(&t, &[0, 1]));
+    t.agent()
+        .wait_for_line("reprogrammed", Duration::from_secs(10), |l| {
+            programmed(l) && l.contains("backends=2 ")
+        });
+    let after = tally(&t.client_outside_cgroup(&["tcp", vip, "60"]), vip);
+    assert_eq!(after.values().sum::<u64>(), 60, "{after:?}");
+    assert!(
+        after.keys().all(|b| b != "pod-2"),
+        "a removed backend still chosen after the resize: {after:?}"
+    );
 }

@@ -979,3 +979,45 @@ fn ipvs_setup(t: &LbTopology, svcs: &[Svc]) -> Result<(), String> {
     )?;
     pipe_into(ns, &["ipvsadm", "-R"], &kube_proxy::ipvsadm_restore(svcs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(endpoints: usize) -> Opts {
+        Opts {
+            scales: vec![1],
+            endpoints,
+            secs: 1,
+            rounds: 1,
+            rr_conns: 1,
+            crr_conns: 1,
+            sample: 64,
+            iptables_restore: String::new(),
+            out: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn map_sizes_are_raised_only_past_the_defaults() {
+        assert_eq!(agent_args(10_000, &opts(10), &["-x"]), ["-x"]);
+        assert_eq!(
+            agent_args(100_000, &opts(10), &[]),
+            [
+                "--bpf-lb-max-services",
+                "131072",
+                "--bpf-lb-max-backends",
+                "2097152"
+            ]
+        );
+    }
+
+    #[test]
+    fn samples_spread_over_all_services() {
+        assert_eq!(sampled(1, 64), [0]);
+        let s = sampled(100_000, 64);
+        assert_eq!(s.len(), 64);
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+        assert!(s[0] < 100_000 / 64 && s[63] >= 100_000 - 100_000 / 64);
+    }
+}
