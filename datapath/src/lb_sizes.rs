@@ -202,9 +202,11 @@ pub(crate) fn prepare(dir: &Path, sizes: &LbMapSizes) -> Result<Resize, Datapath
 }
 
 /// Smallest capacity that holds what the pinned map holds: its entry count
-/// for frontends, one past its largest id for id-keyed maps. Counters are
-/// not state: those of ids past the new capacity (unused, or the check on
-/// the id maps fails) are dropped.
+/// for frontends, one past its largest id for id-keyed maps. Service ids in
+/// use are those in LB4_SVC_INFO: LB4_MAGLEV keeps an empty table in the
+/// slot of every removed service, and tables past the new capacity belong
+/// to no service. Counters are not state: those of ids past the new
+/// capacity are dropped.
 fn entries_needed(pin: &Path, name: &'static str) -> Result<u32, DatapathError> {
     let map = open(pin, name)?;
     let e = DatapathError::map(name);
@@ -228,18 +230,6 @@ fn entries_needed(pin: &Path, name: &'static str) -> Result<u32, DatapathError> 
             let m = HashMap::<_, u32, ServiceInfo>::try_from(map).map_err(&e)?;
             max_id_plus_one(m.keys()).map_err(&e)?
         }
-        LB4_MAGLEV => {
-            let m = ArrayOfMaps::<_, MapData>::try_from(map).map_err(&e)?;
-            let mut used = 0;
-            for i in 0..m.len() {
-                match m.get(&i, 0) {
-                    Ok(_) => used = i + 1,
-                    Err(MapError::KeyNotFound) => {}
-                    Err(err) => return Err(e(err)),
-                }
-            }
-            used
-        }
         _ => 0,
     })
 }
@@ -248,26 +238,62 @@ impl Resize {
     /// After the object is loaded (new maps pinned): creates LB4_SVC_INFO
     /// if missing, copies every moved map's entries into its new map and
     /// drops the old pins. On failure everything is put back as it was.
-    /// Returns whether any map was resized.
-    pub(crate) fn finish(self, sizes: &LbMapSizes) -> Result<bool, DatapathError> {
-        let res = ensure_svc_info(&self.dir, sizes.services).and_then(|()| {
-            self.moved
-                .iter()
-                .try_for_each(|(name, _)| copy(&self.dir, name))
-        });
+    pub(crate) fn finish(self, sizes: &LbMapSizes) -> Result<(), DatapathError> {
+        let res = ensure_svc_info(&self.dir, sizes.services)
+            .and_then(|()| self.check_created(sizes))
+            .and_then(|()| {
+                self.moved
+                    .iter()
+                    .try_for_each(|(name, _)| copy(&self.dir, name))
+            })
+            .and_then(|()| self.mark_pod_programs_stale());
         match res {
             Ok(()) => {
                 for (name, _) in &self.moved {
                     let old = aside(&self.dir.join(name));
                     std::fs::remove_file(&old).map_err(|e| pin_err(&old, e))?;
                 }
-                Ok(!self.moved.is_empty())
+                Ok(())
             }
             Err(e) => {
                 self.abort();
                 Err(e)
             }
         }
+    }
+
+    /// The loader reuses whatever is pinned: make sure every map now pinned
+    /// has the size asked for (another loader could only have pinned one
+    /// in the window if it ignored the bpffs lock).
+    fn check_created(&self, sizes: &LbMapSizes) -> Result<(), DatapathError> {
+        for (name, which) in SIZED {
+            let pin = self.dir.join(name);
+            let have = MapInfo::from_pin(&pin)
+                .map_err(DatapathError::map(name))?
+                .max_entries();
+            if have != sizes.get(which) {
+                return Err(pin_err(
+                    &pin,
+                    format!(
+                        "pinned with {have} entries, not the {} asked for",
+                        sizes.get(which)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Programs loaded before the resize (the CNI's pinned pod set and its
+    /// copies on pod veths) use the old maps until the agent switches them
+    /// (`PodDatapath::refresh_after_resize`). Marked before the old pins
+    /// go, so a crash in between still leads to the switch.
+    fn mark_pod_programs_stale(&self) -> Result<(), DatapathError> {
+        if self.moved.iter().all(|(name, _)| *name == LB4_SVC_INFO) {
+            return Ok(());
+        }
+        let marker = self.dir.join(crate::pod::POD_PROGS_STALE);
+        std::fs::create_dir_all(&marker).map_err(|e| pin_err(&marker, e))
     }
 
     /// Puts the moved pins back, replacing any new map pinned meanwhile.

@@ -81,7 +81,6 @@ pub enum LbIface {
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs_dir: PathBuf,
-    lb_resized: bool,
 }
 
 impl Datapath {
@@ -93,6 +92,16 @@ impl Datapath {
         raise_nofile_rlimit();
         let level = opts.log_level as u8;
         let maglev_pin = opts.bpffs_dir.join(map_names::LB4_MAGLEV);
+        // Sizing holds the node's bpffs lock from the first rename to the
+        // last copy, so a CNI ADD cannot load (and pin default-size maps)
+        // in between.
+        let _sizing = match &opts.lb_sizes {
+            Some(_) => Some(crate::pod::lock(
+                &opts.bpffs_dir,
+                nix::fcntl::FlockArg::LockExclusive,
+            )?),
+            None => None,
+        };
         let resize = match &opts.lb_sizes {
             Some(sizes) => Some(lb_sizes::prepare(&opts.bpffs_dir, sizes)?),
             None => None,
@@ -115,22 +124,20 @@ impl Datapath {
                 return Err(e.into());
             }
         };
-        let mut lb_resized = false;
         if let (Some(r), Some(sizes)) = (resize, &opts.lb_sizes) {
-            lb_resized = r.finish(sizes)?;
+            r.finish(sizes)?;
         }
         Ok(Self {
             ebpf,
             bpffs_dir: opts.bpffs_dir.clone(),
-            lb_resized,
         })
     }
 
-    /// Whether this load resized pinned LB maps: programs loaded earlier
-    /// (pinned pod programs, see `PodDatapath::refresh_after_resize`) still
-    /// use the old ones.
-    pub fn lb_maps_resized(&self) -> bool {
-        self.lb_resized
+    /// Whether programs loaded before an LB map resize (this load's or an
+    /// earlier one's) may still run on pod veths with the old maps; see
+    /// `PodDatapath::refresh_after_resize`.
+    pub fn pod_programs_stale(&self) -> bool {
+        self.bpffs_dir.join(crate::pod::POD_PROGS_STALE).exists()
     }
 
     /// The underlying object, for log forwarding and map access.

@@ -70,6 +70,7 @@ pub struct PodDatapath {
     bpffs_dir: PathBuf,
     programs: Vec<(&'static str, SchedClassifier)>,
     endpoints: Endpoints,
+    _lock: Flock<File>,
 }
 
 /// The pinned endpoint map alone: what DEL, CHECK and GC need (they never
@@ -92,16 +93,29 @@ fn io_pin(path: &Path) -> impl Fn(std::io::Error) -> DatapathError + '_ {
 impl PodDatapath {
     /// Opens the pinned pod datapath under `bpffs_dir`, loading and pinning
     /// it first if this node has none yet (or only an older build's).
+    ///
+    /// The handle holds the node's bpffs lock shared until dropped, so an
+    /// ADD attaches a program set the agent cannot swap out from under it
+    /// (see [`PodDatapath::refresh_after_resize`]).
     pub fn open(bpffs_dir: &Path) -> Result<Self, DatapathError> {
         let dir = prog_dir(bpffs_dir);
-        if !dir.join(PINNED[0]).exists() {
-            bpffs::ensure_pin_dir(bpffs_dir)?;
-            let _lock = lock(bpffs_dir)?;
+        bpffs::ensure_pin_dir(bpffs_dir)?;
+        loop {
+            let shared = lock(bpffs_dir, FlockArg::LockShared)?;
+            if dir.join(PINNED[0]).exists() {
+                return Self::from_pins(bpffs_dir, shared);
+            }
+            drop(shared);
+            let _exclusive = lock(bpffs_dir, FlockArg::LockExclusive)?;
             // Another ADD may have pinned them while we waited.
             if !dir.join(PINNED[0]).exists() {
                 Self::load_and_pin(bpffs_dir, &dir)?;
             }
         }
+    }
+
+    fn from_pins(bpffs_dir: &Path, lock: Flock<File>) -> Result<Self, DatapathError> {
+        let dir = prog_dir(bpffs_dir);
         crate::loader::raise_memlock_rlimit();
         let mut programs = Vec::new();
         for name in PINNED {
@@ -113,6 +127,7 @@ impl PodDatapath {
             bpffs_dir: bpffs_dir.to_path_buf(),
             programs,
             endpoints: Endpoints::open(bpffs_dir)?,
+            _lock: lock,
         })
     }
 
@@ -169,69 +184,102 @@ impl PodDatapath {
         // A fresh veth has no clsact yet; an existing one is fine too.
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
         for (name, ty) in POD_PROGRAMS {
-            let opts = TcAttachOptions::Netlink(NlOptions {
-                priority: POD_FILTER_PRIORITY,
-                handle: TcHandle::new(0, 1),
-                ..Default::default()
-            });
-            let prog = self.program(name);
-            let id = prog
-                .attach_with_options(iface, ty, opts)
-                .map_err(|source| DatapathError::Program { name, source })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| DatapathError::Program { name, source })?;
-            // Dropping the link would remove the filter.
-            std::mem::forget(link);
+            self.attach_filter(iface, name, ty)?;
         }
+        Ok(())
+    }
+
+    /// Adds `name` as `iface`'s filter at the pod priority, kept after
+    /// this process exits.
+    fn attach_filter(
+        &mut self,
+        iface: &str,
+        name: &'static str,
+        ty: TcAttachType,
+    ) -> Result<(), DatapathError> {
+        let opts = TcAttachOptions::Netlink(NlOptions {
+            priority: POD_FILTER_PRIORITY,
+            handle: TcHandle::new(0, 1),
+            ..Default::default()
+        });
+        let prog = self.program(name);
+        let id = prog
+            .attach_with_options(iface, ty, opts)
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program { name, source })?;
+        // Dropping the link would remove the filter.
+        std::mem::forget(link);
         Ok(())
     }
 
     /// After the agent resized the LB maps (`lb_sizes.rs`), the pinned pod
     /// programs, and the copies attached to pod veths, still use the old
-    /// maps, which nothing updates any more. This drops the pinned set (the
-    /// next ADD would otherwise attach it), pins one loaded on the new maps
-    /// and swaps it onto every endpoint's veth in place: a filter's program
-    /// is replaced atomically, a shaped pod's tcx link make-before-break.
-    /// Returns how many veths were switched. An endpoint whose veth is gone
-    /// is left to the CNI plugin's GC. (An ADD that opened the old set just
-    /// before it was dropped can still attach it: a narrow race, closed by
-    /// that pod's next ADD.)
+    /// maps, which nothing updates any more; the resize leaves a marker
+    /// ([`POD_PROGS_STALE`]) saying so. This drops the pinned set (the next
+    /// ADD would otherwise attach it), pins one loaded on the new maps and
+    /// swaps it onto every endpoint's veth in place: a filter's program is
+    /// replaced atomically, a shaped pod's tcx link make-before-break.
+    /// The marker goes only when every veth is switched, so an agent killed
+    /// halfway (or a veth that failed) is retried at the next start. All of
+    /// it runs under the bpffs lock, which an ADD holds shared from opening
+    /// the program set to attaching it: each ADD attaches either before
+    /// (and is switched here) or after (with the new set).
+    /// Endpoints whose veth is gone, or whose ifindex now names another
+    /// interface, are left to the CNI plugin's GC. Returns the veths switched.
     pub fn refresh_after_resize(bpffs_dir: &Path) -> Result<usize, DatapathError> {
+        let marker = bpffs_dir.join(POD_PROGS_STALE);
+        let exclusive = lock(bpffs_dir, FlockArg::LockExclusive)?;
         let progs = bpffs_dir.join("progs");
-        {
-            let _lock = lock(bpffs_dir)?;
-            match std::fs::remove_dir_all(&progs) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_pin(&progs)(e)),
-            }
+        match std::fs::remove_dir_all(&progs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_pin(&progs)(e)),
         }
         let endpoints = match Endpoints::open_existing(bpffs_dir)? {
             Some(eps) => eps.list(),
-            None => return Ok(0),
+            None => Vec::new(),
         };
-        if endpoints.is_empty() {
-            return Ok(0);
-        }
-        let mut dp = Self::open(bpffs_dir)?;
         let mut switched = 0;
-        for (_, ep) in endpoints {
-            let Some(iface) = ifname(ep.ifindex) else {
-                continue;
-            };
-            if Self::tcx_linked(bpffs_dir, &iface) {
-                dp.attach(&iface, true)?;
-            } else {
-                dp.replace_filters(&iface)?;
+        let mut failed = 0;
+        if !endpoints.is_empty() {
+            Self::load_and_pin(bpffs_dir, &prog_dir(bpffs_dir))?;
+            let mut dp = Self::from_pins(bpffs_dir, exclusive)?;
+            let macs = host_macs();
+            for (ip, ep) in endpoints {
+                let Some(iface) =
+                    ifname(ep.ifindex).filter(|i| macs.get(i.as_str()) == Some(&ep.host_mac))
+                else {
+                    tracing::debug!(%ip, ifindex = ep.ifindex, "endpoint's veth is gone; skipped");
+                    continue;
+                };
+                let res = if Self::tcx_linked(bpffs_dir, &iface) {
+                    dp.attach(&iface, true)
+                } else {
+                    dp.replace_filters(&iface)
+                };
+                match res {
+                    Ok(()) => switched += 1,
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!(%ip, iface, "switching pod programs to resized maps: {e}");
+                    }
+                }
             }
-            switched += 1;
+        }
+        if failed == 0 {
+            match std::fs::remove_dir(&marker) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_pin(&marker)(e)),
+            }
         }
         Ok(switched)
     }
 
-    /// Points `iface`'s pod filters at this set's programs (attaching them
-    /// if the veth has none).
+    /// Points `iface`'s pod filters at this set's programs, attaching any
+    /// the veth lacks.
     fn replace_filters(&mut self, iface: &str) -> Result<(), DatapathError> {
         for (name, ty) in POD_PROGRAMS {
             let existing = SchedClassifierLink::attached(
@@ -251,7 +299,8 @@ impl PodDatapath {
                 Ok(link) => std::mem::forget(link),
                 Err(e) => {
                     tracing::debug!(iface, "{name}: no filter to replace ({e}); attaching");
-                    return self.attach(iface, false);
+                    let _ = aya::programs::tc::qdisc_add_clsact(iface);
+                    self.attach_filter(iface, name, ty)?;
                 }
             }
         }
@@ -281,14 +330,33 @@ impl PodDatapath {
     }
 }
 
-/// The node's bpffs lock: held while the pinned pod program set is loaded
-/// or dropped, so concurrent ADDs load it once and never see it half gone.
-fn lock(bpffs_dir: &Path) -> Result<Flock<File>, DatapathError> {
+/// The node's bpffs lock. Exclusive: loading or dropping the pinned pod
+/// program set, or resizing LB maps; shared: an ADD from opening the set
+/// to attaching it. So concurrent ADDs load the set once, and never attach
+/// one that a resize has made stale.
+pub(crate) fn lock(bpffs_dir: &Path, how: FlockArg) -> Result<Flock<File>, DatapathError> {
     let file = File::open(bpffs_dir).map_err(io_pin(bpffs_dir))?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| DatapathError::Pin {
+    Flock::lock(file, how).map_err(|(_, e)| DatapathError::Pin {
         path: bpffs_dir.to_path_buf(),
         reason: format!("lock: {e}"),
     })
+}
+
+/// Present (a directory: bpffs holds nothing else) from a resize of the LB
+/// maps until every pod veth runs programs loaded on the new ones.
+pub(crate) const POD_PROGS_STALE: &str = "pod-progs-stale";
+
+/// Interface name -> MAC in the calling thread's netns.
+fn host_macs() -> std::collections::HashMap<String, [u8; 6]> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Default::default();
+    };
+    addrs
+        .filter_map(|a| {
+            let mac = a.address?.as_link_addr()?.addr()?;
+            Some((a.interface_name, mac))
+        })
+        .collect()
 }
 
 /// The name of interface `ifindex` in the calling thread's netns.

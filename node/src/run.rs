@@ -75,7 +75,7 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             }
             e => anyhow::Error::new(e),
         })?;
-        if dp.lb_maps_resized() {
+        if dp.pod_programs_stale() {
             let pods = sluice_datapath::PodDatapath::refresh_after_resize(&node.bpffs)?;
             tracing::info!(
                 pods,

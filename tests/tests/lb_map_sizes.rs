@@ -5,7 +5,7 @@
 //! (resize under connection load) is in lb_socket.rs.
 use aya::maps::{HashMap, MapData, MapInfo};
 use sluice_common::{
-    lb::{Backend, PROTO_TCP},
+    lb::{Backend, PROTO_TCP, ServiceInfo},
     map_names,
 };
 use sluice_datapath::{
@@ -13,16 +13,20 @@ use sluice_datapath::{
 };
 use sluice_tests::{PinDir, require_root};
 
-fn load(pins: &PinDir, backends: u32) -> Result<Datapath, DatapathError> {
+fn load_sized(pins: &PinDir, services: u32, backends: u32) -> Result<Datapath, DatapathError> {
     Datapath::load(&LoadOptions {
         bpffs_dir: pins.path.clone(),
         log_level: BpfLogLevel::Warn,
         lb_sizes: Some(LbMapSizes {
             frontends: 64,
-            services: 32,
+            services,
             backends,
         }),
     })
+}
+
+fn load(pins: &PinDir, backends: u32) -> Result<Datapath, DatapathError> {
+    load_sized(pins, 32, backends)
 }
 
 fn backend(last: u8) -> Backend {
@@ -93,4 +97,46 @@ fn pinned_maps_resize_keep_entries_refuse_too_small_and_undo_a_crashed_resize() 
     assert_eq!(backends_cap(&pins), 48);
     assert_eq!(backend_at(&pins, 5), Some(backend(5)));
     assert_eq!(backend_at(&pins, 40), Some(backend(40)));
+}
+
+#[test]
+fn service_ids_in_use_bound_a_shrink_not_emptied_table_slots() {
+    if !require_root("service_ids_in_use_bound_a_shrink_not_emptied_table_slots") {
+        return;
+    }
+    let pins = PinDir::new();
+    drop(load_sized(&pins, 64, 64).expect("first load"));
+    let mut maps = LbMaps::open(&pins.path).expect("open LB maps");
+    // Service 5 is live (info + table); slot 40 holds the empty table a
+    // removed service leaves behind (its info is gone).
+    let mut info = ServiceInfo::default();
+    info.set_name("default/live:http/TCP");
+    maps.svc_info.insert(5, info, 0).expect("write info");
+    let live = LbMaps::build_table(&[7; 13]).expect("build table");
+    let emptied = LbMaps::build_table(&[]).expect("build empty table");
+    maps.commit_tables(&[(5, Some(&live)), (40, Some(&emptied))])
+        .expect("install tables");
+    drop(maps);
+
+    drop(load_sized(&pins, 16, 64).expect("16 service ids hold id 5"));
+    let maps = LbMaps::open(&pins.path).expect("open LB maps");
+    assert_eq!(maps.capacities().expect("capacities").services, 16);
+    assert_eq!(maps.table(5).expect("read table"), Some(vec![7; 13]));
+    assert_eq!(
+        maps.svc_info.get(&5, 0).expect("info kept").name_str(),
+        "default/live:http/TCP"
+    );
+    // Below the live id: refused.
+    let err = load_sized(&pins, 5, 64).err().expect("id 5 needs 6");
+    assert!(
+        matches!(
+            err,
+            DatapathError::MapSize {
+                which: LbCapacity::Services,
+                need: 6,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

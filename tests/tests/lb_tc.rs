@@ -332,6 +332,8 @@ fn pods_enrolled_before_a_map_resize_balance_with_the_resized_maps() {
             l.contains("pod programs switched")
         });
     assert!(switched.contains("pods=4"), "{switched}");
+    let stale = t.pins.path.join("pod-progs-stale");
+    assert!(!stale.exists(), "marker left after every veth was switched");
     // Only the new maps hear about this change: a veth still running the
     // programs loaded before the resize would keep sending to pod-2.
     t.write_manifest("web.yaml", &web(&t, &[0, 1]));
@@ -345,4 +347,19 @@ fn pods_enrolled_before_a_map_resize_balance_with_the_resized_maps() {
         after.keys().all(|b| b != "pod-2"),
         "a removed backend still chosen after the resize: {after:?}"
     );
+    // An agent killed between the resize and the switch leaves the marker:
+    // the next start switches, though the sizes now match.
+    t.agent().kill();
+    t.agent = None;
+    std::fs::create_dir(&stale).expect("leave the marker");
+    t.start_agent(&["--bpf-lb-max-services", "4096"]);
+    let again = t
+        .agent()
+        .wait_for_line("pod programs switched", Duration::from_secs(10), |l| {
+            l.contains("pod programs switched")
+        });
+    assert!(again.contains("pods=4"), "{again}");
+    assert!(!stale.exists());
+    let last = tally(&t.client_outside_cgroup(&["tcp", vip, "20"]), vip);
+    assert_eq!(last.values().sum::<u64>(), 20, "{last:?}");
 }
