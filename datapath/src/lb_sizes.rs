@@ -147,6 +147,7 @@ pub(crate) struct Resize {
 /// capacities too small for what is pinned (nothing moved), then moves
 /// aside every pinned map whose capacity changes.
 pub(crate) fn prepare(dir: &Path, sizes: &LbMapSizes) -> Result<Resize, DatapathError> {
+    let mut restored = false;
     for (name, _) in SIZED {
         let (pin, old) = (dir.join(name), aside(&dir.join(name)));
         if old.exists() {
@@ -158,7 +159,13 @@ pub(crate) fn prepare(dir: &Path, sizes: &LbMapSizes) -> Result<Resize, Datapath
                 std::fs::remove_file(&pin).map_err(|e| pin_err(&pin, e))?;
             }
             std::fs::rename(&old, &pin).map_err(|e| pin_err(&old, e))?;
+            restored = true;
         }
+    }
+    if restored {
+        // While no agent held the lock, a CNI ADD may have loaded pod
+        // programs on the maps just replaced: have them switched.
+        mark_pod_programs_stale(dir)?;
     }
     let mut moved = Vec::new();
     for (name, which) in SIZED {
@@ -292,8 +299,7 @@ impl Resize {
         if self.moved.iter().all(|(name, _)| *name == LB4_SVC_INFO) {
             return Ok(());
         }
-        let marker = self.dir.join(crate::pod::POD_PROGS_STALE);
-        std::fs::create_dir_all(&marker).map_err(|e| pin_err(&marker, e))
+        mark_pod_programs_stale(&self.dir)
     }
 
     /// Puts the moved pins back, replacing any new map pinned meanwhile.
@@ -306,6 +312,12 @@ impl Resize {
             }
         }
     }
+}
+
+/// Leaves the marker `PodDatapath::refresh_after_resize` acts on.
+fn mark_pod_programs_stale(dir: &Path) -> Result<(), DatapathError> {
+    let marker = dir.join(crate::pod::POD_PROGS_STALE);
+    std::fs::create_dir_all(&marker).map_err(|e| pin_err(&marker, e))
 }
 
 /// Creates and pins the userspace-only service info map when missing.

@@ -70,7 +70,7 @@ pub struct PodDatapath {
     bpffs_dir: PathBuf,
     programs: Vec<(&'static str, SchedClassifier)>,
     endpoints: Endpoints,
-    _lock: Flock<File>,
+    _lock: Option<Flock<File>>,
 }
 
 /// The pinned endpoint map alone: what DEL, CHECK and GC need (they never
@@ -103,7 +103,7 @@ impl PodDatapath {
         loop {
             let shared = lock(bpffs_dir, FlockArg::LockShared)?;
             if dir.join(PINNED[0]).exists() {
-                return Self::from_pins(bpffs_dir, shared);
+                return Self::from_pins(bpffs_dir, Some(shared));
             }
             drop(shared);
             let _exclusive = lock(bpffs_dir, FlockArg::LockExclusive)?;
@@ -114,7 +114,8 @@ impl PodDatapath {
         }
     }
 
-    fn from_pins(bpffs_dir: &Path, lock: Flock<File>) -> Result<Self, DatapathError> {
+    /// The pinned set, holding `lock` (if given) until dropped.
+    fn from_pins(bpffs_dir: &Path, lock: Option<Flock<File>>) -> Result<Self, DatapathError> {
         let dir = prog_dir(bpffs_dir);
         crate::loader::raise_memlock_rlimit();
         let mut programs = Vec::new();
@@ -245,7 +246,8 @@ impl PodDatapath {
         let mut failed = 0;
         if !endpoints.is_empty() {
             Self::load_and_pin(bpffs_dir, &prog_dir(bpffs_dir))?;
-            let mut dp = Self::from_pins(bpffs_dir, exclusive)?;
+            // `exclusive` stays held until the marker is gone.
+            let mut dp = Self::from_pins(bpffs_dir, None)?;
             let macs = host_macs();
             for (ip, ep) in endpoints {
                 let Some(iface) =
@@ -275,6 +277,7 @@ impl PodDatapath {
                 Err(e) => return Err(io_pin(&marker)(e)),
             }
         }
+        drop(exclusive);
         Ok(switched)
     }
 

@@ -60,9 +60,13 @@ fn pinned_maps_resize_keep_entries_refuse_too_small_and_undo_a_crashed_resize() 
         .write_backends(&[5, 40], &[backend(5), backend(40)])
         .expect("write backends");
 
-    // Bigger: resized, entries kept, nothing left aside.
+    // Bigger: resized, entries kept, nothing left aside, and programs
+    // loaded before (the CNI's pod set) marked for the agent to switch.
+    let stale = pins.path.join("pod-progs-stale");
     drop(load(&pins, 128).expect("grow"));
     assert_eq!(backends_cap(&pins), 128);
+    assert!(stale.exists(), "a resize must have pod programs switched");
+    std::fs::remove_dir(&stale).expect("clear the marker");
     assert_eq!(backend_at(&pins, 5), Some(backend(5)));
     assert_eq!(backend_at(&pins, 40), Some(backend(40)));
 
@@ -80,6 +84,7 @@ fn pinned_maps_resize_keep_entries_refuse_too_small_and_undo_a_crashed_resize() 
     }
     assert_eq!(backends_cap(&pins), 128);
     assert_eq!(backend_at(&pins, 40), Some(backend(40)));
+    assert!(!stale.exists(), "a refused resize changes nothing");
 
     // A crash mid-resize: the old map moved aside, an empty new one pinned.
     let pin = pins.path.join(map_names::LB4_BACKENDS);
@@ -91,10 +96,13 @@ fn pinned_maps_resize_keep_entries_refuse_too_small_and_undo_a_crashed_resize() 
         .expect("create half-done map")
         .pin(&pin)
         .expect("pin half-done map");
-    // The next load puts the old map back, then resizes it for real.
-    drop(load(&pins, 48).expect("load after a crashed resize"));
+    // The next load puts the old map back (its size is the one asked for,
+    // so nothing is resized), and marks pod programs stale: a CNI ADD
+    // could have loaded them on the half-done map meanwhile.
+    drop(load(&pins, 128).expect("load after a crashed resize"));
     assert!(!aside.exists(), "aside pin left behind");
-    assert_eq!(backends_cap(&pins), 48);
+    assert!(stale.exists(), "a restore must have pod programs switched");
+    assert_eq!(backends_cap(&pins), 128);
     assert_eq!(backend_at(&pins, 5), Some(backend(5)));
     assert_eq!(backend_at(&pins, 40), Some(backend(40)));
 }
