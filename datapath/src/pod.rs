@@ -6,7 +6,9 @@
 //! `<bpffs>/progs/<object digest>/`; every later caller opens those pins,
 //! which costs a few syscalls. The digest in the path means a new build of
 //! sluice never attaches programs pinned by an old one. A lock on the bpffs
-//! directory keeps concurrent first ADDs from loading twice.
+//! directory keeps concurrent first ADDs from loading twice (exclusive), and
+//! is held shared while an ADD attaches, so the agent's switch after an LB
+//! map resize ([`PodDatapath::refresh_after_resize`]) never misses a pod.
 //!
 //! Attachments are classic tc filters (clsact qdisc + cls_bpf in
 //! direct-action mode, priority [`POD_FILTER_PRIORITY`]), not tcx links.
