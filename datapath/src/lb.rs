@@ -37,8 +37,14 @@ pub struct LbMaps {
     pub ct: HashMap<MapData, CtKey, CtValue>,
 }
 
-fn open_pinned(dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
-    let data = MapData::from_pin(dir.join(name)).map_err(DatapathError::map(name))?;
+/// The map pinned as `name` under `dir`.
+pub(crate) fn open_pinned(dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
+    open_pin(&dir.join(name), name)
+}
+
+/// The map pinned at `path` (its name for errors).
+pub(crate) fn open_pin(path: &Path, name: &'static str) -> Result<Map, DatapathError> {
+    let data = MapData::from_pin(path).map_err(DatapathError::map(name))?;
     Map::from_map_data(data).map_err(DatapathError::map(name))
 }
 

@@ -28,7 +28,10 @@ use sluice_common::{
     },
 };
 
-use crate::{DatapathError, lb::table_batch_limit};
+use crate::{
+    DatapathError,
+    lb::{open_pin, table_batch_limit},
+};
 
 /// How many entries the agent-sized LB maps hold (Cilium's
 /// `--bpf-lb-map-max` family). Every map keyed by a service id is sized by
@@ -130,11 +133,6 @@ fn pin_err(path: &Path, e: impl std::fmt::Display) -> DatapathError {
     }
 }
 
-fn open(path: &Path, name: &'static str) -> Result<Map, DatapathError> {
-    let data = MapData::from_pin(path).map_err(DatapathError::map(name))?;
-    Map::from_map_data(data).map_err(DatapathError::map(name))
-}
-
 /// Pins moved aside by [`prepare`]: copied into the new maps and dropped by
 /// [`Resize::finish`], or put back by [`Resize::abort`].
 #[must_use = "finish or abort the resize"]
@@ -215,7 +213,7 @@ pub(crate) fn prepare(dir: &Path, sizes: &LbMapSizes) -> Result<Resize, Datapath
 /// to no service. Counters are not state: those of ids past the new
 /// capacity are dropped.
 fn entries_needed(pin: &Path, name: &'static str) -> Result<u32, DatapathError> {
-    let map = open(pin, name)?;
+    let map = open_pin(pin, name)?;
     let e = DatapathError::map(name);
     fn max_id_plus_one(
         mut ids: impl Iterator<Item = Result<u32, MapError>>,
@@ -335,7 +333,10 @@ fn ensure_svc_info(dir: &Path, services: u32) -> Result<(), DatapathError> {
 fn copy(dir: &Path, name: &'static str) -> Result<(), DatapathError> {
     let (pin, old_pin) = (dir.join(name), aside(&dir.join(name)));
     let e = DatapathError::map(name);
-    let (old, new) = (open(&old_pin, name)?, MapData::from_pin(&pin).map_err(&e)?);
+    let (old, new) = (
+        open_pin(&old_pin, name)?,
+        MapData::from_pin(&pin).map_err(&e)?,
+    );
     match name {
         LB4_SERVICES => copy_hash::<Frontend, Service>(old, &new, name),
         LB4_BACKENDS => copy_hash::<u32, Backend>(old, &new, name),

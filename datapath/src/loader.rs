@@ -95,16 +95,12 @@ impl Datapath {
         // Sizing holds the node's bpffs lock from the first rename to the
         // last copy, so a CNI ADD cannot load (and pin default-size maps)
         // in between.
-        let _sizing = match &opts.lb_sizes {
-            Some(_) => Some(crate::pod::lock(
-                &opts.bpffs_dir,
-                nix::fcntl::FlockArg::LockExclusive,
-            )?),
-            None => None,
-        };
-        let resize = match &opts.lb_sizes {
-            Some(sizes) => Some(lb_sizes::prepare(&opts.bpffs_dir, sizes)?),
-            None => None,
+        let (_sizing, resize) = match &opts.lb_sizes {
+            Some(sizes) => {
+                let lock = crate::pod::lock(&opts.bpffs_dir, nix::fcntl::FlockArg::LockExclusive)?;
+                (Some(lock), Some(lb_sizes::prepare(&opts.bpffs_dir, sizes)?))
+            }
+            None => (None, None),
         };
         let mut loader = EbpfLoader::new();
         loader

@@ -323,14 +323,18 @@ fn pods_enrolled_before_a_map_resize_balance_with_the_resized_maps() {
         3
     );
 
-    t.agent().kill();
-    t.agent = None;
-    t.start_agent(&["--bpf-lb-max-services", "4096"]);
-    let switched = t
-        .agent()
-        .wait_for_line("pod programs switched", Duration::from_secs(10), |l| {
-            l.contains("pod programs switched")
-        });
+    // Restarts the agent with bigger maps; returns its "switched" line.
+    let restart_bigger = |t: &mut LbTopology, before: &dyn Fn()| {
+        t.agent().kill();
+        t.agent = None;
+        before();
+        t.start_agent(&["--bpf-lb-max-services", "4096"]);
+        t.agent()
+            .wait_for_line("pod programs switched", Duration::from_secs(10), |l| {
+                l.contains("pod programs switched")
+            })
+    };
+    let switched = restart_bigger(&mut t, &|| {});
     assert!(switched.contains("pods=4"), "{switched}");
     let stale = t.pins.path.join("pod-progs-stale");
     assert!(!stale.exists(), "marker left after every veth was switched");
@@ -349,15 +353,9 @@ fn pods_enrolled_before_a_map_resize_balance_with_the_resized_maps() {
     );
     // An agent killed between the resize and the switch leaves the marker:
     // the next start switches, though the sizes now match.
-    t.agent().kill();
-    t.agent = None;
-    std::fs::create_dir(&stale).expect("leave the marker");
-    t.start_agent(&["--bpf-lb-max-services", "4096"]);
-    let again = t
-        .agent()
-        .wait_for_line("pod programs switched", Duration::from_secs(10), |l| {
-            l.contains("pod programs switched")
-        });
+    let again = restart_bigger(&mut t, &|| {
+        std::fs::create_dir(&stale).expect("leave the marker");
+    });
     assert!(again.contains("pods=4"), "{again}");
     assert!(!stale.exists());
     let last = tally(&t.client_outside_cgroup(&["tcp", vip, "20"]), vip);
