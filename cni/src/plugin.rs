@@ -112,7 +112,10 @@ struct Undo {
 
 impl Undo {
     async fn run(mut self, c: &Conf, host: &Netlink) {
-        if let (Some(ip), Some(dp)) = (self.endpoint, self.dp.as_mut()) {
+        // Dropped here: it holds the bpffs lock that `unlink` takes too.
+        if let Some(mut dp) = self.dp.take()
+            && let Some(ip) = self.endpoint
+        {
             let _ = dp.endpoints().remove_endpoint(ip);
         }
         if let Some(ifname) = &self.linked {
@@ -200,7 +203,11 @@ async fn add_steps(
     undo: &mut Undo,
 ) -> Result<(Ipv4Addr, String, [u8; 6], [u8; 6]), Error> {
     // The data plane first: if bpffs is unusable nothing else is created.
-    let dp = PodDatapath::open(&c.bpffs).map_err(datapath)?;
+    // The handle holds the bpffs lock (shared), which would hold off an
+    // agent's map resize for all of the netlink setup below: it is let go
+    // here and the set reopened just before attaching (by then loaded and
+    // pinned, so reopening is a few pin lookups).
+    drop(PodDatapath::open(&c.bpffs).map_err(datapath)?);
     let ip = {
         let store = Store::open(&c.data_dir, &c.network).map_err(ipam)?;
         match store.find(cid, ifname).map_err(ipam)? {
@@ -272,7 +279,9 @@ async fn add_steps(
     if shape.egress {
         undo.linked = Some(host_if.clone());
     }
-    let dp = undo.dp.insert(dp);
+    let dp = undo
+        .dp
+        .insert(PodDatapath::open(&c.bpffs).map_err(datapath)?);
     dp.attach(&host_if, shape.egress).map_err(datapath)?;
     dp.endpoints()
         .set_endpoint(

@@ -133,7 +133,7 @@ impl Datapath {
     /// earlier one's) may still run on pod veths with the old maps; see
     /// `PodDatapath::refresh_after_resize`.
     pub fn pod_programs_stale(&self) -> bool {
-        self.bpffs_dir.join(crate::pod::POD_PROGS_STALE).exists()
+        crate::PodDatapath::programs_stale(&self.bpffs_dir)
     }
 
     /// The underlying object, for log forwarding and map access.

@@ -283,6 +283,13 @@ impl PodDatapath {
         Ok(switched)
     }
 
+    /// Whether programs loaded before an LB map resize may still run on
+    /// some pod veth with the old maps: the marker a resize leaves until
+    /// [`PodDatapath::refresh_after_resize`] has switched every veth.
+    pub fn programs_stale(bpffs_dir: &Path) -> bool {
+        bpffs_dir.join(POD_PROGS_STALE).exists()
+    }
+
     /// Points `iface`'s pod filters at this set's programs, attaching any
     /// the veth lacks.
     fn replace_filters(&mut self, iface: &str) -> Result<(), DatapathError> {
@@ -321,8 +328,17 @@ impl PodDatapath {
 
     /// Removes `iface`'s tcx link pins, if it has any (detaching the
     /// programs if the veth still exists). Filters need nothing: they go
-    /// with the veth. Idempotent.
+    /// with the veth. Idempotent. Under the bpffs lock (shared), so it
+    /// cannot interleave with [`PodDatapath::refresh_after_resize`]
+    /// re-pinning the same veth's links, which would leave a stale pin.
     pub fn unlink(bpffs_dir: &Path, iface: &str) -> Result<(), DatapathError> {
+        if !SHAPED_PROGRAMS
+            .iter()
+            .any(|(_, _, dir)| link_pin(bpffs_dir, dir, iface).exists())
+        {
+            return Ok(());
+        }
+        let _shared = lock(bpffs_dir, FlockArg::LockShared)?;
         for (_, _, dir) in SHAPED_PROGRAMS {
             let pin = link_pin(bpffs_dir, dir, iface);
             match std::fs::remove_file(&pin) {
@@ -337,8 +353,9 @@ impl PodDatapath {
 
 /// The node's bpffs lock. Exclusive: loading or dropping the pinned pod
 /// program set, or resizing LB maps; shared: an ADD from opening the set
-/// to attaching it. So concurrent ADDs load the set once, and never attach
-/// one that a resize has made stale.
+/// to attaching it, and a DEL removing link pins. So concurrent ADDs load
+/// the set once, never attach one that a resize has made stale, and no
+/// pin is removed while a resize switch re-pins it.
 pub(crate) fn lock(bpffs_dir: &Path, how: FlockArg) -> Result<Flock<File>, DatapathError> {
     let file = File::open(bpffs_dir).map_err(io_pin(bpffs_dir))?;
     Flock::lock(file, how).map_err(|(_, e)| DatapathError::Pin {

@@ -32,6 +32,9 @@ pub struct Metrics {
     svc_packets: IntCounterVec,
     svc_bytes: IntCounterVec,
     svc_backends: IntGaugeVec,
+    /// 1 while some pod veth may still run programs on LB maps replaced by
+    /// a resize (the switch is being retried), else 0.
+    pub pod_programs_stale: IntGauge,
     /// Capacities the fill ratios divide by, read once: they change only
     /// when an agent restarts with other `--bpf-lb-max-*` flags.
     caps: sluice_datapath::LbMapSizes,
@@ -108,6 +111,13 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("lb_service_backends", "Backends receiving new connections per service"),
                     &["service"],
+                )?,
+            )?,
+            pod_programs_stale: reg(
+                &r,
+                IntGauge::new(
+                    "pod_programs_stale",
+                    "1 while pod veths may run programs on LB maps a resize replaced (switch being retried)",
                 )?,
             )?,
             registry: r,

@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use sluice_datapath::{Datapath, DatapathError, LbIface, LbMaps, LoadOptions};
+use sluice_datapath::{Datapath, DatapathError, LbIface, LbMaps, LoadOptions, PodDatapath};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -76,16 +76,28 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             e => anyhow::Error::new(e),
         })?;
         if dp.pod_programs_stale() {
-            let pods = sluice_datapath::PodDatapath::refresh_after_resize(&node.bpffs)?;
-            tracing::info!(
-                pods,
-                "LB maps resized; pod programs switched to the new maps"
-            );
+            let pods = PodDatapath::refresh_after_resize(&node.bpffs)?;
+            if PodDatapath::programs_stale(&node.bpffs) {
+                tracing::warn!(
+                    pods,
+                    retry_in_s = POD_SWITCH_RETRY.0.as_secs(),
+                    "LB maps resized; some pod veths could not be switched to the new maps"
+                );
+            } else {
+                tracing::info!(
+                    pods,
+                    "LB maps resized; pod programs switched to the new maps"
+                );
+            }
         }
         let _logs = sluice_datapath::spawn_log_forwarder(dp.ebpf_mut())?;
         let maps = LbMaps::open(&node.bpffs)?;
         let reconciler = Reconciler::load(maps)?;
         let metrics = Arc::new(Metrics::new(LbMaps::open(&node.bpffs)?)?);
+        if PodDatapath::programs_stale(&node.bpffs) {
+            metrics.pod_programs_stale.set(1);
+            tokio::spawn(retry_pod_switch(node.bpffs.clone(), metrics.clone()));
+        }
         let metrics_addr = metrics::serve(metrics.clone(), agent.metrics_addr).await?;
         tracing::info!(addr = %metrics_addr, "metrics listening");
         let (services, backends) = reconciler.sizes();
@@ -177,6 +189,43 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         drop(dp);
         Ok(())
     })
+}
+
+/// First and longest wait between retries of a pod-program switch that
+/// left veths on the old maps (doubling in between).
+const POD_SWITCH_RETRY: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
+
+/// Retries the switch after an LB map resize until no pod veth runs
+/// programs on the replaced maps (each attempt re-switches every veth; a
+/// veth that fails keeps the marker). Such a veth's pods would otherwise
+/// keep balancing with the last state programmed before the resize.
+async fn retry_pod_switch(bpffs: std::path::PathBuf, metrics: Arc<Metrics>) {
+    let mut wait = POD_SWITCH_RETRY.0;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(POD_SWITCH_RETRY.1);
+        let dir = bpffs.clone();
+        match tokio::task::spawn_blocking(move || PodDatapath::refresh_after_resize(&dir)).await {
+            Ok(Ok(pods)) => tracing::info!(
+                pods,
+                "retried switching pod programs to the resized LB maps"
+            ),
+            Ok(Err(e)) => tracing::warn!("retrying the pod program switch: {e}"),
+            Err(e) => {
+                tracing::error!("pod program switch task failed: {e}");
+                return;
+            }
+        }
+        if !PodDatapath::programs_stale(&bpffs) {
+            metrics.pod_programs_stale.set(0);
+            tracing::info!("pod programs switched to the resized LB maps");
+            return;
+        }
+        tracing::warn!(
+            retry_in_s = wait.as_secs(),
+            "some pod veths are still on the old LB maps"
+        );
+    }
 }
 
 /// Delay before re-applying a snapshot whose programming failed.

@@ -358,6 +358,47 @@ fn pods_enrolled_before_a_map_resize_balance_with_the_resized_maps() {
     });
     assert!(again.contains("pods=4"), "{again}");
     assert!(!stale.exists());
+    assert!(t.metrics().contains("sluice_pod_programs_stale 0"));
     let last = tally(&t.client_outside_cgroup(&["tcp", vip, "20"]), vip);
     assert_eq!(last.values().sum::<u64>(), 20, "{last:?}");
+
+    // A veth that cannot be switched (here: directories where its tcx link
+    // pins would go, so re-pinning fails) keeps the marker; the agent says
+    // so in its log and metrics and retries until the switch succeeds.
+    let blockers: Vec<_> = ["ingress", "egress"]
+        .iter()
+        .map(|d| {
+            let host_if = &t.backends[0].host_if;
+            t.pins.path.join(format!("links/tc_{d}_{host_if}"))
+        })
+        .collect();
+    t.agent().kill();
+    t.agent = None;
+    std::fs::create_dir(&stale).expect("leave the marker");
+    for b in &blockers {
+        std::fs::create_dir_all(b).expect("block a link pin");
+    }
+    t.start_agent(&["--bpf-lb-max-services", "4096"]);
+    let warned = t
+        .agent()
+        .wait_for_line("switch incomplete", Duration::from_secs(10), |l| {
+            l.contains("could not be switched")
+        });
+    assert!(warned.contains("pods=3"), "{warned}");
+    assert!(
+        stale.exists(),
+        "marker removed though a veth was not switched"
+    );
+    assert!(t.metrics().contains("sluice_pod_programs_stale 1"));
+    for b in &blockers {
+        std::fs::remove_dir(b).expect("unblock");
+    }
+    t.agent()
+        .wait_for_line("switch retried", Duration::from_secs(30), |l| {
+            l.contains("pod programs switched to the resized")
+        });
+    assert!(!stale.exists(), "marker left after a successful retry");
+    assert!(t.metrics().contains("sluice_pod_programs_stale 0"));
+    let retried = tally(&t.client_outside_cgroup(&["tcp", vip, "20"]), vip);
+    assert_eq!(retried.values().sum::<u64>(), 20, "{retried:?}");
 }
