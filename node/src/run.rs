@@ -314,6 +314,7 @@ async fn reconcile_loop(
                 tracing::info!(
                     services = st.services,
                     backends = st.backends,
+                    tables_computed = st.tables_computed,
                     apply_ms,
                     "LB maps in sync with the service source"
                 );
@@ -331,6 +332,7 @@ async fn reconcile_loop(
                 frontends = st.frontends,
                 backends = st.backends,
                 tables_written = st.tables_written,
+                tables_computed = st.tables_computed,
                 frontends_written = st.frontends_written,
                 backends_written = st.backends_written,
                 removed = st.removed,

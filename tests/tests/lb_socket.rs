@@ -457,6 +457,14 @@ fn agent_crash_and_restart_under_load_loses_no_connection() {
         0,
         "an agent restarted on unchanged manifests writes nothing"
     );
+    // ... and recognises the pinned tables by their digests, without
+    // computing them again.
+    let synced = t
+        .agent()
+        .wait_for_line("in sync", Duration::from_secs(10), |l| {
+            l.contains("LB maps in sync")
+        });
+    assert!(synced.contains("tables_computed=0"), "{synced}");
 }
 
 /// `count` services without endpoints, to fill service ids and frontends.

@@ -261,8 +261,9 @@ pub struct ServiceInfo {
     pub table_backends: u32,
     /// Maglev table size M (0 when there is no table).
     pub table_size: u32,
-    /// Digest of (M, sorted backend ids) so a restarted agent can tell
-    /// whether a pinned table is already the one it wants.
+    /// Digest of the table's inputs (Maglev version, M, its backends in
+    /// order with their ids), so a restarted agent can tell whether a
+    /// pinned table is already the one it wants without computing it.
     pub digest: u64,
     pub flags: u32,
     pub pad: u32,

@@ -25,6 +25,12 @@ pub const TABLE_SIZES: [u32; 7] = [251, 509, 1021, 2039, 4093, 8191, 16381];
 /// evenness for bounded memory.
 pub const MAX_TABLE_SIZE: u32 = TABLE_SIZES[TABLE_SIZES.len() - 1];
 
+/// Identifies what [`build`] computes: the reconciler digests it with a
+/// table's inputs to recognise a pinned table without recomputing it.
+/// Change it with anything that changes `build`'s output (the seeds, the
+/// hash, the probing), or restarted agents would keep the old tables.
+pub const VERSION: u32 = 1;
+
 const OFFSET_SEED: u64 = 0x736c_7569_6365_6f66; // "sluiceof"
 const SKIP_SEED: u64 = 0x736c_7569_6365_736b; // "sluicesk"
 

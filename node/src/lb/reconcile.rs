@@ -68,6 +68,9 @@ pub struct ApplyStats {
     pub backends: usize,
     pub frontends: usize,
     pub tables_written: usize,
+    /// Maglev tables computed: only those whose inputs differ from what
+    /// the pinned info says its table was built from.
+    pub tables_computed: usize,
     pub frontends_written: usize,
     pub backends_written: usize,
     pub removed: usize,
@@ -242,15 +245,30 @@ impl Reconciler {
         for chunk in work.chunks_mut(table_batch_limit()) {
             let mut built = Vec::with_capacity(chunk.len());
             for part in chunk.chunks(COMPUTE_AT_ONCE) {
-                let computed = super::parallel::map_runs(
-                    &super::parallel::even_runs(part, threads),
-                    TableWork::info,
-                );
-                for (w, (info, table)) in part.iter().zip(computed) {
+                // A pinned info with the same digest describes the same
+                // table: it is not computed again (a restarted agent would
+                // otherwise recompute every table just to compare them).
+                let infos: Vec<ServiceInfo> = part.iter().map(TableWork::info).collect();
+                let stale: Vec<&TableWork> = part
+                    .iter()
+                    .zip(&infos)
+                    .filter(|(w, info)| self.infos.get(&w.id) != Some(*info))
+                    .map(|(w, _)| w)
+                    .collect();
+                st.tables_computed += stale.len();
+                let mut tables =
+                    super::parallel::map_runs(&super::parallel::even_runs(&stale, threads), |w| {
+                        w.table()
+                    })
+                    .into_iter();
+                for (w, info) in part.iter().zip(infos) {
                     if self.infos.get(&w.id) == Some(&info) {
                         built.push((info, None, false));
                         continue;
                     }
+                    let table = tables.next().ok_or_else(|| {
+                        DatapathError::Table(format!("no table computed for {}", w.name))
+                    })?;
                     let table = table.as_deref().map(LbMaps::build_table).transpose()?;
                     built.push((info, table, true));
                 }
@@ -341,7 +359,8 @@ impl Reconciler {
 /// every CPU busy for a while (~5 ms), few enough to hold (~1 MB).
 const COMPUTE_AT_ONCE: usize = 256;
 
-/// A service whose table must be (re)computed.
+/// A service whose table may need rebuilding (its backend ids or flags
+/// differ from what this process last wrote, or it wrote nothing yet).
 struct TableWork<'a> {
     id: u32,
     name: &'a str,
@@ -352,31 +371,46 @@ struct TableWork<'a> {
 }
 
 impl TableWork<'_> {
-    /// The service's info and its Maglev table (slot -> backend id); `None`
-    /// for a service without backends.
-    fn info(&self) -> (ServiceInfo, Option<Vec<u32>>) {
-        let (table, m) = if self.ids.is_empty() {
-            (Vec::new(), 0)
+    /// The service's info, with the digest of its table's inputs: the
+    /// Maglev version, M and each backend (address, id) in order. Those fix
+    /// the table: `maglev::build` hashes the addresses' names, and a
+    /// backend id keeps its address for as long as any table refers to it
+    /// (ids are freed only once no table does).
+    fn info(&self) -> ServiceInfo {
+        let m = if self.ids.is_empty() {
+            0
         } else {
-            let names: Vec<String> = self.addrs.iter().map(BackendAddr::maglev_name).collect();
-            let m = maglev::table_size_for(names.len());
-            let slots = maglev::build(&names, m);
-            (slots.iter().map(|&i| self.ids[i as usize]).collect(), m)
+            maglev::table_size_for(self.ids.len())
         };
-        let mut digest_input = Vec::with_capacity(4 * (table.len() + 1));
-        digest_input.extend_from_slice(&m.to_le_bytes());
-        for id in &table {
-            digest_input.extend_from_slice(&id.to_le_bytes());
+        let mut input = Vec::with_capacity(8 + 11 * self.ids.len());
+        input.extend_from_slice(&maglev::VERSION.to_le_bytes());
+        input.extend_from_slice(&m.to_le_bytes());
+        for (a, id) in self.addrs.iter().zip(&self.ids) {
+            input.extend_from_slice(&a.ip.octets());
+            input.extend_from_slice(&a.port.to_le_bytes());
+            input.push(a.proto);
+            input.extend_from_slice(&id.to_le_bytes());
         }
         let mut info = ServiceInfo {
             table_backends: self.ids.len() as u32,
             table_size: m,
-            digest: xxh3_64(&digest_input),
+            digest: xxh3_64(&input),
             flags: self.flags,
             ..Default::default()
         };
         info.set_name(self.name);
-        (info, (!table.is_empty()).then_some(table))
+        info
+    }
+
+    /// The Maglev table (slot -> backend id); `None` for a service without
+    /// backends.
+    fn table(&self) -> Option<Vec<u32>> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = self.addrs.iter().map(BackendAddr::maglev_name).collect();
+        let slots = maglev::build(&names, maglev::table_size_for(names.len()));
+        Some(slots.iter().map(|&i| self.ids[i as usize]).collect())
     }
 }
 
