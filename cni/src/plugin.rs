@@ -112,7 +112,8 @@ struct Undo {
 
 impl Undo {
     async fn run(mut self, c: &Conf, host: &Netlink) {
-        // Dropped here: it holds the bpffs lock that `unlink` takes too.
+        // Dropped first: it holds the bpffs lock shared, and letting go
+        // early keeps an agent's pod-program switch from waiting on us.
         if let Some(mut dp) = self.dp.take()
             && let Some(ip) = self.endpoint
         {
@@ -442,6 +443,15 @@ async fn check(a: &Args, c: &Conf) -> Result<(), Error> {
     }
     // Shaped pods carry pinned tcx links instead of filters.
     let tcx = PodDatapath::tcx_linked(&c.bpffs, &host_if);
+    if let Some(pin) = PodDatapath::tcx_pins_missing(&c.bpffs, &host_if)
+        .first()
+        .filter(|_| tcx)
+    {
+        return Err(check_fail(format!(
+            "{host_if} is missing its tcx link pin {}",
+            pin.display()
+        )));
+    }
     for (name, ty) in POD_PROGRAMS.into_iter().filter(|_| !tcx) {
         let egress = ty == aya::programs::TcAttachType::Egress;
         let names = host.bpf_filters(hl.index, egress).await.map_err(netlink)?;

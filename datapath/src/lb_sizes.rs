@@ -315,6 +315,13 @@ impl Resize {
 /// Leaves the marker `PodDatapath::refresh_after_resize` acts on.
 fn mark_pod_programs_stale(dir: &Path) -> Result<(), DatapathError> {
     let marker = dir.join(crate::pod::POD_PROGS_STALE);
+    // A set pinned after an earlier resize is stale again now.
+    let new_set = marker.join(crate::pod::NEW_SET_PINNED);
+    match std::fs::remove_dir(&new_set) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(pin_err(&new_set, e)),
+    }
     std::fs::create_dir_all(&marker).map_err(|e| pin_err(&marker, e))
 }
 

@@ -8,8 +8,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray},
     programs::{
-        CgroupAttachMode, Program, ProgramError, SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
+        CgroupAttachMode, Program, ProgramError, SchedClassifier, TcAttachType, links::FdLink,
         tc::SchedClassifierLinkId,
     },
 };
@@ -329,13 +328,19 @@ fn pin_replacing(link: FdLink, pin: &Path) -> Result<(), DatapathError> {
         path: pin.to_path_buf(),
         reason,
     };
-    if pin.exists() {
-        let old = PinnedLink::from_pin(pin).map_err(|e| pin_err(e.to_string()))?;
-        // Unpinning drops the last reference: the old program detaches.
-        drop(old.unpin().map_err(|e| pin_err(e.to_string()))?);
-    }
-    link.pin(pin).map_err(|e| pin_err(e.to_string()))?;
-    Ok(())
+    // Pinned under a scratch name, then renamed over the old pin: the old
+    // link (and with it the old program) goes only once the new one holds
+    // its place, so a failure leaves the interface as it was. (bpffs
+    // refuses names with a dot.)
+    let mut scratch = pin.as_os_str().to_owned();
+    scratch.push("-new");
+    let scratch = std::path::PathBuf::from(scratch);
+    let _ = std::fs::remove_file(&scratch); // left by a crash
+    link.pin(&scratch).map_err(|e| pin_err(e.to_string()))?;
+    std::fs::rename(&scratch, pin).map_err(|e| {
+        let _ = std::fs::remove_file(&scratch);
+        pin_err(e.to_string())
+    })
 }
 
 /// Attaches `prog` to `iface` and pins the tcx link at `pin` (replacing a

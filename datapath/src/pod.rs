@@ -233,12 +233,18 @@ impl PodDatapath {
     /// interface, are left to the CNI plugin's GC. Returns the veths switched.
     pub fn refresh_after_resize(bpffs_dir: &Path) -> Result<usize, DatapathError> {
         let marker = bpffs_dir.join(POD_PROGS_STALE);
+        // Set once a set loaded on the new maps is pinned, so a retry after
+        // a failed veth reuses it instead of loading the object again.
+        let new_set = marker.join(NEW_SET_PINNED);
         let exclusive = lock(bpffs_dir, FlockArg::LockExclusive)?;
         let progs = bpffs_dir.join("progs");
-        match std::fs::remove_dir_all(&progs) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_pin(&progs)(e)),
+        let reuse = new_set.exists() && prog_dir(bpffs_dir).join(PINNED[0]).exists();
+        if !reuse {
+            match std::fs::remove_dir_all(&progs) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_pin(&progs)(e)),
+            }
         }
         let endpoints = match Endpoints::open_existing(bpffs_dir)? {
             Some(eps) => eps.list(),
@@ -247,7 +253,10 @@ impl PodDatapath {
         let mut switched = 0;
         let mut failed = 0;
         if !endpoints.is_empty() {
-            Self::load_and_pin(bpffs_dir, &prog_dir(bpffs_dir))?;
+            if !reuse {
+                Self::load_and_pin(bpffs_dir, &prog_dir(bpffs_dir))?;
+                std::fs::create_dir_all(&new_set).map_err(io_pin(&new_set))?;
+            }
             // `exclusive` stays held until the marker is gone.
             let mut dp = Self::from_pins(bpffs_dir, None)?;
             let macs = host_macs();
@@ -273,6 +282,11 @@ impl PodDatapath {
             }
         }
         if failed == 0 {
+            match std::fs::remove_dir(&new_set) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_pin(&new_set)(e)),
+            }
             match std::fs::remove_dir(&marker) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -319,11 +333,22 @@ impl PodDatapath {
         Ok(())
     }
 
-    /// Whether `iface` has the shaped-pod tcx links (their pins exist).
+    /// Whether `iface` has shaped-pod tcx links (any of their pins exists:
+    /// one whose other link failed to pin is still a tcx veth, to repair).
     pub fn tcx_linked(bpffs_dir: &Path, iface: &str) -> bool {
         SHAPED_PROGRAMS
             .iter()
-            .all(|(_, _, dir)| link_pin(bpffs_dir, dir, iface).exists())
+            .any(|(_, _, dir)| link_pin(bpffs_dir, dir, iface).exists())
+    }
+
+    /// The shaped-pod tcx link pins `iface` lacks (none for a complete
+    /// pair; both for a veth that has filters instead).
+    pub fn tcx_pins_missing(bpffs_dir: &Path, iface: &str) -> Vec<PathBuf> {
+        SHAPED_PROGRAMS
+            .iter()
+            .map(|(_, _, dir)| link_pin(bpffs_dir, dir, iface))
+            .filter(|p| !p.exists())
+            .collect()
     }
 
     /// Removes `iface`'s tcx link pins, if it has any (detaching the
@@ -367,6 +392,10 @@ pub(crate) fn lock(bpffs_dir: &Path, how: FlockArg) -> Result<Flock<File>, Datap
 /// Present (a directory: bpffs holds nothing else) from a resize of the LB
 /// maps until every pod veth runs programs loaded on the new ones.
 pub(crate) const POD_PROGS_STALE: &str = "pod-progs-stale";
+
+/// Inside [`POD_PROGS_STALE`]: the pinned pod program set was loaded after
+/// the resize (a new resize removes it).
+pub(crate) const NEW_SET_PINNED: &str = "new-set-pinned";
 
 /// Interface name -> MAC in the calling thread's netns.
 fn host_macs() -> std::collections::HashMap<String, [u8; 6]> {

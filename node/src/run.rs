@@ -76,18 +76,22 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             e => anyhow::Error::new(e),
         })?;
         if dp.pod_programs_stale() {
-            let pods = PodDatapath::refresh_after_resize(&node.bpffs)?;
-            if PodDatapath::programs_stale(&node.bpffs) {
-                tracing::warn!(
+            // Failing here is not fatal: the service LB works without it,
+            // and the retry task below keeps at it.
+            match PodDatapath::refresh_after_resize(&node.bpffs) {
+                Ok(pods) if !PodDatapath::programs_stale(&node.bpffs) => tracing::info!(
+                    pods,
+                    "LB maps resized; pod programs switched to the new maps"
+                ),
+                Ok(pods) => tracing::warn!(
                     pods,
                     retry_in_s = POD_SWITCH_RETRY.0.as_secs(),
                     "LB maps resized; some pod veths could not be switched to the new maps"
-                );
-            } else {
-                tracing::info!(
-                    pods,
-                    "LB maps resized; pod programs switched to the new maps"
-                );
+                ),
+                Err(e) => tracing::warn!(
+                    retry_in_s = POD_SWITCH_RETRY.0.as_secs(),
+                    "LB maps resized; switching pod programs to the new maps: {e}"
+                ),
             }
         }
         let _logs = sluice_datapath::spawn_log_forwarder(dp.ebpf_mut())?;

@@ -465,6 +465,26 @@ fn agent_crash_and_restart_under_load_loses_no_connection() {
             l.contains("LB maps in sync")
         });
     assert!(synced.contains("tables_computed=0"), "{synced}");
+    // Inputs changed while the agent was down are noticed by the digest:
+    // both of web's backend sets (TCP, UDP) lose pod-2 and are recomputed.
+    t.agent().kill();
+    t.agent = None;
+    t.write_manifest("web.yaml", &web(&t, &[0, 1], ""));
+    t.start_agent(&[]);
+    let synced = t
+        .agent()
+        .wait_for_line("in sync", Duration::from_secs(10), |l| {
+            l.contains("LB maps in sync")
+        });
+    assert!(
+        synced.contains("tables_computed=2") && synced.contains("backends=4"),
+        "{synced}"
+    );
+    let after = tally(
+        &t.client(&["tcp", &format!("{VIP}:80"), "30"]),
+        &format!("{VIP}:80"),
+    );
+    assert!(!after.contains_key("pod-2"), "{after:?}");
 }
 
 /// `count` services without endpoints, to fill service ids and frontends.

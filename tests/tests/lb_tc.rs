@@ -364,21 +364,22 @@ fn pods_enrolled_before_a_map_resize_balance_with_the_resized_maps() {
 
     // A veth that cannot be switched (here: directories where its tcx link
     // pins would go, so re-pinning fails) keeps the marker; the agent says
-    // so in its log and metrics and retries until the switch succeeds.
+    // so in its log and metrics and retries until the switch succeeds. The
+    // blocked veth is the client's, and the maps are resized once more, so
+    // a retry that did not really switch it would balance with the old maps.
     let blockers: Vec<_> = ["ingress", "egress"]
         .iter()
         .map(|d| {
-            let host_if = &t.backends[0].host_if;
+            let host_if = &t.client.host_if;
             t.pins.path.join(format!("links/tc_{d}_{host_if}"))
         })
         .collect();
     t.agent().kill();
     t.agent = None;
-    std::fs::create_dir(&stale).expect("leave the marker");
     for b in &blockers {
         std::fs::create_dir_all(b).expect("block a link pin");
     }
-    t.start_agent(&["--bpf-lb-max-services", "4096"]);
+    t.start_agent(&["--bpf-lb-max-services", "8192"]);
     let warned = t
         .agent()
         .wait_for_line("switch incomplete", Duration::from_secs(10), |l| {
@@ -399,6 +400,11 @@ fn pods_enrolled_before_a_map_resize_balance_with_the_resized_maps() {
         });
     assert!(!stale.exists(), "marker left after a successful retry");
     assert!(t.metrics().contains("sluice_pod_programs_stale 0"));
+    t.write_manifest("web.yaml", &web(&t, &[0]));
+    t.agent()
+        .wait_for_line("reprogrammed to one", Duration::from_secs(10), |l| {
+            programmed(l) && l.contains("backends=1 ")
+        });
     let retried = tally(&t.client_outside_cgroup(&["tcp", vip, "20"]), vip);
-    assert_eq!(retried.values().sum::<u64>(), 20, "{retried:?}");
+    assert_eq!(retried.get("pod-0"), Some(&20), "{retried:?}");
 }

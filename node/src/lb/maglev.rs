@@ -197,8 +197,8 @@ mod tests {
     }
 
     /// The paper's formulation, one modulo per probe: `build` must give
-    /// exactly this table (tables are compared across agent versions by
-    /// digest, and every node must agree).
+    /// exactly this table (every node must agree, and a restarted agent
+    /// trusts a pinned table whose inputs' digest matches; see `VERSION`).
     fn reference(backends: &[String], size: u32) -> Vec<u32> {
         let m = u64::from(size);
         let mut order: Vec<usize> = (0..backends.len()).collect();
@@ -241,6 +241,21 @@ mod tests {
             }
         }
     }
+
+    /// Pinned tables are recognised by a digest of their inputs and
+    /// `VERSION`, not of their contents: a change to `build`'s output that
+    /// keeps `VERSION` would leave restarted agents on the old tables.
+    #[test]
+    fn output_is_pinned_to_the_version() {
+        let table = build(&names(10), 1021);
+        let bytes: Vec<u8> = table.iter().flat_map(|s| s.to_le_bytes()).collect();
+        assert_eq!(
+            (VERSION, xxhash_rust::xxh3::xxh3_64(&bytes)),
+            (1, GOLDEN_V1),
+            "build() changed its output: bump maglev::VERSION and update this test"
+        );
+    }
+    const GOLDEN_V1: u64 = 10_765_682_190_217_287_797;
 
     #[test]
     fn same_backends_and_size_give_the_same_table() {

@@ -205,11 +205,20 @@ impl Reconciler {
                     id
                 }
             };
-            let ids: Vec<u32> = ds
+            // Step 1 gave every backend an id; `TableWork` pairs them with
+            // `ds.table` by position, so a gap would shift every slot.
+            let ids = ds
                 .table
                 .iter()
-                .filter_map(|a| self.backend_ids.get(a).map(|(id, _)| *id))
-                .collect();
+                .map(|a| {
+                    self.backend_ids.get(a).map(|(id, _)| *id).ok_or_else(|| {
+                        DatapathError::Table(format!(
+                            "{name}: backend {} has no id",
+                            a.maglev_name()
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<u32>, _>>()?;
             let flags = ds.frontends.values().fold(0, |a, f| a | f);
             if self.applied.get(&id) != Some(&ids)
                 || self.infos.get(&id).map(|i| i.flags) != Some(flags)
@@ -311,21 +320,28 @@ impl Reconciler {
                 .map_err(DatapathError::map(name))?;
             st.removed += 1;
         }
-        // 4. Services no longer wanted: table, info, counters, id.
+        // 4. Services no longer wanted: info, table, counters, id. The info
+        // goes first: a pinned info must only ever describe the table in
+        // its slot, or an agent that crashed in between and sees the
+        // service again would trust the digest and keep an emptied table.
+        // (A table left behind by such a crash belongs to an id nothing
+        // knows or points at; the next owner of the id replaces it.)
         let stale: Vec<(String, u32)> = self
             .svc_ids
             .iter()
             .filter(|(n, _)| !desired.services.contains_key(*n))
             .map(|(n, id)| (n.clone(), *id))
             .collect();
+        for (_, id) in &stale {
+            absent_ok(self.maps.svc_info.remove(id))
+                .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
+        }
         let emptied: Vec<(u32, Option<&BuiltTable>)> =
             stale.iter().map(|(_, id)| (*id, None)).collect();
         for chunk in emptied.chunks(table_batch_limit()) {
             self.maps.commit_tables(chunk)?;
         }
         for (n, id) in stale {
-            absent_ok(self.maps.svc_info.remove(&id))
-                .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
             zero_counter(&mut self.maps.svc_stats, id)
                 .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_STATS))?;
             self.svc_ids.remove(&n);
