@@ -151,6 +151,21 @@ fn session_affinity_pins_a_client_to_one_backend() {
         &format!("{VIP}:80"),
     );
     assert_eq!(tcp.len(), 1, "affinity keeps one backend: {tcp:?}");
+
+    // Turning affinity off changes the services' flags, not their
+    // backends: the frontends and infos are rewritten, no table is.
+    t.write_manifest("web.yaml", &web(&t, &[0, 1, 2], ""));
+    let line = t
+        .agent()
+        .wait_for_line("affinity off", Duration::from_secs(10), |l| {
+            programmed(l) && l.contains("tables_written=0")
+        });
+    assert!(line.contains("tables_computed=0"), "{line}");
+    let tcp = tally(
+        &t.client(&["tcp", &format!("{VIP}:80"), "60"]),
+        &format!("{VIP}:80"),
+    );
+    assert!(tcp.len() > 1, "no affinity any more: {tcp:?}");
 }
 
 /// A long-lived connection through the service, driven line by line.

@@ -3,7 +3,7 @@
 //!
 //! State lives in the kernel, not here: on start the reconciler reads the
 //! pinned maps (service ids and their names from the info map, backend ids
-//! from the backend map), so a restarted agent keeps every id, rewrites no
+//! from the backend map, the frontends), so a restarted agent keeps every id, rewrites no
 //! unchanged table, and never empties a map the data plane is forwarding
 //! with. Order of writes keeps the data plane consistent at every step:
 //! backends first, then tables, then frontends; removals in reverse.
@@ -90,6 +90,10 @@ pub struct Reconciler {
     /// recomputing Maglev for unchanged services).
     applied: HashMap<u32, Vec<u32>>,
     backend_ids: HashMap<BackendAddr, (u32, Backend)>,
+    /// `LB4_SERVICES` as this process last read or wrote it (only the
+    /// agent writes it): diffing against it saves reading the whole map
+    /// back on every apply (two syscalls per frontend).
+    frontends: HashMap<Frontend, Service>,
     svc_pool: IdPool,
     backend_pool: IdPool,
 }
@@ -112,6 +116,7 @@ impl Reconciler {
             infos: HashMap::new(),
             applied: HashMap::new(),
             backend_ids: HashMap::new(),
+            frontends: HashMap::new(),
             svc_pool: IdPool::new(caps.services),
             backend_pool: IdPool::new(caps.backends),
         };
@@ -121,6 +126,11 @@ impl Reconciler {
             r.svc_ids.insert(info.name_str().to_string(), id);
             r.infos.insert(id, info);
             r.svc_pool.take(id);
+        }
+        let name = sluice_common::map_names::LB4_SERVICES;
+        for item in r.maps.services.iter() {
+            let (f, v) = item.map_err(DatapathError::map(name))?;
+            r.frontends.insert(f, v);
         }
         let name = sluice_common::map_names::LB4_BACKENDS;
         for item in r.maps.backends.iter() {
@@ -261,7 +271,7 @@ impl Reconciler {
                 let stale: Vec<&TableWork> = part
                     .iter()
                     .zip(&infos)
-                    .filter(|(w, info)| self.infos.get(&w.id) != Some(*info))
+                    .filter(|(w, info)| !same_table(self.infos.get(&w.id), info))
                     .map(|(w, _)| w)
                     .collect();
                 st.tables_computed += stale.len();
@@ -271,22 +281,39 @@ impl Reconciler {
                     })
                     .into_iter();
                 for (w, info) in part.iter().zip(infos) {
-                    if self.infos.get(&w.id) == Some(&info) {
-                        built.push((info, None, false));
+                    let pinned = self.infos.get(&w.id);
+                    if pinned == Some(&info) {
+                        built.push((info, None, Write::Nothing));
+                        continue;
+                    }
+                    if same_table(pinned, &info) {
+                        // Only the flags changed (they live in the info
+                        // and the frontends, not in the table).
+                        built.push((info, None, Write::Info));
                         continue;
                     }
                     let table = tables.next().ok_or_else(|| {
                         DatapathError::Table(format!("no table computed for {}", w.name))
                     })?;
                     let table = table.as_deref().map(LbMaps::build_table).transpose()?;
-                    built.push((info, table, true));
+                    built.push((info, table, Write::Table));
                 }
             }
             let mut pending = Vec::new();
             for (w, (info, table, write)) in chunk.iter().zip(built) {
-                if write {
-                    pending.push((w.id, table, info));
-                    st.tables_written += 1;
+                match write {
+                    Write::Nothing => {}
+                    Write::Info => {
+                        self.maps
+                            .svc_info
+                            .insert(w.id, info, 0)
+                            .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
+                        self.infos.insert(w.id, info);
+                    }
+                    Write::Table => {
+                        pending.push((w.id, table, info));
+                        st.tables_written += 1;
+                    }
                 }
             }
             self.install_tables(&mut pending)?;
@@ -299,25 +326,23 @@ impl Reconciler {
         st.frontends = frontends.len();
         // 3. Frontends: add/change, then remove stale ones.
         let name = sluice_common::map_names::LB4_SERVICES;
-        let mut current: HashMap<Frontend, Service> = HashMap::new();
-        for item in self.maps.services.iter() {
-            let (k, v) = item.map_err(DatapathError::map(name))?;
-            current.insert(k, v);
-        }
         for (f, v) in &frontends {
-            if current.get(f) != Some(v) {
+            if self.frontends.get(f) != Some(v) {
                 self.maps
                     .services
                     .insert(*f, *v, 0)
                     .map_err(DatapathError::map(name))?;
+                self.frontends.insert(*f, *v);
                 st.frontends_written += 1;
             }
         }
-        for f in current.keys().filter(|f| !frontends.contains_key(f)) {
-            self.maps
-                .services
-                .remove(f)
-                .map_err(DatapathError::map(name))?;
+        let gone: Vec<Frontend> = (self.frontends.keys())
+            .filter(|f| !frontends.contains_key(f))
+            .copied()
+            .collect();
+        for f in gone {
+            absent_ok(self.maps.services.remove(&f)).map_err(DatapathError::map(name))?;
+            self.frontends.remove(&f);
             st.removed += 1;
         }
         // 4. Services no longer wanted: info, table, counters, id. The info
@@ -374,6 +399,25 @@ impl Reconciler {
 /// Maglev tables computed before their maps are built: enough to keep
 /// every CPU busy for a while (~5 ms), few enough to hold (~1 MB).
 const COMPUTE_AT_ONCE: usize = 256;
+
+/// What a service's new info needs written.
+enum Write {
+    Nothing,
+    /// The info alone: the pinned table is already the one wanted.
+    Info,
+    /// A new table, then its info.
+    Table,
+}
+
+/// Whether `pinned` describes the table `info` wants: the same inputs
+/// (digest) and so the same size and backends.
+fn same_table(pinned: Option<&ServiceInfo>, info: &ServiceInfo) -> bool {
+    pinned.is_some_and(|p| {
+        p.digest == info.digest
+            && p.table_size == info.table_size
+            && p.table_backends == info.table_backends
+    })
+}
 
 /// A service whose table may need rebuilding (its backend ids or flags
 /// differ from what this process last wrote, or it wrote nothing yet).
