@@ -29,6 +29,15 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Removing what is already gone is success (pins and marker dirs are
+/// removed idempotently).
+pub(crate) fn gone_ok(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

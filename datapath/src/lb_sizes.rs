@@ -163,7 +163,7 @@ pub(crate) fn prepare(dir: &Path, sizes: &LbMapSizes) -> Result<Resize, Datapath
     if restored {
         // While no agent held the lock, a CNI ADD may have loaded pod
         // programs on the maps just replaced: have them switched.
-        mark_pod_programs_stale(dir)?;
+        crate::pod::mark_programs_stale(dir)?;
     }
     let mut moved = Vec::new();
     for (name, which) in SIZED {
@@ -297,7 +297,7 @@ impl Resize {
         if self.moved.iter().all(|(name, _)| *name == LB4_SVC_INFO) {
             return Ok(());
         }
-        mark_pod_programs_stale(&self.dir)
+        crate::pod::mark_programs_stale(&self.dir)
     }
 
     /// Puts the moved pins back, replacing any new map pinned meanwhile.
@@ -310,19 +310,6 @@ impl Resize {
             }
         }
     }
-}
-
-/// Leaves the marker `PodDatapath::refresh_after_resize` acts on.
-fn mark_pod_programs_stale(dir: &Path) -> Result<(), DatapathError> {
-    let marker = dir.join(crate::pod::POD_PROGS_STALE);
-    // A set pinned after an earlier resize is stale again now.
-    let new_set = marker.join(crate::pod::NEW_SET_PINNED);
-    match std::fs::remove_dir(&new_set) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(pin_err(&new_set, e)),
-    }
-    std::fs::create_dir_all(&marker).map_err(|e| pin_err(&marker, e))
 }
 
 /// Creates and pins the userspace-only service info map when missing.

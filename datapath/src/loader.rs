@@ -128,13 +128,6 @@ impl Datapath {
         })
     }
 
-    /// Whether programs loaded before an LB map resize (this load's or an
-    /// earlier one's) may still run on pod veths with the old maps; see
-    /// `PodDatapath::refresh_after_resize`.
-    pub fn pod_programs_stale(&self) -> bool {
-        crate::PodDatapath::programs_stale(&self.bpffs_dir)
-    }
-
     /// The underlying object, for log forwarding and map access.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

@@ -240,11 +240,7 @@ impl PodDatapath {
         let progs = bpffs_dir.join("progs");
         let reuse = new_set.exists() && prog_dir(bpffs_dir).join(PINNED[0]).exists();
         if !reuse {
-            match std::fs::remove_dir_all(&progs) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_pin(&progs)(e)),
-            }
+            bpffs::gone_ok(std::fs::remove_dir_all(&progs)).map_err(io_pin(&progs))?;
         }
         let endpoints = match Endpoints::open_existing(bpffs_dir)? {
             Some(eps) => eps.list(),
@@ -282,15 +278,8 @@ impl PodDatapath {
             }
         }
         if failed == 0 {
-            match std::fs::remove_dir(&new_set) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_pin(&new_set)(e)),
-            }
-            match std::fs::remove_dir(&marker) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_pin(&marker)(e)),
+            for dir in [&new_set, &marker] {
+                bpffs::gone_ok(std::fs::remove_dir(dir)).map_err(io_pin(dir))?;
             }
         }
         drop(exclusive);
@@ -357,20 +346,13 @@ impl PodDatapath {
     /// cannot interleave with [`PodDatapath::refresh_after_resize`]
     /// re-pinning the same veth's links, which would leave a stale pin.
     pub fn unlink(bpffs_dir: &Path, iface: &str) -> Result<(), DatapathError> {
-        if !SHAPED_PROGRAMS
-            .iter()
-            .any(|(_, _, dir)| link_pin(bpffs_dir, dir, iface).exists())
-        {
+        if !Self::tcx_linked(bpffs_dir, iface) {
             return Ok(());
         }
         let _shared = lock(bpffs_dir, FlockArg::LockShared)?;
         for (_, _, dir) in SHAPED_PROGRAMS {
             let pin = link_pin(bpffs_dir, dir, iface);
-            match std::fs::remove_file(&pin) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_pin(&pin)(e)),
-            }
+            bpffs::gone_ok(std::fs::remove_file(&pin)).map_err(io_pin(&pin))?;
         }
         Ok(())
     }
@@ -395,7 +377,17 @@ pub(crate) const POD_PROGS_STALE: &str = "pod-progs-stale";
 
 /// Inside [`POD_PROGS_STALE`]: the pinned pod program set was loaded after
 /// the resize (a new resize removes it).
-pub(crate) const NEW_SET_PINNED: &str = "new-set-pinned";
+const NEW_SET_PINNED: &str = "new-set-pinned";
+
+/// Leaves the marker [`PodDatapath::refresh_after_resize`] acts on (after
+/// an LB map resize, under the exclusive bpffs lock).
+pub(crate) fn mark_programs_stale(bpffs_dir: &Path) -> Result<(), DatapathError> {
+    let marker = bpffs_dir.join(POD_PROGS_STALE);
+    // A set pinned after an earlier resize is stale again now.
+    let new_set = marker.join(NEW_SET_PINNED);
+    bpffs::gone_ok(std::fs::remove_dir(&new_set)).map_err(io_pin(&new_set))?;
+    std::fs::create_dir_all(&marker).map_err(io_pin(&marker))
+}
 
 /// Interface name -> MAC in the calling thread's netns.
 fn host_macs() -> std::collections::HashMap<String, [u8; 6]> {

@@ -75,7 +75,9 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             }
             e => anyhow::Error::new(e),
         })?;
-        if dp.pod_programs_stale() {
+        // Programs loaded before an LB map resize (this load's or an
+        // earlier one's) may still run on pod veths with the old maps.
+        if PodDatapath::programs_stale(&node.bpffs) {
             // Failing here is not fatal: the service LB works without it,
             // and the retry task below keeps at it.
             match PodDatapath::refresh_after_resize(&node.bpffs) {

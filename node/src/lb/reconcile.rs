@@ -86,9 +86,6 @@ pub struct Reconciler {
     maps: LbMaps,
     svc_ids: HashMap<String, u32>,
     infos: HashMap<u32, ServiceInfo>,
-    /// Table content last written per service id in this process (saves
-    /// recomputing Maglev for unchanged services).
-    applied: HashMap<u32, Vec<u32>>,
     backend_ids: HashMap<BackendAddr, (u32, Backend)>,
     /// `LB4_SERVICES` as this process last read or wrote it (only the
     /// agent writes it): diffing against it saves reading the whole map
@@ -114,7 +111,6 @@ impl Reconciler {
             maps,
             svc_ids: HashMap::new(),
             infos: HashMap::new(),
-            applied: HashMap::new(),
             backend_ids: HashMap::new(),
             frontends: HashMap::new(),
             svc_pool: IdPool::new(caps.services),
@@ -230,17 +226,16 @@ impl Reconciler {
                 })
                 .collect::<Result<Vec<u32>, _>>()?;
             let flags = ds.frontends.values().fold(0, |a, f| a | f);
-            if self.applied.get(&id) != Some(&ids)
-                || self.infos.get(&id).map(|i| i.flags) != Some(flags)
-            {
-                work.push(TableWork {
-                    id,
-                    name,
-                    addrs: &ds.table,
-                    ids,
-                    flags,
-                });
-            }
+            // Every service is checked: its info (a digest of its table's
+            // inputs) is cheap, and equal to the pinned one when nothing
+            // changed, and only then is nothing computed or written.
+            work.push(TableWork {
+                id,
+                name,
+                addrs: &ds.table,
+                ids,
+                flags,
+            });
             for (f, fl) in &ds.frontends {
                 frontends.insert(
                     *f,
@@ -261,7 +256,7 @@ impl Reconciler {
         // They are computed a few hundred at a time, so only those few are
         // ever held in memory beside their maps.
         let threads = super::parallel::cpus();
-        for chunk in work.chunks_mut(table_batch_limit()) {
+        for chunk in work.chunks(table_batch_limit()) {
             let mut built = Vec::with_capacity(chunk.len());
             for part in chunk.chunks(COMPUTE_AT_ONCE) {
                 // A pinned info with the same digest describes the same
@@ -303,25 +298,17 @@ impl Reconciler {
             for (w, (info, table, write)) in chunk.iter().zip(built) {
                 match write {
                     Write::Nothing => {}
-                    Write::Info => {
-                        self.maps
-                            .svc_info
-                            .insert(w.id, info, 0)
-                            .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
-                        self.infos.insert(w.id, info);
-                    }
+                    Write::Info => self.write_info(w.id, info)?,
                     Write::Table => {
                         pending.push((w.id, table, info));
                         st.tables_written += 1;
                     }
                 }
             }
+            // Infos are recorded only once their tables are installed: a
+            // failed install leaves these services looking stale, so the
+            // retry rebuilds them.
             self.install_tables(&mut pending)?;
-            // Only now: a failed install must leave these services looking
-            // stale, so the retry rebuilds them.
-            for w in chunk.iter_mut() {
-                self.applied.insert(w.id, std::mem::take(&mut w.ids));
-            }
         }
         st.frontends = frontends.len();
         // 3. Frontends: add/change, then remove stale ones.
@@ -371,7 +358,6 @@ impl Reconciler {
                 .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_STATS))?;
             self.svc_ids.remove(&n);
             self.infos.remove(&id);
-            self.applied.remove(&id);
             self.svc_pool.free(id);
             st.removed += 1;
         }
@@ -419,8 +405,7 @@ fn same_table(pinned: Option<&ServiceInfo>, info: &ServiceInfo) -> bool {
     })
 }
 
-/// A service whose table may need rebuilding (its backend ids or flags
-/// differ from what this process last wrote, or it wrote nothing yet).
+/// A wanted service, whose table may need rebuilding.
 struct TableWork<'a> {
     id: u32,
     name: &'a str,
@@ -486,12 +471,18 @@ impl Reconciler {
             pending.iter().map(|(id, t, _)| (*id, t.as_ref())).collect();
         self.maps.commit_tables(&slots)?;
         for (id, _, info) in pending.drain(..) {
-            self.maps
-                .svc_info
-                .insert(id, info, 0)
-                .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
-            self.infos.insert(id, info);
+            self.write_info(id, info)?;
         }
+        Ok(())
+    }
+
+    /// Pins `info` as service `id`'s and remembers it.
+    fn write_info(&mut self, id: u32, info: ServiceInfo) -> Result<(), DatapathError> {
+        self.maps
+            .svc_info
+            .insert(id, info, 0)
+            .map_err(DatapathError::map(sluice_common::map_names::LB4_SVC_INFO))?;
+        self.infos.insert(id, info);
         Ok(())
     }
 }
