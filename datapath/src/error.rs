@@ -28,8 +28,6 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("map {0} missing from the eBPF object")]
-    MapMissing(&'static str),
     #[error("pinning {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
     #[error(

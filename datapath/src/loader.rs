@@ -9,7 +9,6 @@ use aya::{
     maps::{Map, MapData, PerCpuArray},
     programs::{
         CgroupAttachMode, Program, ProgramError, SchedClassifier, TcAttachType, links::FdLink,
-        tc::SchedClassifierLinkId,
     },
 };
 use sluice_common::{Counter, ProgStat, link_pins, map_names, prog_names};
@@ -74,9 +73,9 @@ pub enum LbIface {
     Pod,
 }
 
-/// The loaded eBPF object of one node. Socket-LB programs are attached
-/// through pinned links and stay attached when this is dropped; tc programs
-/// attached with `attach_tc_pod_ingress` detach on drop. Pinned maps stay.
+/// The loaded eBPF object of one node. Its programs are attached through
+/// pinned links and stay attached when this is dropped (tc filters only
+/// where tcx exists, see [`attach_pinned`]). Pinned maps stay.
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs_dir: PathBuf,
@@ -236,39 +235,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches the pod-ingress classifier to `iface` (tcx on kernels >= 6.6,
-    /// clsact otherwise). The interface is resolved in the calling thread's
-    /// network namespace.
-    pub fn attach_tc_pod_ingress(
-        &mut self,
-        iface: &str,
-    ) -> Result<SchedClassifierLinkId, DatapathError> {
-        let name = prog_names::TC_POD_INGRESS;
-        let prog = self.classifier(name)?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| DatapathError::Program { name, source })?;
-        }
-        // clsact is only needed on the netlink path; on tcx kernels this is a
-        // no-op error we can ignore (EEXIST or unused qdisc).
-        if !tcx_available() {
-            let _ = aya::programs::tc::qdisc_add_clsact(iface);
-        }
-        prog.attach(iface, TcAttachType::Ingress)
-            .map_err(|source| DatapathError::Program { name, source })
-    }
-
-    /// Detaches a classifier previously attached with `attach_tc_pod_ingress`.
-    pub fn detach_tc_pod_ingress(
-        &mut self,
-        link: SchedClassifierLinkId,
-    ) -> Result<(), DatapathError> {
-        let name = prog_names::TC_POD_INGRESS;
-        self.classifier(name)?
-            .detach(link)
-            .map_err(|source| DatapathError::Program { name, source })
-    }
-
     pub(crate) fn classifier(
         &mut self,
         name: &'static str,
@@ -278,13 +244,6 @@ impl Datapath {
             .ok_or(DatapathError::ProgramMissing(name))?
             .try_into()
             .map_err(|source| DatapathError::Program { name, source })
-    }
-
-    /// Per-program counters summed over CPUs.
-    pub fn counters(&self) -> Result<Vec<(ProgStat, Counter)>, DatapathError> {
-        let name = map_names::PROG_STATS;
-        let map = self.ebpf.map(name).ok_or(DatapathError::MapMissing(name))?;
-        counters_from(map)
     }
 }
 
