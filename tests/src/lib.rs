@@ -210,6 +210,33 @@ pub fn veth_between(a: &NetNs, a_addr: &str, b: &NetNs, b_addr: &str) -> (String
     (ia, ib)
 }
 
+/// A command that moves itself into the cgroup v2 directory `cgroup`
+/// before exec (for threads that hold a path, not the [`TestCgroup`]).
+pub fn command_in_cgroup(cgroup: &Path, program: &str) -> Command {
+    use std::os::unix::ffi::OsStrExt as _;
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
+        .expect("cgroup path has no NUL");
+    let mut c = Command::new(program);
+    // SAFETY: between fork and exec only async-signal-safe libc calls on
+    // memory prepared before the fork (no allocation).
+    unsafe {
+        c.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if n != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 /// A child cgroup v2 directory. Drop kills what the test left in it (only
 /// processes the test started can be there) and removes it.
 pub struct TestCgroup {
@@ -227,28 +254,7 @@ impl TestCgroup {
     /// A command that moves itself into this cgroup before exec, so every
     /// socket it opens is subject to the cgroup's hooks.
     pub fn command(&self, program: &str) -> Command {
-        use std::os::unix::ffi::OsStrExt as _;
-        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes())
-            .expect("cgroup path has no NUL");
-        let mut c = Command::new(program);
-        // SAFETY: between fork and exec only async-signal-safe libc calls on
-        // memory prepared before the fork (no allocation).
-        unsafe {
-            c.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if n != 1 {
-                    return Err(err);
-                }
-                Ok(())
-            });
-        }
-        c
+        command_in_cgroup(&self.path, program)
     }
 
     fn pids(&self) -> Vec<i32> {
@@ -295,17 +301,23 @@ impl PinDir {
 }
 
 impl PinDir {
-    /// Entries in the pinned pod endpoint map (0 when it does not exist).
+    /// Entries in the pinned pod endpoint map. Panics when the map is not
+    /// pinned or cannot be dumped: a count of 0 must mean an empty map,
+    /// never a failed look.
     pub fn endpoints(&self) -> usize {
-        let out = Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(self.path.join("EP4_ENDPOINTS"))
-            .output()
-            .expect("bpftool");
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().map(Vec::len))
-            .unwrap_or(0)
+        let pin = self.path.join("EP4_ENDPOINTS");
+        let path = pin.to_str().expect("UTF-8 pin path");
+        let out = run_ok("bpftool", ["-j", "map", "dump", "pinned", path]);
+        let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bpftool map dump {}: not JSON ({e}): {}",
+                pin.display(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        dump.as_array()
+            .unwrap_or_else(|| panic!("bpftool map dump {}: not an array: {dump}", pin.display()))
+            .len()
     }
 }
 

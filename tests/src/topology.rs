@@ -22,7 +22,9 @@ use std::{
     time::Duration,
 };
 
-use crate::{Daemon, NetNs, PinDir, TestCgroup, bin, run_ok, unique, unique_ifname};
+use crate::{
+    Daemon, NetNs, PinDir, TestCgroup, bin, command_in_cgroup, run_ok, unique, unique_ifname,
+};
 
 /// The name `sluice-agent` uses for this node (matched against
 /// EndpointSlice `nodeName` for traffic policy Local).
@@ -44,7 +46,7 @@ pub fn serve_in(ns: &NetNs, name: &str, port: u16) -> Daemon {
     let mut c = ns.command(testpod());
     c.args(["serve", name, &port.to_string()]);
     let mut d = Daemon::from_command(name, c);
-    d.wait_for_line("server ready", Duration::from_secs(10), |l| {
+    d.wait_for_line("server ready", Duration::from_secs(60), |l| {
         l.contains("serving")
     });
     d
@@ -191,7 +193,7 @@ impl LbTopology {
                 &BACKEND_PORT.to_string(),
             ]);
             let mut server = Daemon::from_command(&name, c);
-            server.wait_for_line("server ready", Duration::from_secs(10), |l| {
+            server.wait_for_line("server ready", Duration::from_secs(60), |l| {
                 l.starts_with("serving")
             });
             pods.push(Pod {
@@ -327,7 +329,7 @@ impl LbTopology {
         );
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon::spawn("sluice-agent", &args);
-        d.wait_for_line("agent attached", Duration::from_secs(20), |l| {
+        d.wait_for_line("agent attached", Duration::from_secs(60), |l| {
             l.contains("datapath attached")
         });
         self.agent = Some(d);
@@ -348,7 +350,7 @@ impl LbTopology {
     /// Runs `sluice-testpod ARGS` in the client pod (inside the node's
     /// cgroup) and returns its stdout lines.
     pub fn client(&self, args: &[&str]) -> Vec<String> {
-        lines_of(self.client_command(args), args)
+        self.client_pod().run(args)
     }
 
     /// Runs `sluice-testpod ARGS` in the client pod's netns but outside the
@@ -380,11 +382,16 @@ impl LbTopology {
     /// A `Command` for the client pod (inside the node's cgroup), for
     /// long-running clients.
     pub fn client_command(&self, args: &[&str]) -> Command {
-        let mut c = self.cgroup.command("ip");
-        c.args(["netns", "exec", &self.client.ns.name])
-            .arg(testpod())
-            .args(args);
-        c
+        self.client_pod().command(args)
+    }
+
+    /// The client pod (inside the node's cgroup) as an owned value, for a
+    /// thread that keeps traffic going while the test restarts the agent.
+    pub fn client_pod(&self) -> ClientPod {
+        ClientPod {
+            cgroup: self.cgroup.path.clone(),
+            netns: self.client.ns.name.clone(),
+        }
     }
 
     /// `sluice-agent bpf lb list -o json` for this node.
@@ -433,6 +440,29 @@ impl LbTopology {
 
     pub fn manifests_dir(&self) -> &Path {
         &self.manifests.0
+    }
+}
+
+/// See [`LbTopology::client_pod`].
+#[derive(Clone)]
+pub struct ClientPod {
+    cgroup: PathBuf,
+    netns: String,
+}
+
+impl ClientPod {
+    /// `sluice-testpod ARGS` in the client pod, inside the node's cgroup.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = command_in_cgroup(&self.cgroup, "ip");
+        c.args(["netns", "exec", &self.netns])
+            .arg(testpod())
+            .args(args);
+        c
+    }
+
+    /// Runs `sluice-testpod ARGS` in the client pod; its stdout lines.
+    pub fn run(&self, args: &[&str]) -> Vec<String> {
+        lines_of(self.command(args), args)
     }
 }
 
@@ -535,9 +565,17 @@ pub fn tally(lines: &[String], peer: &str) -> std::collections::BTreeMap<String,
     m
 }
 
-/// 99.9th percentile of chi-square with 2 degrees of freedom: a fair spread
-/// over 3 backends fails a test using it 1 time in 1000.
-pub const CHI2_DF2_P999: f64 = 13.82;
+/// Connections a spread test makes over three backends: with this many, a
+/// backend getting twice its share (50/25/25) gives a chi-square near 114,
+/// far above [`CHI2_DF2_LIMIT`].
+pub const SPREAD_SAMPLES: u64 = 900;
+
+/// Chi-square limit (2 degrees of freedom: three backends) for a spread of
+/// [`SPREAD_SAMPLES`] to count as uniform. A fair spread exceeds it about
+/// once in 10^9 runs (chi-square tail exp(-x/2) = 1.0e-9; the exact
+/// multinomial tail for 900 samples is 1.09e-9, computed by
+/// `tests::false_failure_rate_of_the_spread_limit`).
+pub const CHI2_DF2_LIMIT: f64 = 41.45;
 
 /// Pearson's chi-square statistic of `counts` against a uniform spread.
 pub fn chi_square_uniform(counts: &[u64]) -> f64 {
@@ -547,4 +585,53 @@ pub fn chi_square_uniform(counts: &[u64]) -> f64 {
         .iter()
         .map(|&c| (c as f64 - expected).powi(2) / expected)
         .sum()
+}
+
+/// Asserts that `tally` (from [`tally`]) spreads [`SPREAD_SAMPLES`]
+/// connections over all three backends as a uniform random choice would.
+pub fn assert_uniform_spread(tally: &std::collections::BTreeMap<String, u64>, what: &str) {
+    let counts: Vec<u64> = tally.values().copied().collect();
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        SPREAD_SAMPLES,
+        "{what}: {tally:?}"
+    );
+    assert_eq!(
+        counts.len(),
+        3,
+        "{what}: every backend gets some: {tally:?}"
+    );
+    let chi2 = chi_square_uniform(&counts);
+    assert!(
+        chi2 < CHI2_DF2_LIMIT,
+        "{what}: spread {tally:?} is not uniform (chi2 {chi2:.2})"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact chance that a uniform choice of 3 backends over
+    /// [`SPREAD_SAMPLES`] tries exceeds [`CHI2_DF2_LIMIT`]: the sum of the
+    /// multinomial probabilities of every outcome at or above the limit.
+    #[test]
+    fn false_failure_rate_of_the_spread_limit() {
+        let n = SPREAD_SAMPLES as usize;
+        let mut ln_fact = vec![0.0f64; n + 1];
+        for i in 1..=n {
+            ln_fact[i] = ln_fact[i - 1] + (i as f64).ln();
+        }
+        let ln_third = (1.0f64 / 3.0).ln() * n as f64;
+        let mut p = 0.0;
+        for a in 0..=n {
+            for b in 0..=n - a {
+                let c = n - a - b;
+                if chi_square_uniform(&[a as u64, b as u64, c as u64]) >= CHI2_DF2_LIMIT {
+                    p += (ln_fact[n] - ln_fact[a] - ln_fact[b] - ln_fact[c] + ln_third).exp();
+                }
+            }
+        }
+        assert!((1.0e-9..1.2e-9).contains(&p), "false-failure rate {p:e}");
+    }
 }
