@@ -16,8 +16,10 @@ fn main() {
         SpecVersion::new(1, 0, 0),
         SpecVersion::new(1, 1, 0),
     ];
-    let plugin = Plugin::new(SpecVersion::new(1, 1, 0), versions)
-        .msg(concat!("sluice-cni ", env!("CARGO_PKG_VERSION")));
+    // No about text (`.msg`): with one, rscni-plugin answers an unset
+    // CNI_COMMAND with help and exit 0 (libcni's skel habit); the spec makes
+    // CNI_COMMAND required, so the answer is its error code 4 on stdout.
+    let plugin = Plugin::new(SpecVersion::new(1, 1, 0), versions);
     // The error result is already on stdout; exit non-zero as the spec asks.
     if let Err(e) = plugin.run(&plugin::Sluice) {
         eprintln!("sluice-cni: {e}");

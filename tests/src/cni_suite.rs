@@ -35,6 +35,10 @@ pub struct Options {
     pub cni_path: String,
     /// The `sluice-testpod` binary (a TCP server and client for pods).
     pub testpod: PathBuf,
+    /// The plugin's address store, when it keeps host-local's layout (one
+    /// file per held address under `<dir>/<network name>/`): GC then also
+    /// checks which addresses it released. `None` checks interfaces only.
+    pub ipam_store: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -152,8 +156,12 @@ struct Call<'a> {
 }
 
 impl Runtime<'_> {
+    /// An empty `call.command` leaves CNI_COMMAND unset.
     fn exec(&self, plugin: &Path, call: &Call, conf: &Value) -> Invocation {
-        let mut env = vec![("CNI_COMMAND", call.command.to_string())];
+        let mut env = Vec::new();
+        if !call.command.is_empty() {
+            env.push(("CNI_COMMAND", call.command.to_string()));
+        }
         if let Some(v) = call.container_id {
             env.push(("CNI_CONTAINERID", v.to_string()));
         }
@@ -248,6 +256,10 @@ pub fn pod_ip(result: &Value, ifname: &str) -> Option<String> {
         .map(|a| a.split('/').next().unwrap_or(a).to_string())
 }
 
+/// How long interfaces of deleted namespaces may take to go before they
+/// count as leaked: far above the kernel's worst cleanup under load.
+const LEFTOVER_CEILING: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct Suite<'a> {
     rt: Runtime<'a>,
     supported: Vec<String>,
@@ -262,8 +274,9 @@ impl Suite<'_> {
 
     fn leftovers(&self) -> CaseResult {
         // The kernel destroys a deleted namespace (and the veth peers of
-        // its interfaces) asynchronously: give it a moment.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        // its interfaces) asynchronously: wait for that, under a ceiling
+        // that only catches a hang (a leaked interface never goes).
+        let deadline = std::time::Instant::now() + LEFTOVER_CEILING;
         let mut now = self.rt.node_links();
         while !now.is_subset(&self.baseline) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -608,6 +621,52 @@ impl Suite<'_> {
         self.leftovers()
     }
 
+    /// The spec makes CNI_COMMAND required: an invocation without it is
+    /// error 4, not a help text with exit 0 (libcni's skel does the latter).
+    fn unset_command(&self) -> CaseResult {
+        let pod = NetNs::new();
+        let r = self.rt.plugin(
+            &Call {
+                command: "",
+                container_id: Some("nocmd"),
+                netns: Some(pod.path().display().to_string()),
+                ifname: Some("eth0"),
+                ..Default::default()
+            },
+            self.conf(),
+        );
+        ensure!(
+            !r.ok && r.code() == Some(4),
+            "unset CNI_COMMAND: want code 4, got {}",
+            r.describe()
+        );
+        ensure!(
+            r.stdout.contains("CNI_COMMAND"),
+            "the error for an unset CNI_COMMAND does not name it: {}",
+            r.stdout
+        );
+        ensure!(
+            !links(&pod).contains("eth0"),
+            "an invocation without a command created eth0"
+        );
+        self.leftovers()
+    }
+
+    /// Addresses held in the plugin's host-local-layout store, if known.
+    fn held_addresses(&self) -> Option<HashSet<String>> {
+        let net = self.conf()["name"].as_str().unwrap_or("");
+        let dir = self.rt.o.ipam_store.as_ref()?.join(net);
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read address store {}: {e}", dir.display()));
+        Some(
+            entries
+                .map(|e| e.expect("read address store entry").file_name())
+                .filter_map(|n| n.to_str().map(str::to_string))
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect(),
+        )
+    }
+
     fn bad_stdin(&self) -> CaseResult {
         let pod = NetNs::new();
         for (what, stdin) in [
@@ -874,6 +933,19 @@ impl Suite<'_> {
                 rk.describe(),
                 rd.describe()
             );
+            let (keep_ip, drop_ip) = (pod_ip(&rk.json(), "eth0"), pod_ip(&rd.json(), "eth0"));
+            let (Some(keep_ip), Some(drop_ip)) = (keep_ip, drop_ip) else {
+                return Err(Outcome::Fail(format!(
+                    "ADD results carry no eth0 address: {} / {}",
+                    rk.stdout, rd.stdout
+                )));
+            };
+            if let Some(held) = self.held_addresses() {
+                ensure!(
+                    held.contains(&keep_ip) && held.contains(&drop_ip),
+                    "the address store does not show the ADDs' addresses {keep_ip}, {drop_ip}: {held:?}"
+                );
+            }
             let before = self.rt.node_links();
             let mut gc_conf = conf.clone();
             gc_conf["cni.dev/valid-attachments"] =
@@ -903,11 +975,32 @@ impl Suite<'_> {
                 "a valid attachment no longer CHECKs after GC: {}",
                 c.describe()
             );
+            // Exactly the invalid attachment goes: its pod loses eth0 (the
+            // veth pair is gone), the valid one keeps it, and the node has
+            // lost links it had only for the invalid one.
+            ensure!(
+                !links(&drop_).contains("eth0"),
+                "GC left the invalid attachment's eth0 in its pod"
+            );
+            ensure!(
+                links(&keep).contains("eth0"),
+                "GC removed the valid attachment's eth0"
+            );
             let after = self.rt.node_links();
             ensure!(
-                after.len() < before.len(),
-                "GC released nothing on the node for the invalid attachment"
+                after.is_subset(&before) && after.len() < before.len(),
+                "GC released nothing on the node for the invalid attachment: {before:?} -> {after:?}"
             );
+            if let Some(held) = self.held_addresses() {
+                ensure!(
+                    !held.contains(&drop_ip),
+                    "GC kept the invalid attachment's address {drop_ip}: {held:?}"
+                );
+                ensure!(
+                    held.contains(&keep_ip),
+                    "GC released the valid attachment's address {keep_ip}: {held:?}"
+                );
+            }
             Ok(())
         })();
         self.rt.del(Some(&keep), "gc-keep", &conf);
@@ -988,6 +1081,7 @@ pub fn run(o: &Options, mut progress: impl FnMut(&str)) -> Report {
     record("CHECK below 0.4.0 -> code 1", s.check_needs_040());
     record("DEL idempotency", s.del_idempotent());
     record("missing env / unknown command -> code 4", s.bad_env());
+    record("unset CNI_COMMAND -> code 4", s.unset_command());
     record("undecodable stdin -> code 6", s.bad_stdin());
     record(
         "invalid config -> code 7, bad netns -> error",

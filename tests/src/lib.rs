@@ -55,12 +55,20 @@ pub fn unique_ifname() -> String {
     format!("sl{}x{n}", std::process::id() % 1_000_000)
 }
 
-/// Privileged tests call this first and return early when it is false. The
-/// message is printed so a skipped run is visible, not silently green.
+/// Privileged tests call this first and return early when it is false.
+/// Without root a test fails, unless `SLUICE_TEST_UNPRIVILEGED=1` (set by
+/// `cargo xtask test --unprivileged`) asks for the unprivileged tests only:
+/// then it skips with a printed line, so a skipped run is never silently
+/// green by accident.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
+        assert!(
+            std::env::var_os("SLUICE_TEST_UNPRIVILEGED").is_some_and(|v| v == "1"),
+            "{test} needs root (network namespaces, cgroups, eBPF); run as root, or \
+             `cargo xtask test --unprivileged` to skip the privileged tests"
+        );
         // Straight to the stderr handle: libtest captures only the print
         // macros, so this line shows up in a normal `cargo test` run.
         use std::io::Write as _;

@@ -13,6 +13,7 @@ use sluice_tests::{
     unique,
 };
 
+use sluice_datapath::Endpoints;
 use sluice_tests::cni_suite::REFERENCE_PLUGINS as REFERENCE;
 
 struct Node {
@@ -96,9 +97,19 @@ impl Node {
     fn endpoints(&self) -> usize {
         self.pins.endpoints()
     }
+
+    /// The pod addresses the node's endpoint map holds.
+    fn endpoint_ips(&self) -> Vec<String> {
+        let eps = Endpoints::open_existing(&self.pins.path)
+            .expect("open the endpoint map")
+            .expect("no endpoint map pinned");
+        let mut ips: Vec<String> = eps.list().iter().map(|(ip, _)| ip.to_string()).collect();
+        ips.sort();
+        ips
+    }
 }
 
-fn suite(plugin: &Path, conf: Value) -> cni_suite::Report {
+fn suite(plugin: &Path, conf: Value, ipam_store: &Path) -> cni_suite::Report {
     let o = Options {
         plugin: plugin.to_path_buf(),
         conf,
@@ -110,6 +121,7 @@ fn suite(plugin: &Path, conf: Value) -> cni_suite::Report {
                 .unwrap_or_default()
         ),
         testpod: testpod(),
+        ipam_store: Some(ipam_store.to_path_buf()),
     };
     let report = cni_suite::run(&o, |l| eprintln!("{l}"));
     eprintln!("{}", report.summary());
@@ -122,7 +134,11 @@ fn conformance_suite_passes_against_sluice_cni() {
         return;
     }
     let node = Node::new("10.80.1.0/26");
-    let report = suite(&bin("sluice-cni"), node.conf.clone());
+    let report = suite(
+        &bin("sluice-cni"),
+        node.conf.clone(),
+        &node.data.0.join("ipam"),
+    );
     let (passed, failed, skipped) = report.counts();
     assert_eq!(failed, 0, "{}", report.summary());
     // sluice speaks 1.1.0: nothing may be skipped.
@@ -147,9 +163,23 @@ fn conformance_suite_passes_against_reference_bridge() {
         "ipam": {"type": "host-local", "subnet": "10.81.0.0/26",
                  "dataDir": data.0.display().to_string()}
     });
-    let report = suite(&Path::new(REFERENCE).join("bridge"), conf);
+    let report = suite(&Path::new(REFERENCE).join("bridge"), conf, &data.0);
     let (passed, failed, skipped) = report.counts();
-    assert_eq!(failed, 0, "{}", report.summary());
+    // The one known deviation of the reference plugins: libcni's skel
+    // answers an unset CNI_COMMAND with its about text and exit 0.
+    let failed_cases: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|(_, o)| matches!(o, cni_suite::Outcome::Fail(_)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        failed_cases,
+        ["unset CNI_COMMAND -> code 4"],
+        "{}",
+        report.summary()
+    );
+    assert_eq!(failed, 1);
     // Only the 1.1.0-only cases (result shape at 1.1.0, STATUS, GC) skip.
     assert_eq!(skipped, 3, "{}", report.summary());
     assert!(passed >= 16, "{}", report.summary());
@@ -233,6 +263,65 @@ fn failed_add_leaves_nothing_behind() {
     assert!(r.stdout.contains("podCIDR") && r.stdout.contains("10.80.3.0/40"));
     assert_eq!(links(&node.ns), links_before);
     assert!(node.call("DEL", "ok", Some(&ok_pod), &node.conf).ok);
+}
+
+/// GC keeps exactly the valid attachments: the invalid one's endpoint entry
+/// and address go, the valid one's stay.
+#[test]
+fn gc_releases_the_endpoint_and_address_of_an_invalid_attachment_only() {
+    if !require_root("gc_releases_the_endpoint_and_address_of_an_invalid_attachment_only") {
+        return;
+    }
+    let node = Node::new("10.80.6.0/28");
+    let (keep, gone) = (NetNs::new(), NetNs::new());
+    let rk = node.call("ADD", "keep", Some(&keep), &node.conf);
+    let rg = node.call("ADD", "gone", Some(&gone), &node.conf);
+    assert!(rk.ok && rg.ok, "{} / {}", rk.describe(), rg.describe());
+    let keep_ip = pod_ip(&rk.json(), "eth0").expect("keep has an address");
+    let gone_ip = pod_ip(&rg.json(), "eth0").expect("gone has an address");
+    let mut both = vec![keep_ip.clone(), gone_ip.clone()];
+    both.sort();
+    assert_eq!(node.endpoint_ips(), both);
+    assert_eq!(node.allocations().len(), 2);
+
+    let mut gc = node.conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let r = node.call("GC", "", None, &gc);
+    assert!(r.ok, "GC failed: {}", r.describe());
+    assert_eq!(
+        node.endpoint_ips(),
+        [keep_ip.clone()],
+        "endpoint entries after GC"
+    );
+    assert_eq!(node.allocations(), [keep_ip], "addresses held after GC");
+    assert!(node.call("DEL", "keep", Some(&keep), &node.conf).ok);
+}
+
+/// STATUS tells the runtime the plugin cannot serve ADDs when its bpffs
+/// directory is not on a bpf filesystem: the spec's code 50, naming it.
+#[test]
+fn status_is_code_50_when_bpffs_is_not_a_bpf_filesystem() {
+    if !require_root("status_is_code_50_when_bpffs_is_not_a_bpf_filesystem") {
+        return;
+    }
+    let node = Node::new("10.80.7.0/28");
+    let healthy = node.call("STATUS", "", None, &node.conf);
+    assert!(
+        healthy.ok,
+        "STATUS on a healthy node: {}",
+        healthy.describe()
+    );
+    let not_bpffs = TempDir::new();
+    let mut conf = node.conf.clone();
+    conf["bpffs"] = json!(not_bpffs.0.join("pins").display().to_string());
+    let r = node.call("STATUS", "", None, &conf);
+    assert!(!r.ok, "STATUS succeeded on {}", not_bpffs.0.display());
+    assert_eq!(r.code(), Some(50), "{}", r.describe());
+    assert!(
+        r.stdout.contains(&not_bpffs.0.display().to_string()),
+        "the error does not name the directory: {}",
+        r.stdout
+    );
 }
 
 /// CHECK looks at the data plane too: a pod whose host-side veth lost its

@@ -22,7 +22,12 @@ enum Command {
     /// Bootstrap if needed, then release-build all binaries and the eBPF object.
     Build,
     /// Bootstrap and build, then fmt check, clippy -D warnings, and the whole test suite.
+    /// Needs root: the eBPF, netns, CNI and CRI tests are the suite's core.
     Test {
+        /// Run as a non-root user: only the unprivileged tests run; every
+        /// privileged one prints `SKIP` (never use this for CI).
+        #[arg(long)]
+        unprivileged: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
@@ -54,8 +59,18 @@ fn main() -> std::process::ExitCode {
     let res = match cli.command {
         Command::Bootstrap => bootstrap::run().map(|_| ()),
         Command::Build => bootstrap::run().and_then(|env| build::run(&env).map(|_| ())),
-        Command::Test { cargo_test_args } => {
-            bootstrap::run().and_then(|env| test::run(&env, &cargo_test_args))
+        Command::Test {
+            unprivileged,
+            cargo_test_args,
+        } => {
+            if !unprivileged && !cmd::is_root() {
+                eprintln!(
+                    "xtask: error: `cargo xtask test` needs root (the eBPF, netns, CNI and CRI tests); \
+                     run it as root, or `cargo xtask test --unprivileged` for the unprivileged tests only"
+                );
+                return std::process::ExitCode::from(2);
+            }
+            bootstrap::run().and_then(|env| test::run(&env, unprivileged, &cargo_test_args))
         }
         Command::Bench { args } => bootstrap::run().and_then(|env| bench::run(&env, &args)),
         Command::CniConformance { args } => {

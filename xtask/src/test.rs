@@ -6,7 +6,10 @@ use crate::{
     cmd::{self, Env},
 };
 
-pub fn run(env: &Env, cargo_test_args: &[String]) -> anyhow::Result<()> {
+/// `unprivileged`: the caller is not root and asked for the unprivileged
+/// tests only; privileged tests then skip (`SLUICE_TEST_UNPRIVILEGED`),
+/// which they otherwise refuse to do (see `sluice_tests::require_root`).
+pub fn run(env: &Env, unprivileged: bool, cargo_test_args: &[String]) -> anyhow::Result<()> {
     let bin_dir = build::run(env)?;
     cmd::run(env.cargo().args(["fmt", "--all", "--check"]))?;
     // --workspace includes the eBPF crate, type-checked for the host (its
@@ -22,11 +25,15 @@ pub fn run(env: &Env, cargo_test_args: &[String]) -> anyhow::Result<()> {
         "warnings",
     ]))?;
     clippy_ebpf(env)?;
-    if !cmd::is_root() {
-        eprintln!("xtask: not root: privileged tests (netns, eBPF) will skip");
+    let mut cargo = env.cargo();
+    if unprivileged {
+        eprintln!(
+            "xtask: --unprivileged: only the unprivileged tests run; every privileged test (netns, eBPF, CNI, CRI) skips"
+        );
+        cargo.env("SLUICE_TEST_UNPRIVILEGED", "1");
     }
     cmd::run(
-        env.cargo()
+        cargo
             .env("SLUICE_BIN_DIR", &bin_dir)
             .args(["test", "--release"])
             .args(cargo_test_args),

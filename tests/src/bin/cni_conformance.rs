@@ -1,4 +1,4 @@
-//! `sluice-cni-conformance --plugin PATH --conf FILE [--cni-path DIRS]`:
+//! `sluice-cni-conformance --plugin PATH --conf FILE [--cni-path DIRS] [--ipam-store DIR]`:
 //! runs the black-box CNI conformance suite (`sluice_tests::cni_suite`)
 //! against any plugin binary and prints `N passed, M failed, K skipped`.
 //! Exit 0 when nothing failed, 1 when something did, 2 on bad usage.
@@ -8,13 +8,15 @@ use sluice_tests::cni_suite::{Options, run};
 
 fn usage(msg: &str) -> ! {
     eprintln!("sluice-cni-conformance: {msg}");
-    eprintln!("usage: sluice-cni-conformance --plugin PATH --conf FILE [--cni-path DIR[:DIR]]");
+    eprintln!(
+        "usage: sluice-cni-conformance --plugin PATH --conf FILE [--cni-path DIR[:DIR]] [--ipam-store DIR]"
+    );
     std::process::exit(2);
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut plugin, mut conf, mut cni_path) = (None, None, None);
+    let (mut plugin, mut conf, mut cni_path, mut ipam_store) = (None, None, None, None);
     while let Some(a) = args.next() {
         let mut val = || {
             args.next()
@@ -24,6 +26,8 @@ fn main() {
             "--plugin" => plugin = Some(PathBuf::from(val())),
             "--conf" => conf = Some(PathBuf::from(val())),
             "--cni-path" => cni_path = Some(val()),
+            // host-local-layout address store: lets GC check released addresses
+            "--ipam-store" => ipam_store = Some(PathBuf::from(val())),
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -63,6 +67,7 @@ fn main() {
         plugin,
         conf,
         testpod: here.join("sluice-testpod"),
+        ipam_store,
     };
     let report = run(&o, |line| println!("{line}"));
     println!("{}", report.summary());
