@@ -1,6 +1,6 @@
 //! Command line: the contract in DESIGN.md (node overrides shared by every
 //! subcommand, so `bpf ...` inspects the same node the agent runs).
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use sluice_datapath::BpfLogLevel;
@@ -82,6 +82,64 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", default_value_t = sluice_common::lb::MAX_BACKENDS,
           value_parser = clap::value_parser!(u32).range(MAP_MIN..=MAP_MAX))]
     pub bpf_lb_max_backends: u32,
+    /// How often idle conntrack entries of the per-packet (tc) path are
+    /// removed (Cilium's --conntrack-gc-interval). Units: ms, s, m, h.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = parse_gc_interval)]
+    pub bpf_ct_gc_interval: Duration,
+    /// Idle time after which an open TCP flow's conntrack entries go.
+    #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = parse_ct_timeout)]
+    pub bpf_ct_timeout_regular_tcp: Duration,
+    /// Idle time after which a TCP flow seen closing (FIN or RST) goes.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ct_timeout)]
+    pub bpf_ct_timeout_regular_tcp_fin: Duration,
+    /// Idle time after which a UDP flow's conntrack entries go.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_ct_timeout)]
+    pub bpf_ct_timeout_regular_any: Duration,
+}
+
+/// `<number><unit>` with unit ms, s, m or h (a Go duration without
+/// fractions or compound forms, enough for intervals and timeouts).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit (ms, s, m, h)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("unit {unit:?} is not one of ms, s, m, h")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+fn at_least(s: &str, min: Duration, why: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min {
+        return Err(format!("must be at least {min:?} ({why})"));
+    }
+    Ok(d)
+}
+
+fn parse_gc_interval(s: &str) -> Result<Duration, String> {
+    at_least(s, Duration::from_millis(100), "a walk of the whole map")
+}
+
+/// The data path refreshes an entry's last-seen time at most once a
+/// second, so a shorter timeout would remove entries of busy flows.
+fn parse_ct_timeout(s: &str) -> Result<Duration, String> {
+    at_least(
+        s,
+        Duration::from_secs(2),
+        "the data path refreshes last-seen once a second",
+    )
 }
 
 /// Bounds of the `--bpf-lb-max-*` flags: id 0 is reserved, so a map needs a
@@ -91,6 +149,14 @@ const MAP_MIN: i64 = 16;
 const MAP_MAX: i64 = 1 << 24;
 
 impl AgentArgs {
+    pub fn ct_timeouts(&self) -> crate::lb::conntrack::Timeouts {
+        crate::lb::conntrack::Timeouts {
+            tcp: self.bpf_ct_timeout_regular_tcp,
+            tcp_closing: self.bpf_ct_timeout_regular_tcp_fin,
+            udp: self.bpf_ct_timeout_regular_any,
+        }
+    }
+
     pub fn lb_map_sizes(&self) -> sluice_datapath::LbMapSizes {
         sluice_datapath::LbMapSizes {
             frontends: self.bpf_lb_max_frontends,
@@ -203,5 +269,23 @@ pub mod bpf {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_number_and_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(21_600)));
+        for bad in ["30", "s", "1.5s", "10d", "-1s", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_ct_timeout("1s").is_err(), "below the refresh slack");
+        assert_eq!(parse_ct_timeout("2s"), Ok(Duration::from_secs(2)));
     }
 }

@@ -69,7 +69,10 @@ impl Metrics {
             )?,
             reconcile_errors: reg(
                 &r,
-                IntCounter::new("lb_reconcile_errors_total", "Failed LB reconciles (retried on the next change or resync)")?,
+                IntCounter::new("lb_reconcile_errors_total", format!(
+                    "Failed applies of the service state to the LB maps (each retried after {} s, or sooner by a newer source state)",
+                    crate::run::RETRY.as_secs()
+                ))?,
             )?,
             object_errors: reg(
                 &r,

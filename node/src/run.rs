@@ -126,15 +126,16 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             })?;
         }
         let gc_maps = LbMaps::open(&node.bpffs)?;
+        let (gc_interval, ct_timeouts) = (agent.bpf_ct_gc_interval, agent.ct_timeouts());
         tokio::spawn(async move {
             // The walk is a few syscalls per entry: a blocking thread, not
             // an async worker, does it.
             let mut gc_maps = Some(gc_maps);
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(gc_interval);
             while let Some(mut maps) = gc_maps.take() {
                 tick.tick().await;
                 let res = tokio::task::spawn_blocking(move || {
-                    let r = crate::lb::conntrack::gc(&mut maps);
+                    let r = crate::lb::conntrack::gc(&mut maps, &ct_timeouts);
                     (maps, r)
                 })
                 .await;
@@ -159,6 +160,8 @@ pub fn run(node: &NodeArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             nodeport_ifaces = ?agent.nodeport_ifaces,
             pod_ifaces = ?agent.pod_ifaces,
             bpf_log_level = ?agent.bpf_log_level,
+            ct_gc_interval = ?gc_interval,
+            ct_timeouts = ?ct_timeouts,
             "datapath attached"
         );
         let (tx, rx) = mpsc::channel(1);
@@ -235,7 +238,7 @@ async fn retry_pod_switch(bpffs: std::path::PathBuf, metrics: Arc<Metrics>) {
 }
 
 /// Delay before re-applying a snapshot whose programming failed.
-const RETRY: Duration = Duration::from_secs(5);
+pub(crate) const RETRY: Duration = Duration::from_secs(5);
 
 /// Waits for snapshots and applies the latest one. Errors in objects are
 /// logged when the set of errors changes (not on every resync).

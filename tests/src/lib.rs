@@ -30,6 +30,8 @@ pub mod bench_args;
 pub mod cni_suite;
 pub mod cri;
 pub mod etcd;
+pub mod held;
+pub mod poll;
 pub mod store_suite;
 pub mod topology;
 

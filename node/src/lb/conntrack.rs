@@ -1,6 +1,6 @@
 //! The tc path's conntrack from userspace: garbage collection of idle
 //! entries (the LRU only evicts under pressure) and `bpf ct list`.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use serde::Serialize;
 use sluice_common::lb::{CT_DIR_FWD, CT_F_CLOSING, CtKey, CtValue, PROTO_TCP};
@@ -8,11 +8,25 @@ use sluice_datapath::{DatapathError, LbMaps};
 
 use super::model::proto_name;
 
-/// Idle timeouts (Cilium's defaults for established TCP, closing TCP and
-/// UDP). A TCP flow counts as closing once the tc path saw a FIN or RST.
-pub const TCP_TIMEOUT_S: u64 = 21_600;
-pub const TCP_CLOSING_TIMEOUT_S: u64 = 10;
-pub const UDP_TIMEOUT_S: u64 = 60;
+/// Idle times after which the GC removes a flow's entries (flags
+/// `--bpf-ct-timeout-regular-{tcp,tcp-fin,any}`; the defaults are Cilium's).
+/// A TCP flow counts as closing once the tc path saw a FIN or RST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp: Duration,
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp: Duration::from_secs(21_600),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(60),
+        }
+    }
+}
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
 pub fn monotonic_ns() -> u64 {
@@ -25,15 +39,15 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn expired(k: &CtKey, v: &CtValue, now: u64) -> bool {
+fn expired(k: &CtKey, v: &CtValue, now: u64, t: &Timeouts) -> bool {
     let timeout = if k.proto != PROTO_TCP {
-        UDP_TIMEOUT_S
+        t.udp
     } else if v.flags & CT_F_CLOSING != 0 {
-        TCP_CLOSING_TIMEOUT_S
+        t.tcp_closing
     } else {
-        TCP_TIMEOUT_S
+        t.tcp
     };
-    now.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
+    u128::from(now.saturating_sub(v.last_seen_ns)) > timeout.as_nanos()
 }
 
 fn err(source: aya::maps::MapError) -> DatapathError {
@@ -41,12 +55,12 @@ fn err(source: aya::maps::MapError) -> DatapathError {
 }
 
 /// Deletes idle entries; returns how many.
-pub fn gc(maps: &mut LbMaps) -> Result<usize, DatapathError> {
+pub fn gc(maps: &mut LbMaps, t: &Timeouts) -> Result<usize, DatapathError> {
     let now = monotonic_ns();
     let mut dead = Vec::new();
     for item in maps.ct.iter() {
         let (k, v) = item.map_err(err)?;
-        if expired(&k, &v, now) {
+        if expired(&k, &v, now, t) {
             dead.push(k);
         }
     }
@@ -57,7 +71,7 @@ pub fn gc(maps: &mut LbMaps) -> Result<usize, DatapathError> {
             Err(aya::maps::MapError::KeyNotFound) => None,
             Err(e) => return Err(err(e)),
         };
-        if still_expired(k, current, now) {
+        if still_expired(k, current, now, t) {
             super::reconcile::absent_ok(maps.ct.remove(k)).map_err(err)?;
             removed += 1;
         }
@@ -74,8 +88,8 @@ pub fn gc(maps: &mut LbMaps) -> Result<usize, DatapathError> {
 /// of its NAT (the bench's CRR saw "connected, no greeting" about once
 /// per 10^5 connections). Reading the entry again just before deleting it
 /// shrinks that window from the whole scan to one syscall.
-fn still_expired(k: &CtKey, current: Option<CtValue>, now: u64) -> bool {
-    current.is_some_and(|v| expired(k, &v, now))
+fn still_expired(k: &CtKey, current: Option<CtValue>, now: u64, t: &Timeouts) -> bool {
+    current.is_some_and(|v| expired(k, &v, now, t))
 }
 
 #[derive(Serialize)]
@@ -178,14 +192,32 @@ mod tests {
     fn an_entry_refreshed_after_the_scan_is_kept() {
         let now = 1_000 * 1_000_000_000;
         let k = key(PROTO_TCP);
+        let t = &Timeouts::default();
         // Seen by the scan: closing and idle for 20 s.
-        assert!(expired(&k, &value(980, CT_F_CLOSING), now));
+        assert!(expired(&k, &value(980, CT_F_CLOSING), now, t));
         // Re-recorded by a new flow on the same tuple before the delete.
-        assert!(!still_expired(&k, Some(value(999, 0)), now));
+        assert!(!still_expired(&k, Some(value(999, 0)), now, t));
         // Refreshed only (still closing, but touched a second ago).
-        assert!(!still_expired(&k, Some(value(999, CT_F_CLOSING)), now));
+        assert!(!still_expired(&k, Some(value(999, CT_F_CLOSING)), now, t));
         // Unchanged: deleted; already gone: nothing to delete.
-        assert!(still_expired(&k, Some(value(980, CT_F_CLOSING)), now));
-        assert!(!still_expired(&k, None, now));
+        assert!(still_expired(&k, Some(value(980, CT_F_CLOSING)), now, t));
+        assert!(!still_expired(&k, None, now, t));
+    }
+
+    #[test]
+    fn each_kind_of_flow_expires_after_its_own_timeout() {
+        let now = 1_000 * 1_000_000_000;
+        let t = &Timeouts {
+            tcp: Duration::from_secs(30),
+            tcp_closing: Duration::from_secs(5),
+            udp: Duration::from_secs(10),
+        };
+        let (tcp, udp) = (key(PROTO_TCP), key(sluice_common::lb::PROTO_UDP));
+        assert!(!expired(&tcp, &value(980, 0), now, t));
+        assert!(expired(&tcp, &value(969, 0), now, t));
+        assert!(expired(&tcp, &value(994, CT_F_CLOSING), now, t));
+        assert!(!expired(&tcp, &value(996, CT_F_CLOSING), now, t));
+        assert!(expired(&udp, &value(989, 0), now, t));
+        assert!(!expired(&udp, &value(991, 0), now, t));
     }
 }

@@ -94,78 +94,160 @@ impl ServiceSource for KubeSource {
         let (eps_store, eps_writer) = reflector::store::<EndpointSlice>();
         let services = follow(&self.client, svc_writer, Seen::Services, "Services");
         let slices = follow(&self.client, eps_writer, Seen::Slices, "EndpointSlices");
-        let mut events = std::pin::pin!(futures::stream::select(services, slices));
-        let (mut svc_ready, mut eps_ready) = (false, false);
-        let mut pending: Option<Instant> = None;
-        loop {
-            let next = match pending {
-                // Coalesce a burst (bounded: a steady trickle of events
-                // still publishes every DEBOUNCE), then publish.
-                Some(first) => match tokio::time::timeout_at(
-                    tokio::time::Instant::from_std(first + DEBOUNCE),
-                    events.next(),
-                )
-                .await
-                {
-                    Ok(ev) => ev,
-                    Err(_) => {
-                        let seen_at = pending.take().unwrap_or_else(Instant::now);
-                        let snapshot = Snapshot {
-                            services: svc_store
-                                .state()
-                                .iter()
-                                .map(|s| Sourced {
-                                    origin: self.origin.clone(),
-                                    obj: Service::clone(s),
-                                })
-                                .collect(),
-                            slices: eps_store
-                                .state()
-                                .iter()
-                                .map(|s| Sourced {
-                                    origin: self.origin.clone(),
-                                    obj: EndpointSlice::clone(s),
-                                })
-                                .collect(),
-                            errors: Vec::new(),
-                        };
-                        tracing::info!(
-                            services = snapshot.services.len(),
-                            slices = snapshot.slices.len(),
-                            "API state read"
-                        );
-                        if tx.send(Update { snapshot, seen_at }).await.is_err() {
-                            return Ok(());
-                        }
-                        continue;
+        let events = futures::stream::select(services, slices);
+        publish_when_listed(events, svc_store, eps_store, self.origin, tx).await
+    }
+}
+
+/// Publishes the stores' contents after each change (a burst coalesced),
+/// but only once both have completed a list.
+async fn publish_when_listed(
+    events: impl futures::Stream<Item = Result<Seen, String>>,
+    svc_store: reflector::Store<Service>,
+    eps_store: reflector::Store<EndpointSlice>,
+    origin: Arc<str>,
+    tx: mpsc::Sender<Update>,
+) -> anyhow::Result<()> {
+    let mut events = std::pin::pin!(events);
+    let (mut svc_ready, mut eps_ready) = (false, false);
+    let mut pending: Option<Instant> = None;
+    loop {
+        let next = match pending {
+            // Coalesce a burst (bounded: a steady trickle of events
+            // still publishes every DEBOUNCE), then publish.
+            Some(first) => match tokio::time::timeout_at(
+                tokio::time::Instant::from_std(first + DEBOUNCE),
+                events.next(),
+            )
+            .await
+            {
+                Ok(ev) => ev,
+                Err(_) => {
+                    let seen_at = pending.take().unwrap_or_else(Instant::now);
+                    let snapshot = Snapshot {
+                        services: svc_store
+                            .state()
+                            .iter()
+                            .map(|s| Sourced {
+                                origin: origin.clone(),
+                                obj: Service::clone(s),
+                            })
+                            .collect(),
+                        slices: eps_store
+                            .state()
+                            .iter()
+                            .map(|s| Sourced {
+                                origin: origin.clone(),
+                                obj: EndpointSlice::clone(s),
+                            })
+                            .collect(),
+                        errors: Vec::new(),
+                    };
+                    tracing::info!(
+                        services = snapshot.services.len(),
+                        slices = snapshot.slices.len(),
+                        "API state read"
+                    );
+                    if tx.send(Update { snapshot, seen_at }).await.is_err() {
+                        return Ok(());
                     }
-                },
-                None => tokio::select! {
-                    ev = events.next() => ev,
-                    _ = tx.closed() => return Ok(()),
-                },
-            };
-            let Some(ev) = next else {
-                anyhow::bail!("the API watch streams ended");
-            };
-            let publish = match ev {
-                Ok(Seen::Services(c)) => {
-                    svc_ready |= c;
-                    c
+                    continue;
                 }
-                Ok(Seen::Slices(c)) => {
-                    eps_ready |= c;
-                    c
-                }
-                Err(e) => {
-                    // default_backoff() retries; say so once per failure.
-                    tracing::warn!("{e}; retrying");
-                    false
-                }
-            };
-            if publish && svc_ready && eps_ready && pending.is_none() {
-                pending = Some(Instant::now());
+            },
+            None => tokio::select! {
+                ev = events.next() => ev,
+                _ = tx.closed() => return Ok(()),
+            },
+        };
+        let Some(ev) = next else {
+            anyhow::bail!("the API watch streams ended");
+        };
+        let publish = match ev {
+            Ok(Seen::Services(c)) => {
+                svc_ready |= c;
+                c
             }
+            Ok(Seen::Slices(c)) => {
+                eps_ready |= c;
+                c
+            }
+            Err(e) => {
+                // default_backoff() retries; say so once per failure.
+                tracing::warn!("{e}; retrying");
+                false
+            }
+        };
+        if publish && svc_ready && eps_ready && pending.is_none() {
+            pending = Some(Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+
+    fn listed<K>(w: &mut reflector::store::Writer<K>, obj: K)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        for ev in [Event::Init, Event::InitApply(obj), Event::InitDone] {
+            w.apply_watcher_event(&ev);
+        }
+    }
+
+    // Virtual time (start_paused): the runtime jumps to the next timer once
+    // every task waits, so "long past the debounce" takes no wall time and
+    // does not depend on the machine's load.
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_published_until_services_and_endpoint_slices_have_listed() {
+        let (svc_store, mut svc_writer) = reflector::store::<Service>();
+        let (eps_store, mut eps_writer) = reflector::store::<EndpointSlice>();
+        let (events, events_rx) = futures::channel::mpsc::unbounded();
+        let (tx, mut rx) = mpsc::channel(1);
+        let source = tokio::spawn(publish_when_listed(
+            events_rx,
+            svc_store,
+            eps_store,
+            "test".into(),
+            tx,
+        ));
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}
+        }))
+        .expect("a Service");
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.10"]}]
+        }))
+        .expect("an EndpointSlice");
+
+        // Services listed; the EndpointSlice watcher only failed so far.
+        listed(&mut svc_writer, svc);
+        events
+            .unbounded_send(Ok(Seen::Services(true)))
+            .expect("source running");
+        events
+            .unbounded_send(Err("watching EndpointSlices: refused".into()))
+            .expect("source running");
+        tokio::time::sleep(DEBOUNCE * 100).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "published Services without their EndpointSlices (would withdraw their backends)"
+        );
+
+        listed(&mut eps_writer, slice);
+        events
+            .unbounded_send(Ok(Seen::Slices(true)))
+            .expect("source running");
+        let update = rx.recv().await.expect("a snapshot once both listed");
+        assert_eq!(update.snapshot.services.len(), 1);
+        assert_eq!(update.snapshot.slices.len(), 1);
+        source.abort();
     }
 }
