@@ -3,17 +3,17 @@
 //! manifests directory and a client pod in the node's cgroup connects to
 //! ClusterIPs.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
     net::Ipv4Addr,
-    process::Stdio,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use sluice_tests::{
+    held::Held,
+    poll::wait_until,
     require_root,
     topology::{
         ClientPod, LbTopology, NODE_NAME, SPREAD_SAMPLES, SvcSpec, assert_uniform_spread, tally,
@@ -172,46 +172,9 @@ fn session_affinity_pins_a_client_to_one_backend() {
     assert!(tcp.len() > 1, "no affinity any more: {tcp:?}");
 }
 
-/// A long-lived connection through the service, driven line by line.
-struct Held {
-    child: std::process::Child,
-    out: BufReader<std::process::ChildStdout>,
-    pub backend: String,
-}
-
-impl Held {
-    fn open(pod: &ClientPod) -> Self {
-        let mut c = pod.command(&["hold", &format!("{VIP}:80")]);
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn hold");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut backend = String::new();
-        out.read_line(&mut backend).expect("hold: first line");
-        Self {
-            child,
-            out,
-            backend: backend.trim().to_string(),
-        }
-    }
-
-    fn ping(&mut self) -> String {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "ping").expect("write");
-        stdin.flush().expect("flush");
-        let mut l = String::new();
-        self.out.read_line(&mut l).expect("read");
-        l.trim().to_string()
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A long-lived connection through the service.
+fn hold(pod: &ClientPod) -> Held {
+    Held::open(pod.command(&["hold", &format!("{VIP}:80")]))
 }
 
 /// The reverse translations (socket -> service) the pinned map holds, as
@@ -237,7 +200,7 @@ fn closing_a_socket_forgets_its_reverse_translation() {
         return;
     }
     let t = started(2, &[0, 1], "");
-    let held = Held::open(&t.client_pod());
+    let held = hold(&t.client_pod());
     let tcp = t.client(&["tcp", &format!("{VIP}:80"), "30"]);
     let udp = t.client(&["udp-connected", &format!("{VIP}:53"), "10"]);
     // While open, each socket saw the service as its peer.
@@ -263,7 +226,7 @@ fn manifest_changes_move_new_connections_and_keep_existing_ones() {
     t.start_agent(&[]);
     t.agent()
         .wait_for_count("programmed", 1, Duration::from_secs(60), programmed);
-    let mut held = Held::open(&t.client_pod());
+    let mut held = hold(&t.client_pod());
     assert_eq!(held.backend, "pod-0");
     // Idle: nothing changed, so nothing is re-read (the agent's own reads
     // must not count as changes). A window, not an event: a read loop
@@ -432,7 +395,7 @@ struct Churn {
 
 impl Churn {
     fn start(pod: ClientPod) -> Self {
-        let mut held: Vec<Held> = (0..4).map(|_| Held::open(&pod)).collect();
+        let mut held: Vec<Held> = (0..4).map(|_| hold(&pod)).collect();
         let phase = Arc::new(AtomicU8::new(BEFORE_KILL));
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(Mutex::new(Vec::new()));
@@ -470,22 +433,23 @@ impl Churn {
     /// Waits for a round that started and ended within `phases` (a
     /// ceiling of 60 s only catches a hung thread).
     fn wait_for_round(&self, what: &str, phases: std::ops::RangeInclusive<u8>) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let done = self
-                .rounds
-                .lock()
-                .expect("rounds lock")
-                .iter()
-                .any(|r| phases.contains(&r.from) && phases.contains(&r.to));
-            if done {
-                return;
-            }
-            let finished = self.thread.as_ref().is_none_or(|t| t.is_finished());
-            assert!(!finished, "traffic thread ended before a round {what}");
-            assert!(Instant::now() < deadline, "no round {what} within 60 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let rounds = || -> Vec<(u8, u8)> {
+            let r = self.rounds.lock().expect("rounds lock");
+            r.iter().map(|r| (r.from, r.to)).collect()
+        };
+        wait_until(
+            &format!("a round of traffic {what}"),
+            Duration::from_secs(60),
+            || {
+                let finished = self.thread.as_ref().is_none_or(|t| t.is_finished());
+                assert!(!finished, "traffic thread ended before a round {what}");
+                rounds()
+                    .iter()
+                    .any(|(from, to)| phases.contains(from) && phases.contains(to))
+                    .then_some(())
+            },
+            || format!("rounds (phase at start, at end): {:?}", rounds()),
+        );
     }
 
     /// Stops after the current round; every round's replies and pings.
