@@ -290,7 +290,7 @@ fn gc_releases_the_endpoint_and_address_of_an_invalid_attachment_only() {
     assert!(r.ok, "GC failed: {}", r.describe());
     assert_eq!(
         node.endpoint_ips(),
-        [keep_ip.clone()],
+        std::slice::from_ref(&keep_ip),
         "endpoint entries after GC"
     );
     assert_eq!(node.allocations(), [keep_ip], "addresses held after GC");
