@@ -43,14 +43,6 @@ pub fn unique(kind: &str) -> String {
     format!("sluice-t{kind}-{}-{n}", std::process::id())
 }
 
-/// A loopback TCP port free right now (for servers a test starts).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// An interface name (<= 15 bytes) unique to this process and call.
 pub fn unique_ifname() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);

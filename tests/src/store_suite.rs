@@ -12,6 +12,10 @@ use sluice_store::{
 
 pub type Dyn = Arc<dyn Store>;
 
+/// A ceiling for events that take well under a second: it only catches a
+/// hang, never decides a pass.
+const HANG: Duration = Duration::from_secs(60);
+
 /// Every case, in order (they share one store, each under its own prefix).
 pub async fn run_all(s: Dyn) {
     revisions_and_crud(s.clone(), "/registry/t-crud/").await;
@@ -28,15 +32,15 @@ pub async fn run_all(s: Dyn) {
     compaction_then_old_watch_and_list_fail_as_compacted(s.clone(), "/registry/t-compact/").await;
 }
 
-/// Next event from `w` within 10 s, skipping progress events.
+/// Next event from `w` (a hang fails), skipping progress events.
 pub async fn next_change(w: &mut WatchStream) -> WatchEvent {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+        match tokio::time::timeout(HANG, w.next()).await {
             Ok(Some(Ok(WatchEvent::Progress { .. }))) => continue,
             Ok(Some(Ok(ev))) => return ev,
             Ok(Some(Err(e))) => panic!("watch failed: {e}"),
             Ok(None) => panic!("watch ended"),
-            Err(_) => panic!("no watch event within 10 s"),
+            Err(_) => panic!("no watch event within {HANG:?}"),
         }
     }
 }
@@ -272,11 +276,25 @@ pub async fn watch_from_an_old_revision_replays_exactly_the_missed_events(s: Dyn
     }
 }
 
+/// 100 keys listed in pages of 10 at the first page's revision while a
+/// writer changes them. The two take turns by events, not timing: after
+/// page r is fetched the writer rewrites the keys of page r+1 (updates,
+/// deletes every third, adds a key beside each), and the pager fetches page
+/// r+1 only once that round is done, so every later page is read after
+/// writes to its own keys. The pages hold exactly the objects that existed
+/// at that revision, and every write succeeded (they are all there now).
 pub async fn list_pages_are_consistent_at_one_revision_while_writes_continue(s: Dyn, p: &str) {
+    let mut then: Vec<KeyValue> = Vec::new();
     for i in 0..100 {
-        s.create(&k(p, &format!("{i:03}")), format!("v{i}").into_bytes())
-            .await
-            .expect("create");
+        let (key, value) = (k(p, &format!("{i:03}")), format!("v{i}").into_bytes());
+        let rev = s.create(&key, value.clone()).await.expect("create");
+        then.push(KeyValue {
+            key,
+            value,
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+        });
     }
     let first = s
         .list(ListRequest {
@@ -287,58 +305,113 @@ pub async fn list_pages_are_consistent_at_one_revision_while_writes_continue(s: 
         .await
         .expect("first page");
     let at = first.revision;
-    let snapshot: Vec<KeyValue> = {
-        let mut all = first.kvs.clone();
-        let mut more = first.more;
-        let mut pages = 1;
-        // Writers keep changing the very keys being paged.
-        let writer = {
-            let (s, p) = (s.clone(), p.to_string());
-            tokio::spawn(async move {
-                for i in 0..100 {
-                    let key = format!("{p}{i:03}");
-                    if let Ok(Some(cur)) = s.get(&key).await {
-                        let _ = s.update(&key, b"changed".to_vec(), cur.mod_revision).await;
-                    }
-                    if i % 3 == 0 {
-                        let _ = s.delete(&key, None).await;
-                    }
-                    let _ = s.create(&format!("{p}{i:03}-new"), b"n".to_vec()).await;
+    let (pages_tx, mut pages) = tokio::sync::watch::channel(1usize);
+    let (rounds_tx, mut rounds) = tokio::sync::watch::channel(0usize);
+    let writer = {
+        let (s, p) = (s.clone(), p.to_string());
+        tokio::spawn(async move {
+            let mut writes: Vec<(String, Result<i64, StoreError>)> = Vec::new();
+            for round in 1..10 {
+                if pages.wait_for(|n| *n >= round).await.is_err() {
+                    break;
                 }
-            })
-        };
-        while more {
-            let last = all.last().expect("a non-empty page").key.clone();
-            let start = format!("{last}\0");
-            let page = s
-                .list(ListRequest {
-                    prefix: p,
-                    start: Some(&start),
-                    limit: 10,
-                    revision: Some(at),
-                })
-                .await
-                .expect("next page at the same revision");
-            assert_eq!(page.revision, at);
-            all.extend(page.kvs);
-            more = page.more;
-            pages += 1;
-            tokio::task::yield_now().await;
-        }
-        writer.await.expect("writer");
-        assert_eq!(pages, 10, "100 keys in pages of 10");
-        all
+                for i in round * 10..round * 10 + 10 {
+                    let key = format!("{p}{i:03}");
+                    let r = if i % 3 == 0 {
+                        s.delete(&key, None).await.map(|(r, _)| r)
+                    } else {
+                        match s.get(&key).await {
+                            Ok(Some(cur)) => {
+                                s.update(&key, b"changed".to_vec(), cur.mod_revision).await
+                            }
+                            Ok(None) => Err(StoreError::NotFound(key.clone())),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    writes.push((key, r));
+                    let new = format!("{p}{i:03}-new");
+                    let r = s.create(&new, b"n".to_vec()).await;
+                    writes.push((new, r));
+                }
+                rounds_tx.send_replace(round);
+            }
+            writes
+        })
     };
-    assert_eq!(
-        snapshot.len(),
-        100,
-        "every key exactly once, as of revision {at}"
-    );
-    for (i, kv) in snapshot.iter().enumerate() {
-        assert_eq!(kv.key, k(p, &format!("{i:03}")));
-        assert_eq!(kv.value, format!("v{i}").into_bytes(), "value as of {at}");
-        assert!(kv.mod_revision <= at);
+    let mut all = first.kvs.clone();
+    let mut more = first.more;
+    let mut fetched = 1;
+    while more {
+        // 9 rounds, for pages 2-10; a list that (wrongly) has more pages
+        // goes on without them and fails below.
+        let round = fetched.min(9);
+        tokio::time::timeout(HANG, rounds.wait_for(|r| *r >= round))
+            .await
+            .unwrap_or_else(|_| panic!("writer round {round} never finished"))
+            .expect("the writer runs");
+        let last = all.last().expect("a non-empty page").key.clone();
+        let start = format!("{last}\0");
+        let page = s
+            .list(ListRequest {
+                prefix: p,
+                start: Some(&start),
+                limit: 10,
+                revision: Some(at),
+            })
+            .await
+            .expect("next page at the same revision");
+        assert_eq!(page.revision, at);
+        all.extend(page.kvs);
+        more = page.more;
+        fetched += 1;
+        pages_tx.send_replace(fetched);
     }
+    let writes = tokio::time::timeout(HANG, writer)
+        .await
+        .expect("the writer finishes")
+        .expect("writer");
+    assert_eq!(fetched, 10, "100 keys in pages of 10");
+    assert_eq!(
+        all, then,
+        "the pages hold exactly the objects as of revision {at}"
+    );
+    assert_eq!(writes.len(), 9 * 10 * 2, "every round ran");
+    for (key, r) in &writes {
+        match r {
+            Ok(rev) => assert!(*rev > at, "{key} written at {rev}, not after {at}"),
+            Err(e) => panic!("the writer's write to {key} failed: {e}"),
+        }
+    }
+    let mut want_now: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..100 {
+        let key = k(p, &format!("{i:03}"));
+        match i {
+            0..10 => want_now.push((key, format!("v{i}").into_bytes())),
+            _ if i % 3 == 0 => {}
+            _ => want_now.push((key, b"changed".to_vec())),
+        }
+        if i >= 10 {
+            want_now.push((k(p, &format!("{i:03}-new")), b"n".to_vec()));
+        }
+    }
+    assert_eq!(
+        contents(&s, p, None).await,
+        want_now,
+        "the writer's changes, as of now"
+    );
+}
+
+/// Keys and values under `p` at revision `at` (None = now), in one list.
+async fn contents(s: &Dyn, p: &str, at: Option<i64>) -> Vec<(String, Vec<u8>)> {
+    let l = s
+        .list(ListRequest {
+            prefix: p,
+            revision: at,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("list {p} at {at:?}: {e}"));
+    l.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
 }
 
 pub async fn list_at_an_older_revision_shows_that_revision(s: Dyn, p: &str) {
@@ -350,29 +423,12 @@ pub async fn list_at_an_older_revision_shows_that_revision(s: Dyn, p: &str) {
         .expect("update");
     s.delete(&k(p, "b"), None).await.expect("delete");
     s.create(&k(p, "c"), b"c1".to_vec()).await.expect("create");
-    let then = s
-        .list(ListRequest {
-            prefix: p,
-            revision: Some(at),
-            ..Default::default()
-        })
-        .await
-        .expect("list at an older revision");
-    let got: Vec<(String, Vec<u8>)> = then.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
     assert_eq!(
-        got,
+        contents(&s, p, Some(at)).await,
         vec![(k(p, "a"), b"a1".to_vec()), (k(p, "b"), b"b1".to_vec())]
     );
-    let now = s
-        .list(ListRequest {
-            prefix: p,
-            ..Default::default()
-        })
-        .await
-        .expect("list now");
-    let got: Vec<(String, Vec<u8>)> = now.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
     assert_eq!(
-        got,
+        contents(&s, p, None).await,
         vec![(k(p, "a"), b"a2".to_vec()), (k(p, "c"), b"c1".to_vec())]
     );
     let future = s.current_revision().await.expect("revision") + 100;
@@ -395,11 +451,11 @@ pub async fn idle_watch_gets_progress(s: Dyn, p: &str) {
         .await
         .expect("create");
     let target = now + 1;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + HANG;
     loop {
         let ev = tokio::time::timeout_at(deadline, w.next())
             .await
-            .expect("a progress event within 10 s")
+            .expect("a progress event (a hang fails)")
             .expect("watch open")
             .expect("no error");
         match ev {
@@ -475,7 +531,7 @@ pub async fn slow_watcher_is_disconnected(s: Dyn, p: &str, buffer: usize) {
     let write_time = started.elapsed();
     let mut seen = 0usize;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+        match tokio::time::timeout(HANG, w.next()).await {
             Ok(Some(Ok(_))) => seen += 1,
             Ok(Some(Err(StoreError::WatcherTooSlow))) => break,
             other => panic!(

@@ -187,6 +187,12 @@ impl Embedded {
     pub fn open(path: &Path, opts: Options) -> Result<Self, StoreError> {
         let db = Database::create(path)
             .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
+        Self::on(db, opts)
+    }
+
+    /// The store over an open database: the unit tests below hand it one
+    /// on a simulated disk, so the fsync-before-ack path can be checked.
+    fn on(db: Database, opts: Options) -> Result<Self, StoreError> {
         let (current, compacted) = {
             let w = db.begin_write().map_err(be)?;
             let (rev, comp) = {
@@ -884,5 +890,152 @@ mod tests {
         };
         assert_eq!(Record::decode(&r.encode()), Ok(r));
         assert!(Record::decode(&[1, 2, 3]).is_err());
+    }
+
+    /// A disk that can lose power: reads see every write (the page cache),
+    /// but only what a `sync_data` covered survives a power cut. The process
+    /// crash test (tests/tests/store.rs) cannot see a missing fsync, since
+    /// the page cache outlives the process; this can.
+    #[derive(Debug, Default)]
+    struct Disk {
+        cache: Mutex<Vec<u8>>,
+        /// The bytes as of the last successful sync: all a power cut leaves.
+        platter: Mutex<Vec<u8>>,
+        /// Every `sync_data` from now on fails, as fsync does on an I/O error.
+        fail_syncs: std::sync::atomic::AtomicBool,
+    }
+
+    impl Disk {
+        /// A disk holding what `self` would after a power cut now.
+        fn after_power_cut(&self) -> Arc<Disk> {
+            let image = self.platter.lock().expect("platter").clone();
+            Arc::new(Disk {
+                cache: Mutex::new(image.clone()),
+                platter: Mutex::new(image),
+                ..Default::default()
+            })
+        }
+    }
+
+    #[derive(Debug)]
+    struct OnDisk(Arc<Disk>);
+
+    fn out_of_range() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "past the end")
+    }
+
+    impl redb::StorageBackend for OnDisk {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            Ok(self.0.cache.lock().expect("cache").len() as u64)
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            let cache = self.0.cache.lock().expect("cache");
+            let from = offset as usize;
+            let src = cache.get(from..from + out.len()).ok_or_else(out_of_range)?;
+            out.copy_from_slice(src);
+            Ok(())
+        }
+
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.0.cache.lock().expect("cache").resize(len as usize, 0);
+            Ok(())
+        }
+
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            if self.0.fail_syncs.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            let cache = self.0.cache.lock().expect("cache").clone();
+            *self.0.platter.lock().expect("platter") = cache;
+            Ok(())
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            let mut cache = self.0.cache.lock().expect("cache");
+            let from = offset as usize;
+            let dst = cache
+                .get_mut(from..from + data.len())
+                .ok_or_else(out_of_range)?;
+            dst.copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn open_on(disk: &Arc<Disk>) -> Embedded {
+        let db = redb::Builder::new()
+            .create_with_backend(OnDisk(disk.clone()))
+            .expect("redb on the simulated disk");
+        Embedded::on(db, Options::default()).expect("open the store")
+    }
+
+    /// 8 concurrent writers (so commits are shared), then the power goes:
+    /// every write that was acknowledged is on the platter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_writes_survive_a_power_cut() {
+        let disk = Arc::new(Disk::default());
+        let s = Arc::new(open_on(&disk));
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for i in 0..25 {
+                        let key = format!("/registry/power/{w}-{i:02}");
+                        let rev = s.create(&key, b"v".to_vec()).await.expect("create");
+                        acked.push((key, rev));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for w in writers {
+            acked.extend(w.await.expect("writer"));
+        }
+        let survivor = disk.after_power_cut();
+        drop(s);
+        let s = open_on(&survivor);
+        let all = s
+            .list(ListRequest {
+                prefix: "/registry/power/",
+                ..Default::default()
+            })
+            .await
+            .expect("list after the power cut");
+        let stored: std::collections::HashMap<String, i64> = all
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.mod_revision))
+            .collect();
+        let lost: Vec<&(String, i64)> = acked
+            .iter()
+            .filter(|(k, r)| stored.get(k) != Some(r))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} acknowledged writes lost in a power cut, e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            lost.first()
+        );
+    }
+
+    /// When the commit's fsync fails the writer hears an error, not a
+    /// revision: an acknowledgement means the write is on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_whose_fsync_fails_is_not_acknowledged() {
+        let disk = Arc::new(Disk::default());
+        let s = open_on(&disk);
+        s.create("/registry/fsync/before", b"v".to_vec())
+            .await
+            .expect("a write while fsync works");
+        disk.fail_syncs
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = s.create("/registry/fsync/lost", b"v".to_vec()).await;
+        assert!(
+            matches!(&r, Err(StoreError::Backend(m)) if m.contains("injected fsync failure")),
+            "a write whose fsync failed: want the I/O error, got {r:?}"
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::{
     validate_key, validate_write,
 };
 
-pub use etcd_client::TlsOptions;
+pub use etcd_client::{Certificate, TlsOptions};
 
 #[derive(Clone, Debug)]
 pub struct Options {
