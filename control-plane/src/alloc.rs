@@ -13,6 +13,8 @@ use std::{collections::HashSet, net::Ipv4Addr, ops::RangeInclusive};
 use serde_json::{Value, json};
 use sluice_store::{ListRequest, Store, StoreError};
 
+use crate::resources::{self, Corrupt};
+
 const IP_PREFIX: &str = "/registry/allocations/clusterips/";
 const PORT_PREFIX: &str = "/registry/allocations/nodeports/";
 const SERVICES_PREFIX: &str = "/registry/core/services/";
@@ -23,6 +25,8 @@ pub enum AllocError {
     Invalid(String, String),
     /// Nothing left to hand out.
     Full(String),
+    /// The random source failed.
+    Random(getrandom::Error),
     Store(StoreError),
 }
 
@@ -91,10 +95,19 @@ pub struct Allocator {
 #[derive(Default, Debug)]
 pub struct Claims(pub Vec<String>);
 
-fn rand_u32() -> u32 {
+fn rand_u32() -> Result<u32, AllocError> {
     let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    u32::from_le_bytes(b)
+    getrandom::fill(&mut b).map_err(AllocError::Random)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// What one repair pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Orphaned allocations deleted.
+    pub removed: usize,
+    /// Stored Services that could not be read: their allocations are kept.
+    pub unparsable: usize,
 }
 
 /// The Service's allocated values (ClusterIP and node ports) as keys; an
@@ -296,7 +309,7 @@ impl Allocator {
         claims: &mut Claims,
     ) -> Result<String, AllocError> {
         for _ in 0..16 {
-            let ip = self.cidr.nth(rand_u32()).to_string();
+            let ip = self.cidr.nth(rand_u32()?).to_string();
             if self
                 .take(store, owner, &format!("{IP_PREFIX}{ip}"), claims)
                 .await?
@@ -305,7 +318,7 @@ impl Allocator {
             }
         }
         let taken = taken(store, IP_PREFIX).await?;
-        let start = rand_u32();
+        let start = rand_u32()?;
         for k in 0..self.cidr.size() - 2 {
             let ip = self.cidr.nth(start.wrapping_add(k)).to_string();
             if !taken.contains(&ip)
@@ -334,7 +347,7 @@ impl Allocator {
         );
         let span = hi - lo + 1;
         let taken = taken(store, PORT_PREFIX).await?;
-        let start = rand_u32();
+        let start = rand_u32()?;
         for k in 0..span {
             let port = lo + start.wrapping_add(k) % span;
             if !taken.contains(&port.to_string())
@@ -380,12 +393,16 @@ impl Allocator {
     /// between claim and write) once two passes in a row have seen them
     /// unchanged, so another server's claim that is still in flight is
     /// never taken away. `suspects` carries the previous pass's finds.
+    /// A Service that is stored but cannot be read keeps everything
+    /// allocated to it (freeing it would hand its IP to the next Service)
+    /// and is reported.
     pub async fn repair(
         &self,
         store: &dyn Store,
         suspects: &mut std::collections::HashMap<String, i64>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<RepairReport, StoreError> {
         let mut removed = 0;
+        let mut unparsable = HashSet::new();
         let mut now = std::collections::HashMap::new();
         for prefix in [IP_PREFIX, PORT_PREFIX] {
             let page = store
@@ -396,10 +413,20 @@ impl Allocator {
                 .await?;
             for kv in page.kvs {
                 let owner = String::from_utf8_lossy(&kv.value).into_owned();
-                let svc = store.get(&format!("{SERVICES_PREFIX}{owner}")).await?;
-                let used = svc
-                    .and_then(|s| serde_json::from_slice::<Value>(&s.value).ok())
-                    .is_some_and(|s| held(&s["spec"]).contains(&kv.key));
+                let used = match store.get(&format!("{SERVICES_PREFIX}{owner}")).await? {
+                    None => false,
+                    Some(svc) => match readable_service(&svc) {
+                        Ok(spec) => held(&spec).contains(&kv.key),
+                        Err(c) => {
+                            tracing::error!(
+                                key = %c.key, reason = %c.reason, allocation = %kv.key,
+                                "allocation repair: the owning Service cannot be read; keeping its allocation"
+                            );
+                            unparsable.insert(c.key);
+                            true
+                        }
+                    },
+                };
                 if used {
                     continue;
                 }
@@ -415,22 +442,48 @@ impl Allocator {
             }
         }
         *suspects = now;
-        Ok(removed)
+        Ok(RepairReport {
+            removed,
+            unparsable: unparsable.len(),
+        })
     }
 
-    /// Repairs every `every`, forever (the server's background task).
-    pub async fn repair_loop(&self, store: &dyn Store, every: std::time::Duration) {
+    /// Repairs every `every`, forever (the server's background task);
+    /// `done` hears about every pass that completed.
+    pub async fn repair_loop(
+        &self,
+        store: &dyn Store,
+        every: std::time::Duration,
+        done: impl Fn(&RepairReport),
+    ) {
         let mut suspects = std::collections::HashMap::new();
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             match self.repair(store, &mut suspects).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(released = n, "allocations no Service holds"),
-                Err(e) => tracing::warn!("allocation repair: {e}"),
+                Ok(report) => {
+                    if report.removed > 0 {
+                        tracing::info!(released = report.removed, "allocations no Service holds");
+                    }
+                    done(&report);
+                }
+                Err(e) => tracing::warn!(error = %e, "allocation repair"),
             }
         }
     }
+}
+
+/// The spec of a stored Service, read through its type: a Service whose
+/// spec cannot be trusted to say what it holds is not readable.
+fn readable_service(kv: &sluice_store::KeyValue) -> Result<Value, Corrupt> {
+    let corrupt = |reason: String| Corrupt {
+        key: kv.key.clone(),
+        reason,
+    };
+    let r = resources::services().ok_or_else(|| corrupt("services are not served".into()))?;
+    let v = r.parse_stored(&kv.key, &kv.value)?;
+    let typed = (r.decode)(&v).map_err(|e| corrupt(format!("not a Service: {e}")))?;
+    Ok(typed.object["spec"].clone())
 }
 
 /// The values (last key segment) allocated under `prefix`.
@@ -483,7 +536,8 @@ mod tests {
         use sluice_store::embedded::{Embedded, Options};
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Embedded::open(&dir.path().join("s.redb"), Options::default()).expect("store");
-        let svc = json!({"spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}});
+        let svc = json!({"metadata": {"name": "web", "namespace": "ns"},
+                         "spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}});
         store
             .create(
                 "/registry/core/services/ns/web",
@@ -508,8 +562,20 @@ mod tests {
             node_ports: 30000..=32767,
         };
         let mut suspects = std::collections::HashMap::new();
-        assert_eq!(a.repair(&store, &mut suspects).await.expect("pass 1"), 0);
-        assert_eq!(a.repair(&store, &mut suspects).await.expect("pass 2"), 1);
+        assert_eq!(
+            a.repair(&store, &mut suspects)
+                .await
+                .expect("pass 1")
+                .removed,
+            0
+        );
+        assert_eq!(
+            a.repair(&store, &mut suspects)
+                .await
+                .expect("pass 2")
+                .removed,
+            1
+        );
         assert!(
             store
                 .get("/registry/allocations/clusterips/10.96.0.6")
@@ -524,6 +590,71 @@ mod tests {
                 .expect("get")
                 .is_some()
         );
+    }
+
+    /// A Service stored as garbage keeps its ClusterIP and NodePort
+    /// through any number of repair passes (each reports it), so a later
+    /// Service asking for that IP or port is refused instead of given a
+    /// duplicate.
+    #[tokio::test]
+    async fn repair_keeps_what_an_unreadable_service_holds() {
+        use sluice_store::embedded::{Embedded, Options};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Embedded::open(&dir.path().join("s.redb"), Options::default()).expect("store");
+        let a = Allocator {
+            cidr: "10.96.0.0/12".parse().expect("cidr"),
+            node_ports: 30000..=32767,
+        };
+        // A real Service claims an IP and a node port...
+        let mut spec = json!({"type": "NodePort", "clusterIP": "10.96.0.7",
+                              "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30007}]});
+        a.claim(&store, "ns/web", &mut spec, None)
+            .await
+            .expect("claim");
+        // ...and what is stored under its key is not a Service.
+        for garbage in [
+            &b"\x00\xffnot json"[..],
+            b"null",
+            br#"{"metadata":{"name":"web"},"spec":{"ports":"80"}}"#,
+        ] {
+            let key = "/registry/core/services/ns/web";
+            match store.get(key).await.expect("get") {
+                Some(kv) => store
+                    .update(key, garbage.to_vec(), kv.mod_revision)
+                    .await
+                    .map(|_| ()),
+                None => store.create(key, garbage.to_vec()).await.map(|_| ()),
+            }
+            .expect("write garbage");
+            let mut suspects = std::collections::HashMap::new();
+            for pass in 0..3 {
+                let report = a.repair(&store, &mut suspects).await.expect("repair");
+                assert_eq!(
+                    report,
+                    RepairReport {
+                        removed: 0,
+                        unparsable: 1
+                    },
+                    "pass {pass} over {:?}",
+                    String::from_utf8_lossy(garbage)
+                );
+            }
+            let mut other = json!({"type": "NodePort", "clusterIP": "10.96.0.7",
+                                   "ports": [{"port": 80, "protocol": "TCP"}]});
+            match a.claim(&store, "ns/other", &mut other, None).await {
+                Err(AllocError::Invalid(field, msg)) => {
+                    assert_eq!(field, "spec.clusterIPs[0]");
+                    assert!(msg.contains("already allocated"), "{msg}");
+                }
+                r => panic!("the unreadable Service's IP was handed out again: {r:?} {other}"),
+            }
+            let mut other = json!({"type": "NodePort", "clusterIP": "10.96.0.8",
+                                   "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30007}]});
+            match a.claim(&store, "ns/other", &mut other, None).await {
+                Err(AllocError::Invalid(field, _)) => assert_eq!(field, "spec.ports[0].nodePort"),
+                r => panic!("the unreadable Service's node port was handed out again: {r:?}"),
+            }
+        }
     }
 
     #[test]

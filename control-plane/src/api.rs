@@ -17,7 +17,7 @@ use sluice_store::{ListRequest, Store, StoreError};
 use crate::{
     admission,
     alloc::{AllocError, Allocator, Claims},
-    resources::{self, Resource, Sub},
+    resources::{self, Corrupt, Resource, Sub},
     selector::Selector,
     watch_cache::{CacheError, Cached, SUMMARY_FIELDS, WatchCache},
 };
@@ -35,6 +35,8 @@ pub struct Api {
     pub cache: Arc<WatchCache>,
     pub listen: String,
     pub alloc: Allocator,
+    /// Set once an allocation repair pass has completed (readiness).
+    pub repair_ran: std::sync::atomic::AtomicBool,
 }
 
 pub type Shared = Arc<Api>;
@@ -153,11 +155,39 @@ impl ApiError {
         }
     }
 
+    /// A stored object that cannot be served: 500 naming the key, as
+    /// upstream answers an undecodable object (never served as `null`).
+    fn corrupt(c: Corrupt) -> Self {
+        tracing::error!(key = %c.key, reason = %c.reason, "corrupt stored object");
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            c.to_string(),
+        );
+        e.details = Some(
+            json!({"causes": [{"reason": "StoredObjectCorrupt", "field": c.key, "message": c.reason}]}),
+        );
+        e
+    }
+
+    /// The random source failed: 500, never a predictable uid or name.
+    fn random(what: String, e: getrandom::Error) -> Self {
+        tracing::error!(error = %e, "random source failed: {what}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("{what}: the random source failed: {e}"),
+        )
+    }
+
     fn alloc(r: &Resource, name: &str, e: AllocError) -> Self {
         match e {
             AllocError::Invalid(field, msg) => Self::invalid(r, name, vec![(field, msg)]),
             AllocError::Full(msg) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
+            }
+            AllocError::Random(e) => {
+                Self::random(format!("allocating for {} \"{name}\"", qualified(r)), e)
             }
             AllocError::Store(e) => Self::store(r, name, e),
         }
@@ -190,18 +220,19 @@ fn qualified(r: &Resource) -> String {
     }
 }
 
+/// GET /version: the Kubernetes version served, and this build's facts
+/// as `build.rs` found them (`unknown` where it could not).
 pub async fn version() -> Response {
     axum::Json(json!({
         "major": KUBE_MAJOR, "minor": KUBE_MINOR,
         "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0-sluice"),
-        "gitCommit": "", "gitTreeState": "clean", "buildDate": "1970-01-01T00:00:00Z",
-        "goVersion": "rustc", "compiler": "rustc", "platform": "linux/amd64",
+        "gitCommit": env!("SLUICE_GIT_COMMIT"),
+        "gitTreeState": env!("SLUICE_GIT_TREE_STATE"),
+        "buildDate": env!("SLUICE_BUILD_DATE"),
+        "goVersion": env!("SLUICE_RUSTC"), "compiler": "rustc",
+        "platform": env!("SLUICE_PLATFORM"),
     }))
     .into_response()
-}
-
-pub async fn healthz() -> &'static str {
-    "ok"
 }
 
 fn resource_list(group_version: &str, rs: Vec<&Resource>) -> Response {
@@ -471,14 +502,13 @@ async fn route(
 
 /// The stored object as served.
 fn served(r: &Resource, kv: &sluice_store::KeyValue) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("stored {} is not JSON: {e}", kv.key),
-        )
-    })?;
-    Ok(r.stamp(v, kv.mod_revision))
+    Ok(r.stamp(stored(r, kv)?, kv.mod_revision))
+}
+
+/// The stored object as stored (no resourceVersion).
+fn stored(r: &Resource, kv: &sluice_store::KeyValue) -> Result<Value, ApiError> {
+    r.parse_stored(&kv.key, &kv.value)
+        .map_err(ApiError::corrupt)
 }
 
 /// Every object of `r` (in namespace `ns`) now.
@@ -657,7 +687,10 @@ async fn list(
         }
     };
     let (revision, items, next) = match listing {
-        Some(l) => (l.revision, l.items, l.next),
+        Some(l) => match l.corrupt {
+            Some(c) => return Err(ApiError::corrupt(c)),
+            None => (l.revision, l.items, l.next),
+        },
         None => {
             let page = api
                 .store
@@ -998,29 +1031,61 @@ fn parse_body(
     Ok((d.object, warnings))
 }
 
-fn random_suffix() -> String {
+/// Where uids and generated names get their randomness: the OS, except
+/// in tests that make it fail.
+type Fill = fn(&mut [u8]) -> Result<(), getrandom::Error>;
+
+fn random_suffix(fill: Fill) -> Result<String, getrandom::Error> {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut b = [0u8; 5];
-    let _ = getrandom::fill(&mut b);
-    b.iter()
+    fill(&mut b)?;
+    Ok(b.iter()
         .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
-        .collect()
+        .collect())
 }
 
-fn uid() -> String {
+/// A random (version 4) UUID.
+fn uid(fill: Fill) -> Result<String, getrandom::Error> {
     let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
+    fill(&mut b)?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
+    Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..32]
-    )
+    ))
+}
+
+/// The name (given, or generated from generateName) and uid of a new
+/// object in namespace `ns`. A failing random source is a 500 naming the
+/// key: an all-zero uid or suffix would collide with the next one.
+fn new_identity(
+    r: &Resource,
+    ns: Option<&str>,
+    meta: &serde_json::Map<String, Value>,
+    fill: Fill,
+) -> Result<(String, String), ApiError> {
+    let name = match (
+        meta.get("name").and_then(Value::as_str),
+        meta.get("generateName").and_then(Value::as_str),
+    ) {
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(g)) if !g.is_empty() => {
+            let suffix = random_suffix(fill).map_err(|e| {
+                ApiError::random(format!("generating a name for {}*", r.key(ns, g)), e)
+            })?;
+            format!("{g}{suffix}")
+        }
+        _ => String::new(),
+    };
+    let uid = uid(fill)
+        .map_err(|e| ApiError::random(format!("generating the uid of {}", r.key(ns, &name)), e))?;
+    Ok((name, uid))
 }
 
 fn now_rfc3339() -> String {
@@ -1152,14 +1217,7 @@ async fn create(
     } else {
         meta.remove("namespace");
     }
-    let name = match (
-        meta.get("name").and_then(Value::as_str),
-        meta.get("generateName").and_then(Value::as_str),
-    ) {
-        (Some(n), _) if !n.is_empty() => n.to_string(),
-        (_, Some(g)) if !g.is_empty() => format!("{g}{}", random_suffix()),
-        _ => String::new(),
-    };
+    let (name, uid) = new_identity(r, t.namespace.as_deref(), meta, getrandom::fill)?;
     if let Some(p) = admission::name_problem(r, &name) {
         return Err(ApiError::invalid(
             r,
@@ -1168,7 +1226,7 @@ async fn create(
         ));
     }
     meta.insert("name".into(), json!(name));
-    meta.insert("uid".into(), json!(uid()));
+    meta.insert("uid".into(), json!(uid));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
     meta.remove("resourceVersion");
     meta.remove("deletionTimestamp");
@@ -1387,7 +1445,7 @@ async fn write_update(
     cur: &sluice_store::KeyValue,
 ) -> Result<(Value, i64), ApiError> {
     let r = t.resource;
-    let old: Value = serde_json::from_slice(&cur.value).unwrap_or_default();
+    let old = stored(r, cur)?;
     for f in [
         "uid",
         "creationTimestamp",
@@ -1571,9 +1629,18 @@ async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiErr
             ));
         }
         current(api, t, name).await?;
+        // Every object is read first: a corrupt one stops the delete
+        // before anything goes.
+        let mut contents = Vec::new();
         for res in resources::RESOURCES.iter().filter(|x| x.namespaced) {
             let page = list_all(api, res, Some(name)).await?;
-            for kv in page.kvs {
+            for kv in &page.kvs {
+                served(res, kv)?;
+            }
+            contents.push((res, page.kvs));
+        }
+        for (res, kvs) in contents {
+            for kv in kvs {
                 match api.store.delete(&kv.key, None).await {
                     Ok((_, gone)) => forget(api, res, &served(res, &gone)?).await,
                     Err(StoreError::NotFound(_)) => {}
@@ -1590,17 +1657,17 @@ async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiErr
     if has_finalizers {
         if obj["metadata"]["deletionTimestamp"].is_null() {
             // Only the server sets this (updates keep whatever is stored).
-            let mut stored: Value = serde_json::from_slice(&cur.value).unwrap_or_default();
-            stored["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-            stored["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            let mut marked = stored(r, &cur)?;
+            marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             let bytes =
-                serde_json::to_vec(&stored).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                serde_json::to_vec(&marked).map_err(|e| ApiError::bad_request(e.to_string()))?;
             let rev = api
                 .store
                 .update(&cur.key, bytes, cur.mod_revision)
                 .await
                 .map_err(|e| ApiError::store(r, name, e))?;
-            obj = r.stamp(stored, rev);
+            obj = r.stamp(marked, rev);
         }
         return Ok((StatusCode::ACCEPTED, axum::Json(obj)).into_response());
     }
@@ -1658,9 +1725,11 @@ async fn delete_collection(
 pub async fn ensure_system_namespaces(store: &dyn Store) -> anyhow::Result<()> {
     let r = resources::namespaces();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let uid = uid(getrandom::fill)
+            .map_err(|e| anyhow::anyhow!("the uid of namespace {ns}: random source: {e}"))?;
         let obj = json!({
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": ns, "uid": uid(), "creationTimestamp": now_rfc3339()},
+            "metadata": {"name": ns, "uid": uid, "creationTimestamp": now_rfc3339()},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
         });
         match store
@@ -1701,6 +1770,43 @@ mod tests {
             assert_eq!(filter.matches_cached(&c), want, "{l} {f}");
             assert_eq!(filter.matches(&pod), want, "{l} {f}");
         }
+    }
+
+    fn broken(_: &mut [u8]) -> Result<(), getrandom::Error> {
+        Err(getrandom::Error::UNSUPPORTED)
+    }
+
+    fn meta(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().cloned().expect("an object")
+    }
+
+    /// A failing random source is a 500 naming the key, for a given name
+    /// (the uid) and for generateName (the suffix), never a zero uid.
+    #[test]
+    fn a_failing_random_source_is_an_error_naming_the_key() {
+        let cms = resources::find("", "v1", "configmaps").expect("configmaps");
+        for (m, key) in [
+            (json!({"name": "cfg"}), "/registry/core/configmaps/ns/cfg"),
+            (
+                json!({"generateName": "cfg-"}),
+                "/registry/core/configmaps/ns/cfg-*",
+            ),
+        ] {
+            let e = new_identity(cms, Some("ns"), &meta(m.clone()), broken)
+                .expect_err("a failing random source must fail the create");
+            assert_eq!(e.code, StatusCode::INTERNAL_SERVER_ERROR, "{m}");
+            assert!(e.message.contains(key), "{m}: {}", e.message);
+        }
+        let (name, uid) = new_identity(
+            cms,
+            Some("ns"),
+            &meta(json!({"generateName": "cfg-"})),
+            getrandom::fill,
+        )
+        .expect("the OS source works");
+        assert!(name.starts_with("cfg-") && name.len() == 9, "{name}");
+        assert_eq!(uid.len(), 36, "{uid}");
+        assert_ne!(uid, "00000000-0000-4000-8000-000000000000");
     }
 
     #[test]

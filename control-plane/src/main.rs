@@ -5,6 +5,7 @@ mod admission;
 mod alloc;
 mod api;
 mod decode;
+mod health;
 mod metrics;
 mod openapi;
 mod pki;
@@ -146,14 +147,25 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
         cache,
         listen: addr.to_string(),
         alloc,
+        repair_ran: false.into(),
     });
     // Allocation repair, like upstream's repair controllers: a minute
     // apart, an orphan goes on its second sighting.
     let repair = api.clone();
     tokio::spawn(async move {
+        let done = |report: &alloc::RepairReport| {
+            repair.metrics.repair_pass(report);
+            repair
+                .repair_ran
+                .store(true, std::sync::atomic::Ordering::Release);
+        };
         repair
             .alloc
-            .repair_loop(repair.store.as_ref(), std::time::Duration::from_secs(60))
+            .repair_loop(
+                repair.store.as_ref(),
+                std::time::Duration::from_secs(60),
+                done,
+            )
             .await
     });
     let app = serve::router(api, tokens);

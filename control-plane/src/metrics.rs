@@ -7,8 +7,8 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use sluice_store::{KeyValue, ListRequest, ListResult, Store, StoreError, WatchStream};
 
@@ -18,6 +18,7 @@ pub struct Metrics {
     latency: HistogramVec,
     watchers: IntGaugeVec,
     store_latency: HistogramVec,
+    unparsable: IntGauge,
 }
 
 /// Keeps a watch counted while it is open.
@@ -85,8 +86,21 @@ impl Metrics {
                     &["operation", "result"],
                 )?,
             ),
+            unparsable: registered(
+                &r,
+                IntGauge::new(
+                    "sluice_alloc_repair_unparsable_objects",
+                    "Stored Services the last allocation repair pass could not read (their allocations are kept)",
+                )?,
+            ),
             registry: r,
         }))
+    }
+
+    /// After an allocation repair pass.
+    pub fn repair_pass(&self, report: &crate::alloc::RepairReport) {
+        self.unparsable
+            .set(i64::try_from(report.unparsable).unwrap_or(i64::MAX));
     }
 
     pub fn observe(&self, req: &RequestLabels, code: u16, started: Instant) {

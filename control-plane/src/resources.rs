@@ -93,6 +93,68 @@ impl Resource {
     pub fn has(&self, sub: Sub) -> bool {
         self.subresources.contains(&sub)
     }
+
+    /// The bytes stored under `key` as an object of this kind. Everything
+    /// the server writes passes; anything else (a write from outside the
+    /// server, damage) is refused here rather than served as `null` or
+    /// written back without its identity.
+    pub fn parse_stored(&self, key: &str, bytes: &[u8]) -> Result<Value, Corrupt> {
+        let corrupt = |reason: String| Corrupt {
+            key: key.to_string(),
+            reason,
+        };
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not JSON ({e})")))?;
+        if !v.is_object() {
+            return Err(corrupt(format!("not a JSON object but {}", kind_of(&v))));
+        }
+        let name = v["metadata"]["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            return Err(corrupt("no metadata.name".into()));
+        }
+        if !key.ends_with(&format!("/{name}")) {
+            return Err(corrupt(format!("metadata.name {name:?} is not the key's")));
+        }
+        for (field, want) in [
+            ("kind", self.kind.to_string()),
+            ("apiVersion", self.api_version()),
+        ] {
+            match v.get(field) {
+                None => {}
+                Some(Value::String(got)) if *got == want => {}
+                Some(got) => return Err(corrupt(format!("{field} {got} is not {want:?}"))),
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// A stored object that is not one of its key's kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Corrupt {
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the object stored under {} is corrupt: {}",
+            self.key, self.reason
+        )
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 macro_rules! resource {
@@ -279,6 +341,11 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 
 pub fn namespaces() -> &'static Resource {
     &RESOURCES[0]
+}
+
+/// Core Services (what allocation repair reads).
+pub fn services() -> Option<&'static Resource> {
+    find("", "v1", "services")
 }
 
 /// Groups other than core, each with its one version, in table order.

@@ -1,6 +1,7 @@
 //! HTTPS serving: rustls in front of the axum router, and bearer-token
 //! authentication (health and version are public, as upstream's
-//! system:public-info-viewer makes them).
+//! system:public-info-viewer makes them; `health.rs` shows failure
+//! reasons only to a caller with a token).
 use std::{collections::HashSet, sync::Arc};
 
 use anyhow::Context as _;
@@ -22,12 +23,23 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     api::{self, ApiError, Shared},
-    openapi,
+    health, openapi,
     pki::Pki,
 };
 
 pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
     let tokens = Arc::new(tokens);
+    let health = Router::new()
+        .route("/livez", get(health::serve))
+        .route("/livez/{check}", get(health::serve))
+        .route("/readyz", get(health::serve))
+        .route("/readyz/{check}", get(health::serve))
+        .route("/healthz", get(health::serve))
+        .route("/healthz/{check}", get(health::serve))
+        .with_state(Arc::new(health::Health {
+            api: api.clone(),
+            tokens: tokens.clone(),
+        }));
     let authed = Router::new()
         .route("/api", any(api::dispatch))
         .route("/api/{*rest}", any(api::dispatch))
@@ -44,9 +56,7 @@ pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
         .with_state(api);
     Router::new()
         .route("/version", get(api::version))
-        .route("/healthz", get(api::healthz))
-        .route("/livez", get(api::healthz))
-        .route("/readyz", get(api::healthz))
+        .merge(health)
         .merge(authed)
         // Bodies up to the API's own limit reach it (it answers larger
         // ones with a Status); axum's default would cut at 2 MiB.
@@ -55,14 +65,17 @@ pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
         ))
 }
 
-async fn authenticate(tokens: &HashSet<String>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
+/// Whether the request carries one of `tokens` as its bearer token.
+pub fn authenticated(tokens: &HashSet<String>, headers: &axum::http::HeaderMap) -> bool {
+    headers
         .get("authorization")
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
-        .is_some_and(|t| tokens.contains(t.trim()));
-    if ok {
+        .is_some_and(|t| tokens.contains(t.trim()))
+}
+
+async fn authenticate(tokens: &HashSet<String>, req: Request, next: Next) -> Response {
+    if authenticated(tokens, req.headers()) {
         next.run(req).await
     } else {
         ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response()

@@ -27,7 +27,7 @@ use serde_json::Value;
 use sluice_store::{ListRequest, Store, StoreError, WatchEvent};
 use tokio::sync::{broadcast, watch};
 
-use crate::resources::{self, Resource};
+use crate::resources::{self, Corrupt, Resource};
 
 /// How much the cache remembers and tolerates.
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +116,10 @@ pub struct Event {
 #[derive(Default)]
 struct Inner {
     objects: BTreeMap<String, Arc<Cached>>,
+    /// Keys whose stored bytes are not an object of the resource, with
+    /// why: a list that covers one fails naming it. (`objects` keeps the
+    /// last good state, so watchers see a repair as MODIFIED.)
+    corrupt: BTreeMap<String, String>,
     history: VecDeque<Arc<Event>>,
     /// Every event after this revision is in `history`.
     covered_from: i64,
@@ -156,14 +160,16 @@ pub struct Listing {
     pub items: Vec<Arc<Cached>>,
     /// The key after the last item, when `limit` cut the list short.
     pub next: Option<String>,
+    /// A corrupt object in the listed range: the list must fail.
+    pub corrupt: Option<Corrupt>,
 }
 
-fn decode(r: &Resource, bytes: &[u8], rev: i64) -> Option<Arc<Cached>> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) => Some(Arc::new(Cached::new(&r.stamp(v, rev)))),
-        Err(e) => {
-            tracing::error!(kind = r.kind, "stored object is not JSON: {e}");
-            None
+fn decode(r: &Resource, key: &str, bytes: &[u8], rev: i64) -> Result<Arc<Cached>, Corrupt> {
+    match r.parse_stored(key, bytes) {
+        Ok(v) => Ok(Arc::new(Cached::new(&r.stamp(v, rev)))),
+        Err(c) => {
+            tracing::error!(key = %c.key, reason = %c.reason, "watch cache: corrupt stored object");
+            Err(c)
         }
     }
 }
@@ -226,14 +232,21 @@ impl WatchCache {
         let rev = page.revision;
         let mut fresh: Vec<BTreeMap<String, Arc<Cached>>> =
             vec![BTreeMap::new(); self.caches.len()];
+        let mut corrupt: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); self.caches.len()];
         for kv in page.kvs {
             if let Some(i) = self
                 .caches
                 .iter()
                 .position(|c| kv.key.starts_with(&c.resource.prefix(None)))
-                && let Some(v) = decode(self.caches[i].resource, &kv.value, kv.mod_revision)
             {
-                fresh[i].insert(kv.key, v);
+                match decode(self.caches[i].resource, &kv.key, &kv.value, kv.mod_revision) {
+                    Ok(v) => {
+                        fresh[i].insert(kv.key, v);
+                    }
+                    Err(c) => {
+                        corrupt[i].insert(c.key, c.reason);
+                    }
+                }
             }
         }
         // Every cache is swapped under all the locks (taken in table
@@ -244,7 +257,14 @@ impl WatchCache {
             .iter()
             .map(|c| c.inner.write().unwrap_or_else(|p| p.into_inner()))
             .collect();
-        for ((c, inner), objects) in self.caches.iter().zip(guards.iter_mut()).zip(fresh) {
+        for (((c, inner), objects), corrupt) in self
+            .caches
+            .iter()
+            .zip(guards.iter_mut())
+            .zip(fresh)
+            .zip(corrupt)
+        {
+            inner.corrupt = corrupt;
             let mut changes = Vec::new();
             for (k, old) in &inner.objects {
                 if !objects.contains_key(k) {
@@ -296,25 +316,32 @@ impl WatchCache {
         };
         let mut inner = c.inner.write().unwrap_or_else(|p| p.into_inner());
         let change = match ev {
-            WatchEvent::Put { kv, .. } => match decode(c.resource, &kv.value, rev) {
-                Some(obj) => Change::Put {
-                    prev: inner.objects.insert(key, obj.clone()),
-                    obj,
-                },
-                None => {
+            WatchEvent::Put { kv, .. } => match decode(c.resource, &key, &kv.value, rev) {
+                Ok(obj) => {
+                    inner.corrupt.remove(&key);
+                    Change::Put {
+                        prev: inner.objects.insert(key, obj.clone()),
+                        obj,
+                    }
+                }
+                Err(bad) => {
+                    inner.corrupt.insert(bad.key, bad.reason);
                     self.revision.send_replace(rev);
                     return;
                 }
             },
-            WatchEvent::Delete { .. } => match inner.objects.remove(&key) {
-                Some(old) => Change::Delete {
-                    obj: deleted(&old, rev),
-                },
-                None => {
-                    self.revision.send_replace(rev);
-                    return;
+            WatchEvent::Delete { .. } => {
+                inner.corrupt.remove(&key);
+                match inner.objects.remove(&key) {
+                    Some(old) => Change::Delete {
+                        obj: deleted(&old, rev),
+                    },
+                    None => {
+                        self.revision.send_replace(rev);
+                        return;
+                    }
                 }
-            },
+            }
             WatchEvent::Progress { .. } => return,
         };
         let event = Arc::new(Event { rev, change });
@@ -330,13 +357,22 @@ impl WatchCache {
 
     /// Waits until the cache has reached `rev`.
     async fn reach(&self, rev: i64) -> Result<(), CacheError> {
-        let mut rx = self.revision.subscribe();
-        match tokio::time::timeout(FRESHNESS_WAIT, rx.wait_for(|r| *r >= rev)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(CacheError::TooNew {
+        self.reaches(rev, FRESHNESS_WAIT)
+            .await
+            .map_err(|current| CacheError::TooNew {
                 requested: rev,
-                current: *self.revision.borrow(),
-            }),
+                current,
+            })
+    }
+
+    /// Waits up to `wait` for the cache to reach `rev`; on timeout, the
+    /// revision it is at (readiness: a cache that stopped following the
+    /// store falls behind it).
+    pub async fn reaches(&self, rev: i64, wait: Duration) -> Result<(), i64> {
+        let mut rx = self.revision.subscribe();
+        match tokio::time::timeout(wait, rx.wait_for(|r| *r >= rev)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(*self.revision.borrow()),
         }
     }
 
@@ -370,7 +406,7 @@ impl WatchCache {
         let from = start.unwrap_or(&prefix).to_string();
         // Only the Arcs are taken under the lock; selectors (which may
         // parse objects) run after it, so the feeder is never held up.
-        let (revision, candidates) = {
+        let (revision, candidates, corrupt) = {
             let inner = self
                 .cache_of(r)
                 .inner
@@ -381,13 +417,22 @@ impl WatchCache {
             if at.is_some_and(|at| at != revision) {
                 return None;
             }
+            let corrupt = inner
+                .corrupt
+                .range(from.clone()..)
+                .next()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, reason)| Corrupt {
+                    key: k.clone(),
+                    reason: reason.clone(),
+                });
             let candidates: Vec<(String, Arc<Cached>)> = inner
                 .objects
                 .range(from..)
                 .take_while(|(k, _)| k.starts_with(&prefix))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            (revision, candidates)
+            (revision, candidates, corrupt)
         };
         let mut items = Vec::new();
         let mut next = None;
@@ -405,6 +450,7 @@ impl WatchCache {
             revision,
             items,
             next,
+            corrupt,
         })
     }
 
@@ -607,6 +653,65 @@ mod tests {
             cache.watch(r, Some(now.revision + 1000)).await,
             Err(CacheError::TooNew { .. })
         ));
+    }
+
+    /// Writes `value` at `key` and lists namespace "ns" once the cache has
+    /// the write.
+    async fn update_and_list(
+        store: &Arc<dyn Store>,
+        cache: &WatchCache,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+    ) -> (i64, Listing) {
+        let rev = store.update(key, value, expected).await.expect("update");
+        cache
+            .reaches(rev, Duration::from_secs(10))
+            .await
+            .expect("cache follows");
+        let l = cache
+            .list(configmaps(), Some("ns"), None, 0, None, &|_: &Cached| true)
+            .expect("listing");
+        (rev, l)
+    }
+
+    /// A list covering an object stored as garbage fails naming its key
+    /// (at start-up and when it arrives by watch) until the key holds an
+    /// object again; lists of other namespaces are unaffected.
+    #[tokio::test]
+    async fn a_list_over_a_corrupt_object_names_it() {
+        let (_dir, store, _) = setup(Limits::default()).await;
+        let bad = format!("{KEY}bad");
+        store
+            .create(&bad, b"{not json".to_vec())
+            .await
+            .expect("garbage");
+        let all = |_: &Cached| true;
+        let r = configmaps();
+        // Found by the initial list...
+        let cache = WatchCache::start(store.clone(), Limits::default())
+            .await
+            .expect("cache");
+        let l = cache
+            .list(r, Some("ns"), None, 0, None, &all)
+            .expect("listing");
+        assert_eq!(l.corrupt.map(|c| c.key), Some(bad.clone()));
+        let other = cache
+            .list(r, Some("other"), None, 0, None, &all)
+            .expect("listing");
+        assert_eq!(other.corrupt, None);
+        // ...repaired by a good write...
+        let kv = store.get(&bad).await.expect("get").expect("present");
+        let (rev, l) = update_and_list(&store, &cache, &bad, cm("bad", "1"), kv.mod_revision).await;
+        assert_eq!(
+            (l.corrupt.clone(), names(&l)),
+            (None, vec!["a".to_string(), "bad".to_string()])
+        );
+        // ...and broken again by a watched write.
+        let (_, l) = update_and_list(&store, &cache, &bad, b"null".to_vec(), rev).await;
+        let c = l.corrupt.expect("the watched garbage is reported");
+        assert_eq!(c.key, bad);
+        assert!(c.reason.contains("null"), "{}", c.reason);
     }
 
     #[tokio::test]
