@@ -1,4 +1,6 @@
-//! A `sluice-server` for tests: its own data dir, a random loopback port,
+//! A `sluice-server` for tests: its own data dir, a loopback port the
+//! server picks itself (`--listen 127.0.0.1:0`, read back from the
+//! kubeconfig it writes, so parallel tests cannot race for one),
 //! optionally on an etcd cluster; stopped by PID on drop. `kubectl` runs
 //! against it with the admin kubeconfig the server writes.
 use std::{
@@ -7,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Daemon, NetNs, bin, command_in, free_port, topology::TempDir};
+use crate::{Daemon, NetNs, bin, command_in, topology::TempDir};
 
 /// Debian's kubectl 1.20 (an old client: OpenAPI v2 only, no server-side
 /// field validation), extracted under the target dir by `cargo xtask
@@ -58,21 +60,46 @@ impl ApiServer {
     /// node's, so an agent inside it can reach it); kubectl runs there too.
     pub fn start_in(netns: Option<&NetNs>, etcd: &[String]) -> Self {
         let data = TempDir::new();
-        let port = free_port();
         let netns = netns.map(NetNs::path);
-        let me = Self {
-            daemon: spawn(&data, port, netns.as_deref(), etcd),
+        let mut me = Self {
+            daemon: spawn(&data, 0, netns.as_deref(), etcd),
             data,
-            port,
+            port: 0,
             netns,
             etcd: etcd.to_vec(),
         };
+        me.port = me.bound_port();
         me.wait_ready();
         me
     }
 
+    /// The port the server bound, from the kubeconfig it writes once
+    /// listening (complete: it ends with the current context).
+    fn bound_port(&self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let port = std::fs::read_to_string(self.kubeconfig())
+                .ok()
+                .filter(|k| k.trim_end().ends_with("current-context: sluice"))
+                .and_then(|k| {
+                    k.lines()
+                        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+                        .and_then(|p| p.parse::<u16>().ok())
+                });
+            if let Some(port) = port.filter(|p| *p != 0) {
+                return port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice-server wrote no kubeconfig with its port; output:\n{}",
+                self.daemon.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the server (SIGTERM) and starts it again on the same data dir,
-    /// port and store.
+    /// port (the one it picked first) and store.
     pub fn restart(&mut self) {
         self.stop();
         self.start_again();
@@ -163,5 +190,41 @@ impl ApiServer {
 
     pub fn output(&self) -> String {
         self.daemon.output()
+    }
+
+    /// `GET path` over HTTPS (curl, checking the server's CA), with the
+    /// admin token or anonymously: the status code and the body.
+    pub fn get(&self, path: &str, authenticated: bool) -> (u16, String) {
+        let mut c = match &self.netns {
+            Some(ns) => command_in(ns, "curl"),
+            None => Command::new("curl"),
+        };
+        c.args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(self.data.0.join("pki/ca.crt"));
+        if authenticated {
+            let token =
+                std::fs::read_to_string(self.data.0.join("pki/admin.token")).expect("admin token");
+            c.args(["-H", &format!("Authorization: Bearer {}", token.trim())]);
+        }
+        let out = c
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let code = code.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "curl {path}: no status code in {text:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, body.to_string())
     }
 }

@@ -618,17 +618,48 @@ fn subresources(s: &ApiServer) {
     assert_eq!(scale["status"]["selector"], "app=api");
     let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
     assert_eq!(d["spec"]["replicas"], 4);
-    let out = s.kubectl(&[
-        "scale",
-        "deploy",
-        "api",
-        "--replicas=2",
-        "--current-replicas=3",
-    ]);
-    assert!(
-        !out.status.success(),
-        "a failed precondition must not scale"
+    // kubectl checks --current-replicas against the Scale the server
+    // reports, then writes with that Scale's resourceVersion.
+    refused(
+        s,
+        &[
+            "scale",
+            "deploy",
+            "api",
+            "--replicas=2",
+            "--current-replicas=3",
+        ],
+        "Expected replicas to be 3, was 4",
     );
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 4, "a failed precondition scaled");
+    // The server's own precondition: a Scale write with a stale
+    // resourceVersion is a 409 and changes nothing.
+    let stale = write(
+        &files,
+        "scale.json",
+        &format!(
+            r#"{{"apiVersion":"autoscaling/v1","kind":"Scale","metadata":{{"name":"api","namespace":"default","resourceVersion":"{}"}},"spec":{{"replicas":2}}}}"#,
+            scale["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse::<i64>().ok())
+                .expect("numeric resourceVersion")
+                - 1
+        ),
+    );
+    refused(
+        s,
+        &[
+            "replace",
+            "--raw",
+            "/apis/apps/v1/namespaces/default/deployments/api/scale",
+            "-f",
+            &stale,
+        ],
+        "the object has been modified",
+    );
+    let d = json(&s.kubectl_ok(&["get", "deploy", "api", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 4, "a stale Scale write scaled");
     s.kubectl_ok(&["delete", "-f", &f]);
 
     // Binding: once, and only once.
@@ -855,4 +886,220 @@ fn kubectl_round_trip_on_etcd() {
     subresources(&s);
     allocation(&s);
     old_client(&s);
+}
+
+/// Runs `cmd` to its end; panics (after ending it by its PID) if it is
+/// still running after `ceiling`, which only catches a hang.
+fn run_to_end(mut cmd: std::process::Command, ceiling: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + ceiling;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "still running after {ceiling:?}; stdout so far:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kubectl_cmd(s: &ApiServer, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("kubectl");
+    c.arg("--kubeconfig").arg(s.kubeconfig()).args(args);
+    c
+}
+
+fn configmap(s: &ApiServer, name: &str, value: &str) -> Value {
+    let files = TempDir::new();
+    let f = write(
+        &files,
+        "cm.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  v: \"{value}\"\n"
+        ),
+    );
+    s.kubectl_ok(&["apply", "-f", &f]);
+    json(&s.kubectl_ok(&["get", "cm", name, "-o", "json"]))
+}
+
+fn rv_of(obj: &Value) -> i64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric resourceVersion in {obj}"))
+}
+
+/// A watch with `timeoutSeconds=2` delivers events and then ends by itself
+/// (kubectl exits cleanly); without the timeout it would run for 30 min.
+#[test]
+fn a_watch_ends_after_its_timeout() {
+    let s = ApiServer::start(&[]);
+    configmap(&s, "timed", "1");
+    let out = run_to_end(
+        kubectl_cmd(
+            &s,
+            &[
+                "get",
+                "--raw",
+                "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=2",
+            ],
+        ),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the watch ended with an error: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = stdout.lines().map(json).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "ADDED" && e["object"]["metadata"]["name"] == "timed"),
+        "the watch was not serving before it ended: {stdout}"
+    );
+}
+
+/// A quiet watch with `allowWatchBookmarks=true` gets a BOOKMARK carrying
+/// a resourceVersion at or after the one it started from.
+#[test]
+fn a_watch_that_allows_bookmarks_gets_one() {
+    let s = ApiServer::start(&[]);
+    let rv = rv_of(&configmap(&s, "marked", "1"));
+    let mut watch = Daemon::from_command(
+        "kubectl-watch",
+        kubectl_cmd(
+            &s,
+            &[
+                "get",
+                "--raw",
+                &format!(
+                    "/api/v1/namespaces/default/configmaps?watch=true&allowWatchBookmarks=true&resourceVersion={rv}&timeoutSeconds=300"
+                ),
+            ],
+        ),
+    );
+    let line = watch.wait_for_line("a BOOKMARK", Duration::from_secs(60), |l| {
+        l.contains("\"BOOKMARK\"")
+    });
+    let ev = json(&line);
+    assert_eq!(ev["type"], "BOOKMARK");
+    assert_eq!(ev["object"]["kind"], "ConfigMap");
+    assert!(rv_of(&ev["object"]) >= rv, "{line} is before {rv}");
+}
+
+/// `resourceVersionMatch=Exact` lists the objects as they were at that
+/// revision: the old value, not a later one, and nothing created since.
+#[test]
+fn an_exact_list_shows_the_past() {
+    let s = ApiServer::start(&[]);
+    let rv = rv_of(&configmap(&s, "then", "old"));
+    configmap(&s, "then", "new");
+    configmap(&s, "later", "1");
+    let list = |q: &str| {
+        let l = json(&s.kubectl_ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/default/configmaps{q}"),
+        ]));
+        let items: Vec<(String, String)> = l["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| {
+                (
+                    i["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    i["data"]["v"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        (rv_of(&l), items)
+    };
+    let (now_rv, now) = list("");
+    assert_eq!(
+        now,
+        [("later".into(), "1".into()), ("then".into(), "new".into())]
+    );
+    let (at, then) = list(&format!("?resourceVersion={rv}&resourceVersionMatch=Exact"));
+    assert_eq!(then, [("then".to_string(), "old".to_string())]);
+    assert_eq!(at, rv, "the list is not at the revision asked for");
+    assert!(now_rv > rv);
+}
+
+/// Bytes in etcd that are not an object of their kind are a 500 naming
+/// the key on get, list, update, patch and delete, and nothing is written
+/// over them; other objects are served as before.
+#[test]
+fn a_corrupt_stored_object_is_an_error_naming_its_key() {
+    use sluice_store::Store as _;
+    let etcd = EtcdCluster::start(1);
+    let s = ApiServer::start(&etcd.endpoints());
+    configmap(&s, "victim", "1");
+    configmap(&s, "bystander", "1");
+    let key = "/registry/core/configmaps/default/victim";
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = rt
+        .block_on(sluice_store::etcd::Etcd::connect(
+            &etcd.endpoints(),
+            sluice_store::etcd::Options::default(),
+        ))
+        .expect("etcd client");
+    let read = || {
+        rt.block_on(store.get(key))
+            .expect("etcd get")
+            .expect("the key is there")
+    };
+    let garbage = b"\x00{\"metadata\": truncated".to_vec();
+    rt.block_on(store.update(key, garbage.clone(), read().mod_revision))
+        .expect("write garbage");
+    let written = read().mod_revision;
+
+    let files = TempDir::new();
+    let update = write(
+        &files,
+        "victim.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: victim\n  namespace: default\ndata:\n  v: \"2\"\n",
+    );
+    let corrupt = format!("the object stored under {key} is corrupt");
+    for args in [
+        &["get", "cm", "victim"][..],
+        &["get", "cm"],
+        &["replace", "-f", &update],
+        &[
+            "patch",
+            "cm",
+            "victim",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"v":"3"}}"#,
+        ],
+        &["delete", "cm", "victim"],
+    ] {
+        let out = s.kubectl(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("InternalError") && err.contains(&corrupt),
+            "kubectl {args:?}: {err}"
+        );
+        let kv = read();
+        assert_eq!(
+            (kv.mod_revision, &kv.value),
+            (written, &garbage),
+            "kubectl {args:?} wrote over the corrupt object"
+        );
+    }
+    // The same paths serve an intact object (the server is up and reading).
+    let b = json(&s.kubectl_ok(&["get", "cm", "bystander", "-o", "json"]));
+    assert_eq!(b["data"]["v"], "1");
 }
