@@ -29,16 +29,25 @@ fn code(e: kube::Error) -> u16 {
     }
 }
 
+/// A ceiling that only catches a hang.
+const HANG: Duration = Duration::from_secs(60);
+
+/// The names in the reflector's store, sorted.
+fn names_in(store: &reflector::Store<ConfigMap>) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .state()
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Waits until the reflector's store satisfies `pred`.
 async fn until(store: &reflector::Store<ConfigMap>, what: &str, pred: impl Fn(&[String]) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + HANG;
     loop {
-        let mut names: Vec<String> = store
-            .state()
-            .iter()
-            .filter_map(|c| c.metadata.name.clone())
-            .collect();
-        names.sort();
+        let names = names_in(store);
         if pred(&names) {
             return;
         }
@@ -265,7 +274,17 @@ async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
         while stream.next().await.is_some() {}
     });
     let label = |v: &str| Patch::Merge(json!({"metadata": {"labels": {"pick": v}}}));
-    until(&picked, "an empty selection", |n| n.is_empty()).await;
+    // Only once the watcher's initial list is in (InitDone) does an empty
+    // store mean an empty selection.
+    tokio::time::timeout(HANG, picked.wait_until_ready())
+        .await
+        .expect("the selector watcher's initial list")
+        .expect("the reflector runs");
+    assert_eq!(
+        names_in(&picked),
+        Vec::<String>::new(),
+        "pick=yes selects nothing yet: no object has the label"
+    );
     cms.patch("three", &PatchParams::default(), &label("yes"))
         .await
         .expect("label");
