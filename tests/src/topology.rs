@@ -608,6 +608,11 @@ pub fn assert_uniform_spread(tally: &std::collections::BTreeMap<String, u64>, wh
     );
 }
 
+/// The agent's log line for an applied change (its services are in the maps).
+pub fn programmed(l: &str) -> bool {
+    l.contains("services programmed")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sluice_tests::{
     api_server::ApiServer,
     require_root,
+    topology::programmed,
     topology::{LbTopology, TempDir, http_service},
 };
 
@@ -72,10 +73,6 @@ fn watch_failed(l: &str) -> bool {
 
 fn published(l: &str) -> bool {
     l.contains("API state read")
-}
-
-fn programmed(l: &str) -> bool {
-    l.contains("services programmed")
 }
 
 #[test]

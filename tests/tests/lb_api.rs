@@ -6,6 +6,7 @@ use std::time::Duration;
 use sluice_tests::{
     api_server::ApiServer,
     require_root,
+    topology::programmed,
     topology::{LbTopology, TempDir, http_service, serve_in, tally},
 };
 
@@ -13,10 +14,6 @@ const VIP: &str = "10.96.0.10";
 
 fn web(t: &LbTopology, backends: &[usize]) -> String {
     http_service(t, "web", VIP, backends)
-}
-
-fn programmed(l: &str) -> bool {
-    l.contains("services programmed")
 }
 
 #[test]

@@ -15,6 +15,7 @@ use sluice_tests::{
     held::Held,
     poll::wait_until,
     require_root,
+    topology::programmed,
     topology::{
         ClientPod, LbTopology, NODE_NAME, SPREAD_SAMPLES, SvcSpec, assert_uniform_spread, tally,
     },
@@ -37,10 +38,6 @@ fn web(t: &LbTopology, backends: &[usize], extra_spec: &str) -> String {
         with_slice: true,
     }
     .yaml()
-}
-
-fn programmed(l: &str) -> bool {
-    l.contains("services programmed")
 }
 
 /// A topology with `n` backend pods, the `web` service over `endpoints`,
