@@ -1,0 +1,16 @@
+//! The controller manager: one level-triggered reconciler per concern
+//! (kube-rs runtime: watcher -> reflector -> reconcile), all API clients
+//! (kube-rs), so they run unchanged against any Kubernetes API server.
+//! Controllers never import one another; what they share is in
+//! [`manager`].
+pub mod manager;
+
+pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
+pub mod garbagecollector;
+pub mod nodeipam;
+pub mod replicaset;
+pub mod serviceaccount;
+
+pub use manager::{Config, Context, Error, run};
