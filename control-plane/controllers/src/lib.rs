@@ -10,7 +10,9 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod garbagecollector;
 pub mod nodeipam;
+pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod workload;
 
 pub use manager::{Config, Context, Error, run};
