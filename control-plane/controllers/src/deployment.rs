@@ -217,6 +217,12 @@ async fn sync_deployment(d: &Deployment, c: &Ctx) -> Result<Action, ReconcileErr
     } else {
         Vec::new()
     };
+    // The versions the plan is made on: a write on them fails (409) if
+    // the ReplicaSet changed since.
+    let versions = owned
+        .iter()
+        .map(|rs| (rs.name_any(), rs.resource_version()))
+        .collect();
     let plan = sync::plan(Input {
         deployment: d,
         replica_sets: owned,
@@ -224,7 +230,7 @@ async fn sync_deployment(d: &Deployment, c: &Ctx) -> Result<Action, ReconcileErr
         // What the API stores: condition times compare as written.
         now: Utc::now().trunc_subsecs(0),
     });
-    execute(d, c, &ns, plan).await
+    execute(d, c, &ns, plan, versions).await
 }
 
 /// Upstream's `getReplicaSetsForDeployment`: the ReplicaSets this
@@ -307,6 +313,7 @@ async fn execute(
     c: &Ctx,
     ns: &str,
     plan: sync::Plan,
+    mut versions: HashMap<String, Option<String>>,
 ) -> Result<Action, ReconcileError> {
     let regarding = d.object_ref(&());
     for w in &plan.warnings {
@@ -316,13 +323,6 @@ async fn execute(
     let rs_api = Api::<ReplicaSet>::namespaced(c.client.clone(), ns);
     let d_api = Api::<Deployment>::namespaced(c.client.clone(), ns);
     let pp = PatchParams::default();
-    let mut versions: HashMap<String, Option<String>> = c
-        .replica_sets
-        .state()
-        .iter()
-        .filter(|rs| rs.namespace().as_deref() == Some(ns))
-        .map(|rs| (rs.name_any(), rs.resource_version()))
-        .collect();
     let scaled = |event: &Option<String>| {
         if let Some(msg) = event {
             c.events
