@@ -98,6 +98,16 @@ struct ControllerArgs {
     /// The prefix length of each Node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// A Node whose kubelet was silent (no Lease renewal, no status) this
+    /// long is unreachable: tainted, and its pods evicted after their
+    /// tolerationSeconds.
+    #[arg(long, default_value = "40s", value_parser = humantime_duration)]
+    node_monitor_grace_period: std::time::Duration,
+}
+
+/// Durations as upstream's flags take them: `40s`, `2m`, `500ms`.
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 impl ControllerArgs {
@@ -105,6 +115,7 @@ impl ControllerArgs {
         let config = sluice_controllers::Config {
             cluster_cidr: self.cluster_cidr.clone(),
             node_cidr_mask_size: self.node_cidr_mask_size,
+            node_monitor_grace_period: self.node_monitor_grace_period,
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
@@ -145,10 +156,10 @@ fn main() -> std::process::ExitCode {
     // Flag values clap cannot check: exit 2 naming the flag, before
     // anything starts.
     let checked = match &cli.component {
-        None => allocator(&cli.server).and_then(|a| Ok((Some(a), cli.server.controllers.config()?))),
-        Some(Component::Controllers { controllers, .. }) => {
-            controllers.config().map(|c| (None, c))
+        None => {
+            allocator(&cli.server).and_then(|a| Ok((Some(a), cli.server.controllers.config()?)))
         }
+        Some(Component::Controllers { controllers, .. }) => controllers.config().map(|c| (None, c)),
         Some(Component::Scheduler { .. }) => Ok((None, sluice_controllers::Config::default())),
     };
     let (alloc, controllers) = match checked {
@@ -306,9 +317,7 @@ async fn run(
     // that looks whole and schedules nothing.
     let mut first_error = None;
     while let Some(done) = running.join_next().await {
-        let res = done
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r);
+        let res = done.map_err(anyhow::Error::from).and_then(|r| r);
         if let Err(e) = res {
             shutdown.cancel();
             first_error.get_or_insert(e);

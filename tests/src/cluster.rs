@@ -106,6 +106,7 @@ impl NodeSpec {
 pub struct FakeNodes {
     client: kube::Client,
     renewers: Mutex<HashMap<String, JoinHandle<()>>>,
+    renew_every: Duration,
 }
 
 impl FakeNodes {
@@ -113,7 +114,15 @@ impl FakeNodes {
         Self {
             client,
             renewers: Mutex::new(HashMap::new()),
+            renew_every: Duration::from_secs(10),
         }
+    }
+
+    /// Renewing more often than a kubelet, for a server started with a
+    /// short `--node-monitor-grace-period`.
+    pub fn renewing_every(mut self, period: Duration) -> Self {
+        self.renew_every = period;
+        self
     }
 
     /// Registers the Node (object, status, Lease) and starts renewing.
@@ -123,14 +132,6 @@ impl FakeNodes {
             .create(&PostParams::default(), &spec.node())
             .await
             .unwrap_or_else(|e| panic!("creating node {}: {e}", spec.name));
-        nodes
-            .patch_status(
-                &spec.name,
-                &PatchParams::default(),
-                &Patch::Merge(spec.status()),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("node {} status: {e}", spec.name));
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         let lease = Lease {
             metadata: ObjectMeta {
@@ -148,10 +149,26 @@ impl FakeNodes {
             .create(&PostParams::default(), &lease)
             .await
             .unwrap_or_else(|e| panic!("lease of {}: {e}", spec.name));
+        self.resume(spec).await;
+    }
+
+    /// Posts the Node's status (Ready, fresh heartbeat) and (re)starts
+    /// renewing its Lease: the kubelet is back.
+    pub async fn resume(&self, spec: &NodeSpec) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .patch_status(
+                &spec.name,
+                &PatchParams::default(),
+                &Patch::Merge(spec.status()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("node {} status: {e}", spec.name));
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         let name = spec.name.clone();
+        let every = self.renew_every;
         let renew = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
                 let patch = json!({"spec": {"renewTime": MicroTime(Utc::now())}});
                 if let Err(e) = leases
                     .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
@@ -159,12 +176,17 @@ impl FakeNodes {
                 {
                     eprintln!("[fake-node {name}] lease renewal: {e}");
                 }
+                tokio::time::sleep(every).await;
             }
         });
-        self.renewers
+        if let Some(old) = self
+            .renewers
             .lock()
             .expect("renewers")
-            .insert(spec.name.clone(), renew);
+            .insert(spec.name.clone(), renew)
+        {
+            old.abort();
+        }
     }
 
     /// The node "fails": its Lease is no longer renewed.
@@ -190,7 +212,10 @@ pub struct Readiness(Arc<Mutex<HashSet<String>>>);
 impl Readiness {
     /// Pods named here (namespace/name) run but are not Ready.
     pub fn hold(&self, ns: &str, name: &str) {
-        self.0.lock().expect("readiness").insert(format!("{ns}/{name}"));
+        self.0
+            .lock()
+            .expect("readiness")
+            .insert(format!("{ns}/{name}"));
     }
 
     fn held(&self, ns: &str, name: &str) -> bool {
@@ -240,7 +265,9 @@ impl FakeKubelet {
                 }
                 let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                 if pod.metadata.deletion_timestamp.is_some() {
-                    let _ = api.delete(&name, &DeleteParams::default().grace_period(0)).await;
+                    let _ = api
+                        .delete(&name, &DeleteParams::default().grace_period(0))
+                        .await;
                     continue;
                 }
                 let phase = pod.status.as_ref().and_then(|s| s.phase.clone());

@@ -18,7 +18,9 @@ async fn holder(leases: &Api<Lease>, name: &str, not: Option<&str>) -> Lease {
     loop {
         if let Some(l) = leases.get_opt(name).await.ok().flatten() {
             let h = l.spec.as_ref().and_then(|s| s.holder_identity.clone());
-            if h.as_deref().is_some_and(|h| !h.is_empty() && Some(h) != not) {
+            if h.as_deref()
+                .is_some_and(|h| !h.is_empty() && Some(h) != not)
+            {
                 return l;
             }
         }
@@ -56,8 +58,11 @@ async fn a_killed_leader_s_components_move_to_the_other_server_within_the_lease_
     // The last renewals before the kill, read after it (no renewal can
     // follow a SIGKILL).
     a.kill();
+    let mut before_kill = Vec::new();
     for name in ["kube-scheduler", "kube-controller-manager"] {
-        let before = leases.get(name).await.expect("lease");
+        before_kill.push((name, leases.get(name).await.expect("lease")));
+    }
+    for (name, before) in before_kill {
         let last_renew = before
             .spec
             .as_ref()
@@ -77,7 +82,9 @@ async fn a_killed_leader_s_components_move_to_the_other_server_within_the_lease_
         );
         let spec = after.spec.as_ref().expect("spec");
         let acquired = spec.acquire_time.clone().expect("acquireTime").0;
-        let took = (acquired - last_renew).to_std().expect("acquired after the last renewal");
+        let took = (acquired - last_renew)
+            .to_std()
+            .expect("acquired after the last renewal");
         // Takeover waits one lease duration of seeing no renewal; the
         // observation runs every retry period (2 s), once before and once
         // after the expiry.

@@ -5,7 +5,7 @@
 //! needed.
 use std::{process::Command, time::Duration};
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::{Api, api::PostParams};
 use serde_json::json;
 use sluice_tests::{
@@ -42,6 +42,15 @@ async fn bound_node(pods: &Api<Pod>, name: &str) -> String {
     }
 }
 
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("Namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+}
+
 /// Waits until namespace `ns` has its `default` ServiceAccount.
 async fn default_service_account(client: &kube::Client, ns: &str) {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
@@ -71,8 +80,9 @@ async fn the_in_process_scheduler_binds_a_pod() {
 #[tokio::test]
 async fn the_in_process_controllers_give_a_new_namespace_its_default_service_account() {
     let s = ApiServer::start(&[]);
-    s.kubectl_ok(&["create", "namespace", "fresh"]);
-    default_service_account(&s.client().await, "fresh").await;
+    let client = s.client().await;
+    create_namespace(&client, "fresh").await;
+    default_service_account(&client, "fresh").await;
 }
 
 /// With the scheduler disabled the server binds nothing itself; a
@@ -98,13 +108,14 @@ async fn a_standalone_scheduler_binds_for_a_server_that_runs_none() {
 #[tokio::test]
 async fn a_standalone_controller_manager_serves_a_server_that_runs_none() {
     let s = ApiServer::start_with(&["--disable", "controllers"]);
-    s.kubectl_ok(&["create", "namespace", "fresh"]);
+    let client = s.client().await;
+    create_namespace(&client, "fresh").await;
     let mut c = Command::new(bin("sluice-server"));
     c.arg("controllers")
         .arg("--kubeconfig")
         .arg(s.data.0.join("controller-manager.kubeconfig"));
     let _controllers = Daemon::from_command("controllers", c);
-    default_service_account(&s.client().await, "fresh").await;
+    default_service_account(&client, "fresh").await;
 }
 
 /// Bad component flags: exit 2, one line naming the flag and the value,
@@ -117,7 +128,10 @@ fn bad_component_flags_exit_2_naming_the_value() {
     let kubeconfig = dir.0.join("admin.kubeconfig");
     let kubeconfig = kubeconfig.to_str().expect("utf-8 temp dir");
     for (args, needle) in [
-        ([&server[..], &["--disable", "schedular"]].concat(), "schedular"),
+        (
+            [&server[..], &["--disable", "schedular"]].concat(),
+            "schedular",
+        ),
         (
             [&server[..], &["--cluster-cidr", "10.244.1.0/16"]].concat(),
             "--cluster-cidr \"10.244.1.0/16\"",
@@ -127,7 +141,13 @@ fn bad_component_flags_exit_2_naming_the_value() {
             "--node-cidr-mask-size \"8\"",
         ),
         (
-            vec!["controllers", "--kubeconfig", kubeconfig, "--cluster-cidr", "nope"],
+            vec![
+                "controllers",
+                "--kubeconfig",
+                kubeconfig,
+                "--cluster-cidr",
+                "nope",
+            ],
             "--cluster-cidr \"nope\"",
         ),
     ] {

@@ -11,6 +11,9 @@ pub struct Config {
     /// block of it per Node.
     pub cluster_cidr: String,
     pub node_cidr_mask_size: u8,
+    /// `--node-monitor-grace-period`: a Node unheard of for this long is
+    /// unreachable.
+    pub node_monitor_grace_period: std::time::Duration,
 }
 
 impl Default for Config {
@@ -18,6 +21,7 @@ impl Default for Config {
         Self {
             cluster_cidr: "10.244.0.0/16".into(),
             node_cidr_mask_size: 24,
+            node_monitor_grace_period: std::time::Duration::from_secs(40),
         }
     }
 }
@@ -32,13 +36,20 @@ impl Config {
             reason: reason.to_string(),
         };
         let cidr = || self.cluster_cidr.clone();
-        let (addr, len) = self
-            .cluster_cidr
-            .split_once('/')
-            .ok_or_else(|| bad("cluster-cidr", cidr(), "not an IPv4 CIDR like 10.244.0.0/16"))?;
-        let addr: std::net::Ipv4Addr = addr
-            .parse()
-            .map_err(|_| bad("cluster-cidr", cidr(), "not an IPv4 CIDR like 10.244.0.0/16"))?;
+        let (addr, len) = self.cluster_cidr.split_once('/').ok_or_else(|| {
+            bad(
+                "cluster-cidr",
+                cidr(),
+                "not an IPv4 CIDR like 10.244.0.0/16",
+            )
+        })?;
+        let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| {
+            bad(
+                "cluster-cidr",
+                cidr(),
+                "not an IPv4 CIDR like 10.244.0.0/16",
+            )
+        })?;
         let len: u8 = len
             .parse()
             .ok()
@@ -99,6 +110,7 @@ pub async fn run(
         crate::nodeipam::run(ctx.clone()),
         crate::serviceaccount::run(ctx.clone()),
         crate::garbagecollector::run(ctx.clone()),
+        crate::nodelifecycle::run(ctx.clone()),
     );
     shutdown.cancel();
     res.map(|_| ())
@@ -112,6 +124,7 @@ mod tests {
         Config {
             cluster_cidr: cidr.into(),
             node_cidr_mask_size: mask,
+            ..Config::default()
         }
     }
 
@@ -122,7 +135,13 @@ mod tests {
 
     #[test]
     fn a_bad_cluster_cidr_is_named_with_its_flag() {
-        for bad in ["10.244.0.0", "10.244.0.0/33", "10.244.1.0/16", "fe80::/64", "x/8"] {
+        for bad in [
+            "10.244.0.0",
+            "10.244.0.0/33",
+            "10.244.1.0/16",
+            "fe80::/64",
+            "x/8",
+        ] {
             let e = config(bad, 24).validate().expect_err(bad).to_string();
             assert!(e.starts_with(&format!("--cluster-cidr {bad:?}")), "{e}");
         }
@@ -131,8 +150,14 @@ mod tests {
     #[test]
     fn a_node_mask_outside_the_cluster_cidr_is_refused() {
         for mask in [8, 31] {
-            let e = config("10.244.0.0/16", mask).validate().expect_err("mask").to_string();
-            assert!(e.starts_with(&format!("--node-cidr-mask-size \"{mask}\"")), "{e}");
+            let e = config("10.244.0.0/16", mask)
+                .validate()
+                .expect_err("mask")
+                .to_string();
+            assert!(
+                e.starts_with(&format!("--node-cidr-mask-size \"{mask}\"")),
+                "{e}"
+            );
         }
     }
 }

@@ -319,7 +319,13 @@ mod tests {
         let spec = held_by("other");
         assert_eq!(decide(Some(&spec), seen, seen + D, "me", D), Step::Wait);
         assert_eq!(
-            decide(Some(&spec), seen, seen + D + Duration::from_millis(1), "me", D),
+            decide(
+                Some(&spec),
+                seen,
+                seen + D + Duration::from_millis(1),
+                "me",
+                D
+            ),
             Step::Take
         );
     }
