@@ -11,7 +11,9 @@ pub mod endpointslice;
 pub mod garbagecollector;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod workload;
 
 pub use manager::{Config, Context, Error, run};
