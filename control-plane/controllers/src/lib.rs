@@ -13,4 +13,10 @@ pub mod nodeipam;
 pub mod replicaset;
 pub mod serviceaccount;
 
+mod api_error;
+mod events;
+mod informer;
+mod pod_endpoint;
+mod workqueue;
+
 pub use manager::{Config, Context, Error, run};
