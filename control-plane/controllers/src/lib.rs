@@ -16,4 +16,10 @@ pub mod replicaset;
 pub mod serviceaccount;
 pub mod workload;
 
+mod api_error;
+mod events;
+mod informer;
+mod pod_endpoint;
+mod workqueue;
+
 pub use manager::{Config, Context, Error, run};
