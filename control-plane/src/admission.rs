@@ -38,7 +38,10 @@ pub fn default(r: &Resource, obj: &mut Value) {
         "Namespace" => {
             obj["spec"]["finalizers"] = json!(["kubernetes"]);
         }
-        "Pod" => default_pod_spec(&mut obj["spec"]),
+        "Pod" => {
+            default_pod_spec(&mut obj["spec"]);
+            default_toleration_seconds(&mut obj["spec"]);
+        }
         "Service" => default_service(&mut obj["spec"]),
         "Secret" => {
             // stringData is write-only: merged into data, never stored.
@@ -135,6 +138,121 @@ fn default_pod_spec(spec: &mut Value) {
             }
         }
     }
+}
+
+/// How long a pod stays bound to a node that went not-ready or
+/// unreachable before the node lifecycle controller evicts it (upstream's
+/// DefaultTolerationSeconds admission plugin, `--default-not-ready-
+/// toleration-seconds` and `--default-unreachable-toleration-seconds`).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// Upstream's DefaultTolerationSeconds: every pod tolerates the not-ready
+/// and unreachable NoExecute taints for [`DEFAULT_TOLERATION_SECONDS`]
+/// unless it already says how it tolerates them (a toleration with that
+/// key or no key, and effect NoExecute or none).
+fn default_toleration_seconds(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    let tolerates = |spec: &Value, key: &str| {
+        spec["tolerations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                t["key"].as_str().is_none_or(|k| k.is_empty() || k == key)
+                    && t["effect"]
+                        .as_str()
+                        .is_none_or(|e| e.is_empty() || e == "NoExecute")
+            })
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        if tolerates(spec, key) {
+            continue;
+        }
+        let t = json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                       "tolerationSeconds": DEFAULT_TOLERATION_SECONDS});
+        match spec["tolerations"].as_array_mut() {
+            Some(ts) => ts.push(t),
+            None => spec["tolerations"] = json!([t]),
+        }
+    }
+}
+
+/// Upstream's graceful deletion (the kind's CheckGracefulDelete): the
+/// grace period a delete grants, for kinds deleted in two steps. Pods:
+/// the one asked for, else their terminationGracePeriodSeconds, but 0
+/// when never scheduled or already finished (nothing runs to stop).
+pub fn deletion_grace(r: &Resource) -> Option<crate::api::delete::Grace> {
+    (r.group.is_empty() && r.kind == "Pod").then_some(pod_deletion_grace as _)
+}
+
+fn pod_deletion_grace(pod: &Value, asked: Option<i64>) -> i64 {
+    let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Failed" | "Succeeded")
+    );
+    if unscheduled || finished {
+        return 0;
+    }
+    asked
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(0)
+}
+
+/// Metadata rules every kind shares on update (upstream's
+/// ValidateObjectMetaUpdate): an object being deleted takes no new
+/// finalizers (only the server's own delete sets the garbage collector's).
+pub fn validate_meta_update(new: &Value, old: &Value) -> Causes {
+    let mut c = Causes::new();
+    if old["metadata"]["deletionTimestamp"].is_null() {
+        return c;
+    }
+    let names = |o: &Value| -> Vec<String> {
+        o["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect()
+    };
+    let before = names(old);
+    let added: Vec<String> = names(new)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    if !added.is_empty() {
+        c.push((
+            "metadata.finalizers".into(),
+            format!(
+                "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+            ),
+        ));
+    }
+    c
+}
+
+/// Metadata rules every kind shares (upstream's ValidateObjectMeta): the
+/// garbage collector cannot both orphan and delete the dependents.
+pub fn validate_meta(obj: &Value) -> Causes {
+    let fins = &obj["metadata"]["finalizers"];
+    let has = |f: &str| fins.as_array().into_iter().flatten().any(|x| x == f);
+    let mut c = Causes::new();
+    if has(crate::api::delete::ORPHAN) && has(crate::api::delete::FOREGROUND) {
+        c.push((
+            "metadata.finalizers".into(),
+            format!(
+                "Invalid value: {fins}: finalizer {} and {} cannot be both set",
+                crate::api::delete::ORPHAN,
+                crate::api::delete::FOREGROUND
+            ),
+        ));
+    }
+    c
 }
 
 fn default_service(spec: &mut Value) {
@@ -276,7 +394,10 @@ pub fn name_problem(r: &Resource, name: &str) -> Option<String> {
 
 /// Validates a (defaulted) object; `old` is the stored object on update.
 pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Causes {
-    let mut c = Causes::new();
+    let mut c = validate_meta(obj);
+    if let Some(old) = old {
+        c.extend(validate_meta_update(obj, old));
+    }
     match r.kind {
         "Pod" => pod_spec(&obj["spec"], "spec", &mut c),
         "Service" => service(&obj["spec"], old.map(|o| &o["spec"]), &mut c),
@@ -667,6 +788,76 @@ mod tests {
         drop_type_dependent(r, &mut ext, &old);
         assert!(ext["spec"]["clusterIP"].is_null(), "{ext}");
         assert!(validate(r, &ext, Some(&old)).is_empty(), "{ext}");
+    }
+
+    #[test]
+    fn pods_tolerate_not_ready_and_unreachable_for_300_s() {
+        let r = kind("pods");
+        let mut p = json!({"spec": {"containers": [{"name": "a", "image": "x"}]}});
+        default(r, &mut p);
+        let ts = p["spec"]["tolerations"].as_array().expect("tolerations");
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let t = ts.iter().find(|t| t["key"] == key).expect(key);
+            assert_eq!(t["effect"], "NoExecute");
+            assert_eq!(t["operator"], "Exists");
+            assert_eq!(t["tolerationSeconds"], 300);
+        }
+        // Defaulting again adds nothing.
+        default(r, &mut p);
+        assert_eq!(p["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+        // A pod's own toleration of a key (or of every NoExecute taint) stands.
+        let mut p = json!({"spec": {"tolerations": [
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}
+        ]}});
+        default(r, &mut p);
+        let ts = p["spec"]["tolerations"].as_array().expect("tolerations");
+        assert_eq!(ts.len(), 2, "{ts:?}");
+        assert_eq!(ts[0]["tolerationSeconds"], 5);
+        let mut p = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default(r, &mut p);
+        assert_eq!(p["spec"]["tolerations"].as_array().map(Vec::len), Some(1));
+        // Templates are not pods: they get none.
+        let mut d = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        default(kind("deployments"), &mut d);
+        assert!(d["spec"]["template"]["spec"]["tolerations"].is_null());
+    }
+
+    #[test]
+    fn only_scheduled_running_pods_delete_gracefully() {
+        let grace = deletion_grace(kind("pods")).expect("pods are graceful");
+        let bound = json!({"spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 30}});
+        assert_eq!(grace(&bound, None), 30);
+        assert_eq!(grace(&bound, Some(3)), 3);
+        assert_eq!(
+            grace(
+                &json!({"spec": {"terminationGracePeriodSeconds": 30}}),
+                None
+            ),
+            0
+        );
+        let done = json!({"spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 30},
+                          "status": {"phase": "Succeeded"}});
+        assert_eq!(grace(&done, None), 0);
+        assert!(deletion_grace(kind("configmaps")).is_none());
+    }
+
+    #[test]
+    fn an_object_being_deleted_takes_no_new_finalizers() {
+        let r = kind("configmaps");
+        let old = json!({"metadata": {"name": "a", "deletionTimestamp": "2030-01-01T00:00:00Z",
+                                      "finalizers": ["a.io/x"]}});
+        let new = json!({"metadata": {"name": "a", "finalizers": ["a.io/x", "b.io/y"]}});
+        let c = validate(r, &new, Some(&old));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].1.contains("b.io/y"), "{c:?}");
+        let fewer = json!({"metadata": {"name": "a", "finalizers": []}});
+        assert!(validate(r, &fewer, Some(&old)).is_empty());
+        let both =
+            json!({"metadata": {"name": "a", "finalizers": ["orphan", "foregroundDeletion"]}});
+        assert_eq!(validate(r, &both, None)[0].0, "metadata.finalizers");
     }
 
     #[test]

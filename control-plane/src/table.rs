@@ -107,7 +107,94 @@ fn containers(o: &Value, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The time a timestamp field says, as its age; "" when unset.
+fn since(v: &Value) -> String {
+    if v.as_str().is_some_and(|t| !t.is_empty()) {
+        s(&age(v))
+    } else {
+        String::new()
+    }
+}
+
+/// Upstream's printEvent: the last and first time seen (from the series
+/// or the deprecated counters, falling back to eventTime), and the count
+/// (1 for a singleton in the new API).
+fn event_last_seen(o: &Value) -> Value {
+    let first = event_first_seen(o);
+    if !o["series"].is_null() {
+        return Value::from(since(&o["series"]["lastObservedTime"]));
+    }
+    let last = since(&o["lastTimestamp"]);
+    Value::from(if last.is_empty() { s(&first) } else { last })
+}
+
+fn event_first_seen(o: &Value) -> Value {
+    let first = since(&o["firstTimestamp"]);
+    Value::from(if first.is_empty() {
+        since(&o["eventTime"])
+    } else {
+        first
+    })
+}
+
+fn event_columns() -> Vec<Column> {
+    let col = |name, priority, cell| Column {
+        name,
+        priority,
+        cell,
+    };
+    vec![
+        col("Last Seen", 0, event_last_seen),
+        col("Type", 0, |o| Value::from(s(&o["type"]))),
+        col("Reason", 0, |o| Value::from(s(&o["reason"]))),
+        col("Object", 0, |o| {
+            let (kind, name) = (
+                s(&o["involvedObject"]["kind"]).to_lowercase(),
+                s(&o["involvedObject"]["name"]),
+            );
+            Value::from(if name.is_empty() {
+                kind
+            } else {
+                format!("{kind}/{name}")
+            })
+        }),
+        col("Subobject", 1, |o| {
+            Value::from(s(&o["involvedObject"]["fieldPath"]))
+        }),
+        col("Source", 1, |o| {
+            // formatEventSource: component, host, or the new API's
+            // reporting controller and instance.
+            let (component, host) = (s(&o["source"]["component"]), s(&o["source"]["host"]));
+            let (component, host) = if component.is_empty() {
+                (s(&o["reportingComponent"]), s(&o["reportingInstance"]))
+            } else {
+                (component, host)
+            };
+            Value::from(if host.is_empty() {
+                component
+            } else {
+                format!("{component}, {host}")
+            })
+        }),
+        col("Message", 0, |o| {
+            Value::from(s(&o["message"]).trim().to_string())
+        }),
+        col("First Seen", 1, event_first_seen),
+        col("Count", 1, |o| {
+            let n = match o["series"]["count"].as_i64() {
+                Some(n) => n,
+                None => o["count"].as_i64().filter(|n| *n != 0).unwrap_or(1),
+            };
+            Value::from(n)
+        }),
+        col("Name", 1, name),
+    ]
+}
+
 fn columns(kind: &str) -> Vec<Column> {
+    if kind == "Event" {
+        return event_columns();
+    }
     let mut cols = vec![Column {
         name: "Name",
         priority: 0,
@@ -360,12 +447,15 @@ fn columns(kind: &str) -> Vec<Column> {
 /// (`includeObject=Metadata`, the default), the whole object
 /// (`includeObject=Object`) or nothing (`None`).
 pub fn table(r: &Resource, objects: &[Value], revision: i64, include: Option<&str>) -> Value {
-    let cols = columns(r.kind);
+    // A view prints like the resource it shows (upstream prints both
+    // Event APIs with one printer, on the stored form).
+    let cols = columns(r.view.map_or(r.kind, |v| v.kind));
     let defs: Vec<Value> = cols
         .iter()
         .map(|c| {
             json!({
-                "name": c.name, "type": "string",
+                "name": c.name,
+                "type": if c.name == "Count" { "integer" } else { "string" },
                 "format": if c.name == "Name" { "name" } else { "" },
                 "description": "", "priority": c.priority,
             })
@@ -374,7 +464,9 @@ pub fn table(r: &Resource, objects: &[Value], revision: i64, include: Option<&st
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(o)).collect();
+            let stored = r.view.map(|v| (v.to_stored)(o.clone()));
+            let printed = stored.as_ref().unwrap_or(o);
+            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(printed)).collect();
             let object = match include {
                 Some("None") => Value::Null,
                 Some("Object") => o.clone(),
@@ -444,6 +536,56 @@ mod tests {
             cells[6]
         );
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn events_print_like_upstream() {
+        let r = find("", "v1", "events").expect("events");
+        let ev = json!({"metadata": {"name": "web.1"},
+            "involvedObject": {"kind": "Pod", "name": "web"},
+            "type": "Normal", "reason": "Tested", "message": " it works ",
+            "reportingComponent": "sluice.dev/test", "reportingInstance": "t-1",
+            "eventTime": "2020-01-01T00:00:00.000000Z",
+            "series": {"count": 2, "lastObservedTime": "2020-01-01T00:00:05.000000Z"}});
+        let t = table(r, std::slice::from_ref(&ev), 1, None);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Last Seen",
+                "Type",
+                "Reason",
+                "Object",
+                "Subobject",
+                "Source",
+                "Message",
+                "First Seen",
+                "Count",
+                "Name"
+            ]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[3], "pod/web");
+        assert_eq!(cells[5], "sluice.dev/test, t-1");
+        assert_eq!(cells[6], "it works");
+        assert_eq!(cells[8], 2, "the series count");
+        assert!(
+            cells[0].as_str().is_some_and(|a| a.ends_with('y')),
+            "{cells}"
+        );
+        // A singleton counts 1; the events.k8s.io view prints the same.
+        let mut single = ev;
+        single["series"] = Value::Null;
+        let view = find("events.k8s.io", "v1", "events").expect("the view");
+        let shown = crate::resources::events::from_core(single);
+        let t = table(view, &[shown], 1, None);
+        assert_eq!(t["rows"][0]["cells"][8], 1);
+        assert_eq!(t["rows"][0]["cells"][3], "pod/web");
     }
 
     #[test]
