@@ -330,6 +330,26 @@ pub static RESOURCES: &[Resource] = &[
         api::autoscaling::v2::HorizontalPodAutoscaler,
         Status
     ),
+    resource!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        true,
+        [],
+        api::batch::v1::Job,
+        Status
+    ),
+    resource!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        true,
+        ["cj"],
+        api::batch::v1::CronJob,
+        Status
+    ),
 ];
 
 /// The resource served at `group`/`version` under `plural`.
