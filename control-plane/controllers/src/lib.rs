@@ -13,4 +13,8 @@ pub mod nodeipam;
 pub mod replicaset;
 pub mod serviceaccount;
 
+pub mod cronjob;
+pub mod job;
+pub mod ttlafterfinished;
+
 pub use manager::{Config, Context, Error, run};

@@ -62,6 +62,9 @@ pub async fn run(
         crate::nodeipam::run(ctx.clone()),
         crate::serviceaccount::run(ctx.clone()),
         crate::garbagecollector::run(ctx.clone()),
+        crate::job::run(ctx.clone()),
+        crate::cronjob::run(ctx.clone()),
+        crate::ttlafterfinished::run(ctx.clone()),
     );
     shutdown.cancel();
     res.map(|_| ())
