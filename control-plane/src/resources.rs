@@ -431,6 +431,28 @@ pub static RESOURCES: &[Resource] = &[
             api::events::v1::Event
         )
     },
+    resource!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        true,
+        [],
+        ["all"],
+        api::batch::v1::Job,
+        Status
+    ),
+    resource!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        true,
+        ["cj"],
+        ["all"],
+        api::batch::v1::CronJob,
+        Status
+    ),
 ];
 
 /// The resource served at `group`/`version` under `plural`.

@@ -191,6 +191,31 @@ fn event_columns() -> Vec<Column> {
     ]
 }
 
+/// A Job's STATUS column, upstream's order: finished first, then being
+/// deleted, suspended, failing.
+fn job_status(o: &Value) -> &'static str {
+    let has = |t: &str| {
+        o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if !o["metadata"]["deletionTimestamp"].is_null() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else {
+        "Running"
+    }
+}
+
 fn columns(kind: &str) -> Vec<Column> {
     if kind == "Event" {
         return event_columns();
@@ -432,6 +457,115 @@ fn columns(kind: &str) -> Vec<Column> {
                 },
             },
         ],
+        "Job" => vec![
+            Column {
+                name: "Status",
+                priority: 0,
+                cell: |o| Value::from(job_status(o)),
+            },
+            Column {
+                name: "Completions",
+                priority: 0,
+                cell: |o| {
+                    let done = count(&o["status"]["succeeded"]);
+                    let parallelism = count(&o["spec"]["parallelism"]);
+                    Value::from(match o["spec"]["completions"].as_i64() {
+                        Some(n) => format!("{done}/{n}"),
+                        None if parallelism > 1 => format!("{done}/1 of {parallelism}"),
+                        None => format!("{done}/1"),
+                    })
+                },
+            },
+            Column {
+                name: "Duration",
+                priority: 0,
+                cell: |o| {
+                    let at = |f: &str| {
+                        o["status"][f]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                    };
+                    Value::from(match at("startTime") {
+                        None => String::new(),
+                        Some(start) => {
+                            let end = at("completionTime").unwrap_or_else(chrono::Utc::now);
+                            human((end - start).num_seconds())
+                        }
+                    })
+                },
+            },
+            Column {
+                name: "Containers",
+                priority: 1,
+                cell: |o| Value::from(containers(o, "name")),
+            },
+            Column {
+                name: "Images",
+                priority: 1,
+                cell: |o| Value::from(containers(o, "image")),
+            },
+            Column {
+                name: "Selector",
+                priority: 1,
+                cell: |o| or_none(labels(&o["spec"]["selector"]["matchLabels"])),
+            },
+        ],
+        "CronJob" => vec![
+            Column {
+                name: "Schedule",
+                priority: 0,
+                cell: |o| Value::from(s(&o["spec"]["schedule"])),
+            },
+            Column {
+                name: "Timezone",
+                priority: 0,
+                cell: |o| or_none(s(&o["spec"]["timeZone"])),
+            },
+            Column {
+                name: "Suspend",
+                priority: 0,
+                cell: |o| {
+                    Value::from(match o["spec"]["suspend"].as_bool() {
+                        None => "<unset>",
+                        Some(true) => "True",
+                        Some(false) => "False",
+                    })
+                },
+            },
+            Column {
+                name: "Active",
+                priority: 0,
+                cell: |o| Value::from(o["status"]["active"].as_array().map_or(0, Vec::len)),
+            },
+            Column {
+                name: "Last Schedule",
+                priority: 0,
+                cell: |o| match &o["status"]["lastScheduleTime"] {
+                    Value::Null => Value::from("<none>"),
+                    t => age(t),
+                },
+            },
+            Column {
+                name: "Containers",
+                priority: 1,
+                cell: |o| Value::from(containers(&o["spec"]["jobTemplate"], "name")),
+            },
+            Column {
+                name: "Images",
+                priority: 1,
+                cell: |o| Value::from(containers(&o["spec"]["jobTemplate"], "image")),
+            },
+            Column {
+                name: "Selector",
+                priority: 1,
+                cell: |o| {
+                    or_none(labels(
+                        &o["spec"]["jobTemplate"]["spec"]["selector"]["matchLabels"],
+                    ))
+                },
+            },
+        ],
         _ => Vec::new(),
     };
     cols.extend(extra);
@@ -602,5 +736,67 @@ mod tests {
         ] {
             assert_eq!(human(secs), want, "{secs}");
         }
+    }
+
+    fn column_names(t: &Value) -> Vec<&str> {
+        t["columnDefinitions"]
+            .as_array()
+            .expect("defs")
+            .iter()
+            .filter(|c| c["priority"] == 0)
+            .filter_map(|c| c["name"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn jobs_print_like_upstream() {
+        let r = find("batch", "v1", "jobs").expect("jobs");
+        let job = json!({"metadata": {"name": "pi", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"completions": 3, "parallelism": 2},
+            "status": {"succeeded": 3, "startTime": "2020-01-01T00:00:00Z",
+                "completionTime": "2020-01-01T00:02:10Z",
+                "conditions": [{"type": "Complete", "status": "True"}]}});
+        let t = table(r, &[job], 7, None);
+        assert_eq!(
+            column_names(&t),
+            ["Name", "Status", "Completions", "Duration", "Age"]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "Complete");
+        assert_eq!(cells[2], "3/3");
+        assert_eq!(cells[3], "2m10s");
+        let running = json!({"metadata": {"name": "w"}, "spec": {"parallelism": 4}, "status": {}});
+        let t = table(r, &[running], 7, None);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "Running");
+        assert_eq!(cells[2], "0/1 of 4");
+        assert_eq!(cells[3], "");
+    }
+
+    #[test]
+    fn cron_jobs_print_like_upstream() {
+        let r = find("batch", "v1", "cronjobs").expect("cronjobs");
+        let cj = json!({"metadata": {"name": "tick"},
+            "spec": {"schedule": "*/5 * * * *", "suspend": false},
+            "status": {"active": [{"name": "tick-1"}]}});
+        let t = table(r, &[cj], 7, None);
+        assert_eq!(
+            column_names(&t),
+            [
+                "Name",
+                "Schedule",
+                "Timezone",
+                "Suspend",
+                "Active",
+                "Last Schedule",
+                "Age"
+            ]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "*/5 * * * *");
+        assert_eq!(cells[2], "<none>");
+        assert_eq!(cells[3], "False");
+        assert_eq!(cells[4], 1);
+        assert_eq!(cells[5], "<none>");
     }
 }

@@ -22,4 +22,8 @@ mod informer;
 mod pod_endpoint;
 mod workqueue;
 
+pub mod cronjob;
+pub mod job;
+pub mod ttlafterfinished;
+
 pub use manager::{Config, Context, Error, run};

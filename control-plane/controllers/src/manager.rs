@@ -111,6 +111,9 @@ pub async fn run(
         crate::serviceaccount::run(ctx.clone()),
         crate::garbagecollector::run(ctx.clone()),
         crate::nodelifecycle::run(ctx.clone()),
+        crate::job::run(ctx.clone()),
+        crate::cronjob::run(ctx.clone()),
+        crate::ttlafterfinished::run(ctx.clone()),
     );
     shutdown.cancel();
     res.map(|_| ())
