@@ -537,7 +537,9 @@ mod tests {
                 "replicasets",
                 "statefulsets",
                 "daemonsets",
-                "horizontalpodautoscalers"
+                "horizontalpodautoscalers",
+                "jobs",
+                "cronjobs"
             ]
         );
     }
