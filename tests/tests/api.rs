@@ -693,7 +693,8 @@ fn subresources(s: &ApiServer) {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already assigned"));
     let p = json(&s.kubectl_ok(&["get", "pod", "solo", "-o", "json"]));
     assert_eq!(p["spec"]["nodeName"], "n1");
-    s.kubectl_ok(&["delete", "pod", "solo"]);
+    // Bound: deleted gracefully unless forced (no kubelet here).
+    s.kubectl_ok(&["delete", "pod", "solo", "--grace-period=0", "--force"]);
 }
 
 /// ClusterIPs from the service CIDR and NodePorts from their range,

@@ -9,6 +9,22 @@
 //! [`framework`] (one scheduling cycle), [`plugins`] (one file per filter
 //! and score), [`preemption`] (victim choice), [`status`] (the message).
 //! The I/O edge is [`scheduler`], [`bind`] and the writes in [`status`].
+//!
+//! Where it differs from kube-scheduler 1.3x, and why:
+//! - Preemption ignores PodDisruptionBudgets (policy/v1 is not watched
+//!   yet) and runs in the scheduling loop, its deletions spawned.
+//! - Default topology spreading counts the pods sharing the incoming pod's
+//!   first owner reference (as upstream's `PodsWithOwnerRef` fast path),
+//!   not the union of the selectors of Services/ReplicaSets/StatefulSets.
+//! - Pod affinity terms honour `namespaces` and an empty
+//!   `namespaceSelector` (every namespace); a non-empty namespaceSelector
+//!   adds no namespace, since Namespace labels are not watched.
+//! - Queueing hints are coarse: each filter names the cluster events that
+//!   may help it, and a rejected pod is retried on those only (plus the
+//!   60 s flush).
+//! - Nominated pods are added to a node when filtering it, but not to the
+//!   cluster-wide spread/affinity counts.
+//! - No volume, image-locality, DRA or extender plugins; one profile.
 pub mod bind;
 pub mod cache;
 pub mod framework;

@@ -22,9 +22,12 @@ pub struct Candidate {
 
 #[derive(Debug)]
 pub enum Outcome {
-    /// No preemption; the message for the pod's condition (upstream's
-    /// PostFilter message, "preemption: ...").
-    NotPossible(String),
+    /// The pod may not preempt (now); its nomination stays. The message is
+    /// upstream's PostFilter message ("preemption: ...").
+    NotEligible(String),
+    /// No node would fit it even after evictions; any nomination is
+    /// stale and goes.
+    NoCandidate(String),
     Preempt(Candidate),
 }
 
@@ -177,7 +180,7 @@ pub fn preempt(
     offset: usize,
 ) -> Outcome {
     if let Err(msg) = eligible(pod, snapshot, fit) {
-        return Outcome::NotPossible(format!("preemption: {msg}"));
+        return Outcome::NotEligible(format!("preemption: {msg}"));
     }
     // Nodes where removing pods may help: rejected as Unschedulable, not
     // UnschedulableAndUnresolvable.
@@ -228,7 +231,7 @@ pub fn preempt(
         statuses,
         post_filter_msg: None,
     };
-    Outcome::NotPossible(format!("preemption: {}", fit_error_message(&inner)))
+    Outcome::NoCandidate(format!("preemption: {}", fit_error_message(&inner)))
 }
 
 #[cfg(test)]
@@ -267,7 +270,7 @@ mod tests {
                 c.node.clone(),
                 c.victims.iter().map(|v| v.name.clone()).collect(),
             ),
-            Outcome::NotPossible(m) => panic!("no preemption: {m}"),
+            Outcome::NotEligible(m) | Outcome::NoCandidate(m) => panic!("no preemption: {m}"),
         }
     }
 
@@ -303,7 +306,7 @@ mod tests {
             vec![running("peer", "n1", "2", 100, 0)],
         );
         match attempt(&high("1"), &snap) {
-            Outcome::NotPossible(m) => assert_eq!(
+            Outcome::NoCandidate(m) => assert_eq!(
                 m,
                 "preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
             ),
@@ -386,7 +389,7 @@ mod tests {
             vec![running("low", "small", "1", 1, 0)],
         );
         match attempt(&high("2"), &snap) {
-            Outcome::NotPossible(m) => assert_eq!(
+            Outcome::NoCandidate(m) => assert_eq!(
                 m,
                 "preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
             ),
@@ -403,7 +406,7 @@ mod tests {
             .container(container("1", ""))
             .info();
         match attempt(&pod, &snap) {
-            Outcome::NotPossible(m) => {
+            Outcome::NotEligible(m) => {
                 assert_eq!(m, "preemption: not eligible due to preemptionPolicy=Never.")
             }
             o => panic!("{o:?}"),
@@ -432,7 +435,7 @@ mod tests {
             .container(container("1", ""))
             .info();
         match attempt(&pod, &snap) {
-            Outcome::NotPossible(m) => {
+            Outcome::NotEligible(m) => {
                 assert_eq!(
                     m,
                     "preemption: not eligible due to a terminating pod on the nominated node."

@@ -288,14 +288,13 @@ impl Scheduler {
                     let offset = rng.usize(..fit.num_all_nodes.max(1));
                     match preemption::preempt(&self.profile, &pod, &snapshot, &fit, offset) {
                         Outcome::Preempt(c) => (Nomination::Set(c.node.clone()), Some(c)),
-                        Outcome::NotPossible(msg) => {
+                        Outcome::NotEligible(msg) => {
                             fit.post_filter_msg = Some(msg);
-                            let clear = if pod.nominated_node().is_some() {
-                                Nomination::Clear
-                            } else {
-                                Nomination::Keep
-                            };
-                            (clear, None)
+                            (Nomination::Keep, None)
+                        }
+                        Outcome::NoCandidate(msg) => {
+                            fit.post_filter_msg = Some(msg);
+                            (Nomination::Clear, None)
                         }
                     }
                 };
