@@ -24,6 +24,9 @@ pub fn prepare_create(r: &Resource, obj: &mut Value) {
         "Service" => json!({"loadBalancer": {}}),
         _ => json!({}),
     };
+    if r.kind == "Job" {
+        generate_job_selector(obj);
+    }
 }
 
 fn set_default(obj: &mut Value, field: &str, v: Value) {
@@ -38,7 +41,10 @@ pub fn default(r: &Resource, obj: &mut Value) {
         "Namespace" => {
             obj["spec"]["finalizers"] = json!(["kubernetes"]);
         }
-        "Pod" => default_pod_spec(&mut obj["spec"]),
+        "Pod" => {
+            default_pod_spec(&mut obj["spec"]);
+            default_toleration_seconds(&mut obj["spec"]);
+        }
         "Service" => default_service(&mut obj["spec"]),
         "Secret" => {
             // stringData is write-only: merged into data, never stored.
@@ -100,6 +106,8 @@ pub fn default(r: &Resource, obj: &mut Value) {
             );
             default_pod_spec(&mut spec["template"]["spec"]);
         }
+        "Job" => default_job(obj),
+        "CronJob" => default_cron_job(obj),
         _ => {}
     }
 }
@@ -135,6 +143,121 @@ fn default_pod_spec(spec: &mut Value) {
             }
         }
     }
+}
+
+/// How long a pod stays bound to a node that went not-ready or
+/// unreachable before the node lifecycle controller evicts it (upstream's
+/// DefaultTolerationSeconds admission plugin, `--default-not-ready-
+/// toleration-seconds` and `--default-unreachable-toleration-seconds`).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// Upstream's DefaultTolerationSeconds: every pod tolerates the not-ready
+/// and unreachable NoExecute taints for [`DEFAULT_TOLERATION_SECONDS`]
+/// unless it already says how it tolerates them (a toleration with that
+/// key or no key, and effect NoExecute or none).
+fn default_toleration_seconds(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    let tolerates = |spec: &Value, key: &str| {
+        spec["tolerations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                t["key"].as_str().is_none_or(|k| k.is_empty() || k == key)
+                    && t["effect"]
+                        .as_str()
+                        .is_none_or(|e| e.is_empty() || e == "NoExecute")
+            })
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        if tolerates(spec, key) {
+            continue;
+        }
+        let t = json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                       "tolerationSeconds": DEFAULT_TOLERATION_SECONDS});
+        match spec["tolerations"].as_array_mut() {
+            Some(ts) => ts.push(t),
+            None => spec["tolerations"] = json!([t]),
+        }
+    }
+}
+
+/// Upstream's graceful deletion (the kind's CheckGracefulDelete): the
+/// grace period a delete grants, for kinds deleted in two steps. Pods:
+/// the one asked for, else their terminationGracePeriodSeconds, but 0
+/// when never scheduled or already finished (nothing runs to stop).
+pub fn deletion_grace(r: &Resource) -> Option<crate::api::delete::Grace> {
+    (r.group.is_empty() && r.kind == "Pod").then_some(pod_deletion_grace as _)
+}
+
+fn pod_deletion_grace(pod: &Value, asked: Option<i64>) -> i64 {
+    let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Failed" | "Succeeded")
+    );
+    if unscheduled || finished {
+        return 0;
+    }
+    asked
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(0)
+}
+
+/// Metadata rules every kind shares on update (upstream's
+/// ValidateObjectMetaUpdate): an object being deleted takes no new
+/// finalizers (only the server's own delete sets the garbage collector's).
+pub fn validate_meta_update(new: &Value, old: &Value) -> Causes {
+    let mut c = Causes::new();
+    if old["metadata"]["deletionTimestamp"].is_null() {
+        return c;
+    }
+    let names = |o: &Value| -> Vec<String> {
+        o["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect()
+    };
+    let before = names(old);
+    let added: Vec<String> = names(new)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    if !added.is_empty() {
+        c.push((
+            "metadata.finalizers".into(),
+            format!(
+                "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+            ),
+        ));
+    }
+    c
+}
+
+/// Metadata rules every kind shares (upstream's ValidateObjectMeta): the
+/// garbage collector cannot both orphan and delete the dependents.
+pub fn validate_meta(obj: &Value) -> Causes {
+    let fins = &obj["metadata"]["finalizers"];
+    let has = |f: &str| fins.as_array().into_iter().flatten().any(|x| x == f);
+    let mut c = Causes::new();
+    if has(crate::api::delete::ORPHAN) && has(crate::api::delete::FOREGROUND) {
+        c.push((
+            "metadata.finalizers".into(),
+            format!(
+                "Invalid value: {fins}: finalizer {} and {} cannot be both set",
+                crate::api::delete::ORPHAN,
+                crate::api::delete::FOREGROUND
+            ),
+        ));
+    }
+    c
 }
 
 fn default_service(spec: &mut Value) {
@@ -276,7 +399,10 @@ pub fn name_problem(r: &Resource, name: &str) -> Option<String> {
 
 /// Validates a (defaulted) object; `old` is the stored object on update.
 pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Causes {
-    let mut c = Causes::new();
+    let mut c = validate_meta(obj);
+    if let Some(old) = old {
+        c.extend(validate_meta_update(obj, old));
+    }
     match r.kind {
         "Pod" => pod_spec(&obj["spec"], "spec", &mut c),
         "Service" => service(&obj["spec"], old.map(|o| &o["spec"]), &mut c),
@@ -284,6 +410,8 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Causes {
             workload(obj, old, &mut c);
         }
         "EndpointSlice" => endpoint_slice(obj, &mut c),
+        "Job" => job(obj, old, &mut c),
+        "CronJob" => cron_job(obj, old, &mut c),
         _ => {}
     }
     c
@@ -564,6 +692,424 @@ fn endpoint_slice(obj: &Value, c: &mut Causes) {
     }
 }
 
+// batch/v1, as upstream's pkg/registry/batch and pkg/apis/batch (v1
+// defaults, validation) treat Jobs and CronJobs.
+
+/// The labels a Job's generated selector rests on: its name and its uid,
+/// each under the legacy and the prefixed key (upstream sets both).
+const JOB_NAME_LABELS: [&str; 2] = ["job-name", "batch.kubernetes.io/job-name"];
+const JOB_UID_LABELS: [&str; 2] = ["controller-uid", "batch.kubernetes.io/controller-uid"];
+
+/// The largest completions or parallelism of an Indexed Job (upstream's
+/// bound keeps `status.completedIndexes` small).
+const MAX_INDEXED: i64 = 100_000;
+
+/// Upstream's generateSelector, on create: unless the user manages the
+/// selector (`manualSelector: true`), the Job's pods carry its name and
+/// uid and are selected by the uid alone, so no two Jobs ever claim each
+/// other's pods.
+fn generate_job_selector(obj: &mut Value) {
+    // Upstream defaults (labels from the template as the user wrote it)
+    // before it generates.
+    default_job_labels(obj);
+    let (name, uid) = (
+        obj["metadata"]["name"].clone(),
+        obj["metadata"]["uid"].clone(),
+    );
+    let spec = &mut obj["spec"];
+    if !spec.is_object() || spec["manualSelector"] == true {
+        return;
+    }
+    let labels = &mut spec["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for k in JOB_NAME_LABELS {
+        set_default(labels, k, name.clone());
+    }
+    for k in JOB_UID_LABELS {
+        set_default(labels, k, uid.clone());
+    }
+    let matched = &mut spec["selector"]["matchLabels"];
+    if !matched.is_object() {
+        *matched = json!({});
+    }
+    set_default(matched, JOB_UID_LABELS[1], uid);
+}
+
+/// A Job without labels of its own takes its pod template's.
+fn default_job_labels(obj: &mut Value) {
+    let template = &obj["spec"]["template"]["metadata"]["labels"];
+    if map_is_empty(&obj["metadata"]["labels"]) && !map_is_empty(template) {
+        obj["metadata"]["labels"] = template.clone();
+    }
+}
+
+fn map_is_empty(v: &Value) -> bool {
+    v.as_object().is_none_or(|m| m.is_empty())
+}
+
+/// Upstream's SetDefaults_Job: a Job with neither completions nor
+/// parallelism runs one pod to one completion; completions alone unset
+/// means "until any pod succeeds".
+fn default_job(obj: &mut Value) {
+    default_job_labels(obj);
+    let spec = &mut obj["spec"];
+    if !spec.is_object() {
+        return;
+    }
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        spec["completions"] = json!(1);
+    }
+    set_default(spec, "parallelism", json!(1));
+    let backoff = if spec["backoffLimitPerIndex"].is_null() {
+        6
+    } else {
+        i64::from(i32::MAX)
+    };
+    set_default(spec, "backoffLimit", json!(backoff));
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    let replacement = if spec["podFailurePolicy"].is_null() {
+        "TerminatingOrFailed"
+    } else {
+        "Failed"
+    };
+    set_default(spec, "podReplacementPolicy", json!(replacement));
+    default_pod_spec(&mut spec["template"]["spec"]);
+}
+
+/// Upstream's SetDefaults_CronJob. The job template's own fields stay
+/// unset: each Job is defaulted when it is created.
+fn default_cron_job(obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    if !spec.is_object() {
+        return;
+    }
+    set_default(spec, "concurrencyPolicy", json!("Allow"));
+    set_default(spec, "suspend", json!(false));
+    set_default(spec, "successfulJobsHistoryLimit", json!(3));
+    set_default(spec, "failedJobsHistoryLimit", json!(1));
+    default_pod_spec(&mut spec["jobTemplate"]["spec"]["template"]["spec"]);
+}
+
+fn nonnegative(c: &mut Causes, spec: &Value, at: &str, field: &str) {
+    if let Some(n) = spec[field].as_i64()
+        && n < 0
+    {
+        c.push((
+            format!("{at}.{field}"),
+            format!("Invalid value: {n}: must be greater than or equal to 0"),
+        ));
+    }
+}
+
+fn supported(c: &mut Causes, field: String, v: &Value, allowed: &[&str]) {
+    if let Some(s) = v.as_str()
+        && !allowed.contains(&s)
+    {
+        let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+        c.push((
+            field,
+            format!(
+                "Unsupported value: {s:?}: supported values: {}",
+                list.join(", ")
+            ),
+        ));
+    }
+}
+
+/// What a Job and a CronJob's job template share (upstream's
+/// validateJobSpec), the pod spec aside.
+fn job_spec(spec: &Value, at: &str, c: &mut Causes) {
+    for f in [
+        "parallelism",
+        "completions",
+        "activeDeadlineSeconds",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+    ] {
+        nonnegative(c, spec, at, f);
+    }
+    supported(
+        c,
+        format!("{at}.completionMode"),
+        &spec["completionMode"],
+        &["NonIndexed", "Indexed"],
+    );
+    if spec["completionMode"] == "Indexed" {
+        if spec["completions"].is_null() {
+            c.push((
+                format!("{at}.completions"),
+                "Required value: when completion mode is Indexed".into(),
+            ));
+        }
+        for f in ["completions", "parallelism"] {
+            if let Some(n) = spec[f].as_i64()
+                && n > MAX_INDEXED
+            {
+                c.push((
+                    format!("{at}.{f}"),
+                    format!(
+                        "Invalid value: {n}: must be less than or equal to {MAX_INDEXED} when completion mode is Indexed"
+                    ),
+                ));
+            }
+        }
+    }
+    supported(
+        c,
+        format!("{at}.podReplacementPolicy"),
+        &spec["podReplacementPolicy"],
+        &["TerminatingOrFailed", "Failed"],
+    );
+    let restart = &spec["template"]["spec"]["restartPolicy"];
+    if !matches!(restart.as_str(), Some("OnFailure" | "Never")) {
+        c.push((
+            format!("{at}.template.spec.restartPolicy"),
+            format!(
+                "Unsupported value: {:?}: supported values: \"OnFailure\", \"Never\"",
+                restart.as_str().unwrap_or_default()
+            ),
+        ));
+    }
+}
+
+/// `labels[key]` of a pod template must be `want` (upstream's
+/// ValidateHasLabel).
+fn has_label(c: &mut Causes, labels: &Value, key: &str, want: &Value) {
+    let field = format!("spec.template.metadata.labels[{key}]");
+    let want_s = want.as_str().unwrap_or_default();
+    match &labels[key] {
+        Value::Null => c.push((field, format!("Required value: must be '{want_s}'"))),
+        got if got != want => c.push((field, format!("Invalid value: {got}: must be '{want_s}'"))),
+        _ => {}
+    }
+}
+
+fn job(obj: &Value, old: Option<&Value>, c: &mut Causes) {
+    let spec = &obj["spec"];
+    job_spec(spec, "spec", c);
+    // Selector present, matching the template, immutable; the pod spec.
+    workload(obj, old, c);
+    if spec["manualSelector"] != true {
+        let (name, uid) = (&obj["metadata"]["name"], &obj["metadata"]["uid"]);
+        let labels = &spec["template"]["metadata"]["labels"];
+        for k in JOB_NAME_LABELS {
+            has_label(c, labels, k, name);
+        }
+        for k in JOB_UID_LABELS {
+            has_label(c, labels, k, uid);
+        }
+        let expected: serde_json::Map<String, Value> = JOB_NAME_LABELS
+            .iter()
+            .map(|k| (k.to_string(), name.clone()))
+            .chain(JOB_UID_LABELS.iter().map(|k| (k.to_string(), uid.clone())))
+            .collect();
+        let sel = crate::selector::Selector::labels(&crate::selector::to_string(&spec["selector"]));
+        if let Ok(sel) = sel
+            && !sel.matches(&json!({"metadata": {"labels": expected}}))
+        {
+            c.push((
+                "spec.selector".into(),
+                format!(
+                    "Invalid value: {}: `selector` not auto-generated",
+                    spec["selector"]
+                ),
+            ));
+        }
+    }
+    let Some(old) = old else { return };
+    let was = &old["spec"];
+    let immutable = |c: &mut Causes, f: &str| {
+        if spec[f] != was[f] {
+            c.push((
+                format!("spec.{f}"),
+                format!("Invalid value: {}: field is immutable", spec[f]),
+            ));
+        }
+    };
+    immutable(c, "completionMode");
+    // Indexed Jobs may scale while completions and parallelism stay equal
+    // (upstream's elastic Indexed Jobs).
+    let elastic = spec["completionMode"] == "Indexed"
+        && spec["completions"] == spec["parallelism"]
+        && was["completions"] == was["parallelism"];
+    if !elastic {
+        immutable(c, "completions");
+    }
+    // A suspended Job that never started may still have its scheduling
+    // directives changed (upstream's mutable scheduling directives).
+    let fresh = was["suspend"] == true && old["status"]["startTime"].is_null();
+    let strip = |t: &Value| {
+        let mut t = t.clone();
+        if fresh {
+            for (part, f) in [
+                ("metadata", "labels"),
+                ("metadata", "annotations"),
+                ("spec", "nodeSelector"),
+                ("spec", "tolerations"),
+                ("spec", "affinity"),
+                ("spec", "schedulingGates"),
+            ] {
+                if let Some(m) = t[part].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+        t
+    };
+    if strip(&spec["template"]) != strip(&was["template"]) {
+        c.push((
+            "spec.template".into(),
+            "Invalid value: field is immutable".into(),
+        ));
+    }
+}
+
+/// A CronJob's Job is named `<name>-<minutes since the epoch>`: 11
+/// characters more must still make a DNS-1035 label.
+const MAX_CRON_JOB_NAME: usize = 52;
+
+fn cron_job(obj: &Value, old: Option<&Value>, c: &mut Causes) {
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    if old.is_none() && name.len() > MAX_CRON_JOB_NAME {
+        c.push((
+            "metadata.name".into(),
+            format!("Invalid value: {name:?}: must be no more than {MAX_CRON_JOB_NAME} characters"),
+        ));
+    }
+    let spec = &obj["spec"];
+    let tz = &spec["timeZone"];
+    match spec["schedule"].as_str().unwrap_or_default() {
+        "" => required(c, "spec.schedule"),
+        s => {
+            let problem = if s.contains("TZ") {
+                Some(
+                    if tz.is_null() {
+                        "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+                    } else {
+                        "cannot use both timeZone field and TZ or CRON_TZ in schedule"
+                    }
+                    .to_string(),
+                )
+            } else {
+                schedule_problem(s)
+            };
+            if let Some(p) = problem {
+                c.push(("spec.schedule".into(), format!("Invalid value: {s:?}: {p}")));
+            }
+        }
+    }
+    if let Some(z) = tz.as_str() {
+        let problem = if z.is_empty() {
+            Some("timeZone must be nil or non-empty string".to_string())
+        } else if z.eq_ignore_ascii_case("local") {
+            Some("timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones".to_string())
+        } else if z.parse::<chrono_tz::Tz>().is_err() {
+            Some(format!("unknown time zone {z}"))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            c.push(("spec.timeZone".into(), format!("Invalid value: {z:?}: {p}")));
+        }
+    }
+    for f in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        nonnegative(c, spec, "spec", f);
+    }
+    supported(
+        c,
+        "spec.concurrencyPolicy".into(),
+        &spec["concurrencyPolicy"],
+        &["Allow", "Forbid", "Replace"],
+    );
+    let template = &spec["jobTemplate"]["spec"];
+    job_spec(template, "spec.jobTemplate.spec", c);
+    pod_spec(
+        &template["template"]["spec"],
+        "spec.jobTemplate.spec.template.spec",
+        c,
+    );
+    if !template["selector"].is_null() {
+        c.push((
+            "spec.jobTemplate.spec.selector".into(),
+            format!(
+                "Invalid value: {}: `selector` will be auto-generated",
+                template["selector"]
+            ),
+        ));
+    }
+    if template["manualSelector"] == true {
+        c.push((
+            "spec.jobTemplate.spec.manualSelector".into(),
+            "Unsupported value: true: supported values: \"nil\", \"false\"".into(),
+        ));
+    }
+}
+
+/// Why `schedule` is not one the CronJob controller can run, in
+/// upstream's grammar (robfig/cron's ParseStandard: five fields of
+/// numbers, `*`, `?`, ranges, steps, lists, month and weekday names, or
+/// a `@hourly`-style descriptor). croner computes the times (the
+/// controller uses it the same way); it also knows `L`, `W`, `#` and
+/// seconds, which upstream refuses, so the grammar is checked here first.
+fn schedule_problem(schedule: &str) -> Option<String> {
+    const DESCRIPTORS: [&str; 7] = [
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@midnight",
+        "@hourly",
+    ];
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+    let s = schedule.trim();
+    if s.starts_with('@') {
+        if !DESCRIPTORS.contains(&s.to_ascii_lowercase().as_str()) {
+            return Some(format!("unrecognized descriptor: {s}"));
+        }
+    } else {
+        let fields: Vec<&str> = s.split_whitespace().collect();
+        if fields.len() != 5 {
+            return Some(format!(
+                "expected exactly 5 fields, found {}: {s}",
+                fields.len()
+            ));
+        }
+        for (i, field) in fields.iter().enumerate() {
+            for atom in field.split([',', '-', '/']) {
+                let lower = atom.to_ascii_lowercase();
+                let ok = matches!(atom, "*" | "?")
+                    || (!atom.is_empty() && atom.chars().all(|ch| ch.is_ascii_digit()))
+                    || (i == 3 && MONTHS.contains(&lower.as_str()))
+                    || (i == 4 && DAYS.contains(&lower.as_str()));
+                if !ok {
+                    return Some(format!(
+                        "failed to parse {field:?}: {atom:?} is not allowed"
+                    ));
+                }
+            }
+        }
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .sloppy_ranges(true)
+        .build()
+        .parse(s)
+        .err()
+        .map(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +1216,76 @@ mod tests {
     }
 
     #[test]
+    fn pods_tolerate_not_ready_and_unreachable_for_300_s() {
+        let r = kind("pods");
+        let mut p = json!({"spec": {"containers": [{"name": "a", "image": "x"}]}});
+        default(r, &mut p);
+        let ts = p["spec"]["tolerations"].as_array().expect("tolerations");
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let t = ts.iter().find(|t| t["key"] == key).expect(key);
+            assert_eq!(t["effect"], "NoExecute");
+            assert_eq!(t["operator"], "Exists");
+            assert_eq!(t["tolerationSeconds"], 300);
+        }
+        // Defaulting again adds nothing.
+        default(r, &mut p);
+        assert_eq!(p["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+        // A pod's own toleration of a key (or of every NoExecute taint) stands.
+        let mut p = json!({"spec": {"tolerations": [
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}
+        ]}});
+        default(r, &mut p);
+        let ts = p["spec"]["tolerations"].as_array().expect("tolerations");
+        assert_eq!(ts.len(), 2, "{ts:?}");
+        assert_eq!(ts[0]["tolerationSeconds"], 5);
+        let mut p = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default(r, &mut p);
+        assert_eq!(p["spec"]["tolerations"].as_array().map(Vec::len), Some(1));
+        // Templates are not pods: they get none.
+        let mut d = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        default(kind("deployments"), &mut d);
+        assert!(d["spec"]["template"]["spec"]["tolerations"].is_null());
+    }
+
+    #[test]
+    fn only_scheduled_running_pods_delete_gracefully() {
+        let grace = deletion_grace(kind("pods")).expect("pods are graceful");
+        let bound = json!({"spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 30}});
+        assert_eq!(grace(&bound, None), 30);
+        assert_eq!(grace(&bound, Some(3)), 3);
+        assert_eq!(
+            grace(
+                &json!({"spec": {"terminationGracePeriodSeconds": 30}}),
+                None
+            ),
+            0
+        );
+        let done = json!({"spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 30},
+                          "status": {"phase": "Succeeded"}});
+        assert_eq!(grace(&done, None), 0);
+        assert!(deletion_grace(kind("configmaps")).is_none());
+    }
+
+    #[test]
+    fn an_object_being_deleted_takes_no_new_finalizers() {
+        let r = kind("configmaps");
+        let old = json!({"metadata": {"name": "a", "deletionTimestamp": "2030-01-01T00:00:00Z",
+                                      "finalizers": ["a.io/x"]}});
+        let new = json!({"metadata": {"name": "a", "finalizers": ["a.io/x", "b.io/y"]}});
+        let c = validate(r, &new, Some(&old));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].1.contains("b.io/y"), "{c:?}");
+        let fewer = json!({"metadata": {"name": "a", "finalizers": []}});
+        assert!(validate(r, &fewer, Some(&old)).is_empty());
+        let both =
+            json!({"metadata": {"name": "a", "finalizers": ["orphan", "foregroundDeletion"]}});
+        assert_eq!(validate(r, &both, None)[0].0, "metadata.finalizers");
+    }
+
+    #[test]
     fn secret_string_data_becomes_data() {
         let r = kind("secrets");
         let mut s = json!({"data": {"a": "eA=="}, "stringData": {"b": "s3cret", "a": "y"}});
@@ -691,5 +1307,218 @@ mod tests {
         assert!(name_problem(cm, "Web").is_some_and(|p| p.contains("RFC 1123")));
         assert!(name_problem(cm, &"a".repeat(254)).is_some());
         assert!(name_problem(ns, &"a".repeat(64)).is_some());
+    }
+
+    fn batch(plural: &str) -> &'static Resource {
+        find("batch", "v1", plural).expect("registered")
+    }
+
+    fn job_manifest() -> Value {
+        json!({"metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"template": {"metadata": {"labels": {"app": "pi"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "perl:5"}]}}}})
+    }
+
+    /// Create, as the API server runs the steps.
+    fn create(r: &Resource, mut obj: Value) -> (Value, Vec<String>) {
+        prepare_create(r, &mut obj);
+        default(r, &mut obj);
+        let fields = validate(r, &obj, None).into_iter().map(|x| x.0).collect();
+        (obj, fields)
+    }
+
+    #[test]
+    fn a_job_gets_a_selector_from_its_uid_and_its_pods_the_labels() {
+        let (j, fields) = create(batch("jobs"), job_manifest());
+        assert!(fields.is_empty(), "{fields:?}");
+        assert_eq!(
+            j["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}})
+        );
+        assert_eq!(
+            j["spec"]["template"]["metadata"]["labels"],
+            json!({"app": "pi", "controller-uid": "u-1", "batch.kubernetes.io/controller-uid": "u-1",
+                   "job-name": "pi", "batch.kubernetes.io/job-name": "pi"})
+        );
+        // The Job's own labels are the template's as written, before generation.
+        assert_eq!(j["metadata"]["labels"], json!({"app": "pi"}));
+    }
+
+    #[test]
+    fn a_manual_selector_is_left_alone() {
+        let mut m = job_manifest();
+        m["spec"]["manualSelector"] = json!(true);
+        m["spec"]["selector"] = json!({"matchLabels": {"app": "pi"}});
+        let (j, fields) = create(batch("jobs"), m);
+        assert!(fields.is_empty(), "{fields:?}");
+        assert_eq!(j["spec"]["selector"], json!({"matchLabels": {"app": "pi"}}));
+        assert_eq!(
+            j["spec"]["template"]["metadata"]["labels"],
+            json!({"app": "pi"})
+        );
+        // Without manualSelector, a selector of the user's is refused.
+        let mut m = job_manifest();
+        m["spec"]["selector"] = json!({"matchLabels": {"app": "pi"}});
+        let (_, fields) = create(batch("jobs"), m);
+        assert_eq!(fields, ["spec.selector"]);
+    }
+
+    #[test]
+    fn jobs_get_upstreams_defaults() {
+        let (j, _) = create(batch("jobs"), job_manifest());
+        let spec = &j["spec"];
+        assert_eq!(spec["parallelism"], 1);
+        assert_eq!(spec["completions"], 1);
+        assert_eq!(spec["backoffLimit"], 6);
+        assert_eq!(spec["completionMode"], "NonIndexed");
+        assert_eq!(spec["suspend"], false);
+        assert_eq!(spec["podReplacementPolicy"], "TerminatingOrFailed");
+        assert_eq!(
+            spec["template"]["spec"]["schedulerName"],
+            "default-scheduler"
+        );
+        // Parallelism alone: completions stay unset ("until any pod succeeds").
+        let mut m = job_manifest();
+        m["spec"]["parallelism"] = json!(3);
+        let (j, _) = create(batch("jobs"), m);
+        assert!(j["spec"]["completions"].is_null());
+        assert_eq!(j["spec"]["parallelism"], 3);
+    }
+
+    #[test]
+    fn a_job_must_not_restart_always() {
+        let mut m = job_manifest();
+        m["spec"]["template"]["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("restartPolicy");
+        let (_, fields) = create(batch("jobs"), m.clone());
+        assert_eq!(fields, ["spec.template.spec.restartPolicy"]);
+        m["spec"]["template"]["spec"]["restartPolicy"] = json!("OnFailure");
+        assert!(create(batch("jobs"), m).1.is_empty());
+    }
+
+    #[test]
+    fn job_errors_name_their_fields() {
+        let mut m = job_manifest();
+        m["spec"]["parallelism"] = json!(-1);
+        m["spec"]["backoffLimit"] = json!(-2);
+        m["spec"]["completionMode"] = json!("Indexed");
+        m["spec"]["completions"] = Value::Null;
+        m["spec"]["activeDeadlineSeconds"] = json!(-3);
+        let (_, fields) = create(batch("jobs"), m);
+        assert_eq!(
+            fields,
+            [
+                "spec.parallelism",
+                "spec.activeDeadlineSeconds",
+                "spec.backoffLimit",
+                "spec.completions"
+            ]
+        );
+        let mut m = job_manifest();
+        m["spec"]["completionMode"] = json!("Sometimes");
+        assert_eq!(create(batch("jobs"), m).1, ["spec.completionMode"]);
+    }
+
+    #[test]
+    fn a_jobs_template_and_completions_are_immutable() {
+        let r = batch("jobs");
+        let (old, _) = create(r, job_manifest());
+        let mut new = old.clone();
+        new["spec"]["template"]["spec"]["containers"][0]["image"] = json!("perl:6");
+        new["spec"]["completions"] = json!(4);
+        let fields: Vec<String> = validate(r, &new, Some(&old))
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(fields, ["spec.completions", "spec.template"]);
+        // Suspended and never started: scheduling directives may change.
+        let mut old = old;
+        old["spec"]["suspend"] = json!(true);
+        let mut new = old.clone();
+        new["spec"]["template"]["spec"]["nodeSelector"] = json!({"zone": "a"});
+        assert!(validate(r, &new, Some(&old)).is_empty());
+        new["spec"]["template"]["spec"]["containers"][0]["image"] = json!("perl:6");
+        assert!(!validate(r, &new, Some(&old)).is_empty());
+    }
+
+    fn cron_manifest(schedule: &str) -> Value {
+        json!({"metadata": {"name": "tick", "uid": "u-2"},
+            "spec": {"schedule": schedule, "jobTemplate": {"spec": {"template": {
+                "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "c", "image": "busybox"}]}}}}}})
+    }
+
+    #[test]
+    fn cron_jobs_get_upstreams_defaults() {
+        let (cj, fields) = create(batch("cronjobs"), cron_manifest("*/5 * * * *"));
+        assert!(fields.is_empty(), "{fields:?}");
+        let spec = &cj["spec"];
+        assert_eq!(spec["concurrencyPolicy"], "Allow");
+        assert_eq!(spec["suspend"], false);
+        assert_eq!(spec["successfulJobsHistoryLimit"], 3);
+        assert_eq!(spec["failedJobsHistoryLimit"], 1);
+        assert!(spec["jobTemplate"]["spec"]["parallelism"].is_null());
+    }
+
+    #[test]
+    fn cron_schedules_follow_upstreams_grammar() {
+        for ok in [
+            "* * * * *",
+            "*/5 * * * *",
+            "0 9-17 * * MON-FRI",
+            "30 6-16/4 * * 1-5",
+            "0 0 1,15 jan,jul ?",
+            "5/15 * * * *",
+            "@hourly",
+            "@Daily",
+        ] {
+            assert_eq!(schedule_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "* * * *",
+            "0 * * * * *",
+            "61 * * * *",
+            "0 0 L * *",
+            "0 0 * * 5#2",
+            "0 0 * JAN-FOO *",
+            "@every 5m",
+            "@sometimes",
+        ] {
+            assert!(schedule_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cron_job_errors_name_their_fields() {
+        let r = batch("cronjobs");
+        assert_eq!(create(r, cron_manifest("61 * * * *")).1, ["spec.schedule"]);
+        assert_eq!(
+            create(r, cron_manifest("TZ=UTC * * * * *")).1,
+            ["spec.schedule"]
+        );
+        let mut m = cron_manifest("@daily");
+        m["spec"]["timeZone"] = json!("Mars/Olympus");
+        m["spec"]["concurrencyPolicy"] = json!("Sometimes");
+        m["spec"]["startingDeadlineSeconds"] = json!(-1);
+        m["spec"]["jobTemplate"]["spec"]["selector"] = json!({"matchLabels": {"a": "b"}});
+        m["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        assert_eq!(
+            create(r, m).1,
+            [
+                "spec.timeZone",
+                "spec.startingDeadlineSeconds",
+                "spec.concurrencyPolicy",
+                "spec.jobTemplate.spec.template.spec.restartPolicy",
+                "spec.jobTemplate.spec.selector"
+            ]
+        );
+        let mut m = cron_manifest("@daily");
+        m["spec"]["timeZone"] = json!("Europe/Berlin");
+        assert!(create(r, m).1.is_empty());
+        let mut m = cron_manifest("@daily");
+        m["metadata"]["name"] = json!("a".repeat(53));
+        assert_eq!(create(r, m).1, ["metadata.name"]);
     }
 }

@@ -23,6 +23,8 @@ use crate::{
 };
 
 /// Kubernetes version reported by /version (kubectl's skew check).
+pub mod delete;
+
 pub const KUBE_MAJOR: &str = "1";
 pub const KUBE_MINOR: &str = "33";
 
@@ -248,10 +250,14 @@ fn resource_list(group_version: &str, rs: Vec<&Resource>) -> Response {
     ];
     let mut out = Vec::new();
     for r in rs {
-        out.push(json!({
+        let mut e = json!({
             "name": r.plural, "singularName": r.singular(), "namespaced": r.namespaced,
             "kind": r.kind, "verbs": verbs, "shortNames": r.short_names,
-        }));
+        });
+        if !r.categories.is_empty() {
+            e["categories"] = json!(r.categories);
+        }
+        out.push(e);
         for sub in r.subresources {
             let mut e = json!({
                 "name": format!("{}/{}", r.plural, sub.name()), "singularName": "",
@@ -490,8 +496,14 @@ async fn route(
                 .unwrap_or("");
             patch(api, &t, name, sub, ct, &body, fv).await
         }
-        (Method::DELETE, Some(name), None) => delete(api, &t, name).await,
-        (Method::DELETE, None, _) => delete_collection(api, &t, q).await,
+        (Method::DELETE, Some(name), None) => {
+            let opts = delete_options(&body, q)?;
+            delete(api, &t, name, &opts).await
+        }
+        (Method::DELETE, None, _) => {
+            let opts = delete_options(&body, q)?;
+            delete_collection(api, &t, q, &opts).await
+        }
         (m, _, _) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -1146,7 +1158,7 @@ async fn write_claimed<F>(
 where
     F: std::future::Future<Output = Result<i64, StoreError>>,
 {
-    let result = match serde_json::to_vec(obj) {
+    let result = match r.encode(obj) {
         Ok(bytes) => write(bytes).await.map_err(|e| ApiError::store(r, name, e)),
         Err(e) => Err(ApiError::bad_request(e.to_string())),
     };
@@ -1249,7 +1261,7 @@ async fn create(
         api.store.create(&key, b)
     })
     .await?;
-    let obj = r.stamp(obj, rev);
+    let obj = r.stamp(r.normalize(obj), rev);
     Ok(respond(StatusCode::CREATED, obj, &warnings))
 }
 
@@ -1487,12 +1499,23 @@ async fn write_update(
             .release_dropped(api.store.as_ref(), &owner, &old["spec"], Some(&obj["spec"]))
             .await;
     }
-    let obj = r.stamp(obj, rev);
-    // Being deleted and no finalizer left: the delete completes now.
-    let finalized = !obj["metadata"]["deletionTimestamp"].is_null()
-        && obj["metadata"]["finalizers"]
+    let obj = r.stamp(r.normalize(obj), rev);
+    // The last finalizer of an object being deleted (with no grace period
+    // left) went: the delete completes now (upstream's
+    // shouldDeleteDuringUpdate; a pod still in its grace period waits
+    // for its kubelet).
+    let no_finalizers = |o: &Value| {
+        o["metadata"]["finalizers"]
             .as_array()
-            .is_none_or(|f| f.is_empty());
+            .is_none_or(|f| f.is_empty())
+    };
+    let finalized = !old["metadata"]["deletionTimestamp"].is_null()
+        && old["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(0)
+            == 0
+        && !no_finalizers(&old)
+        && no_finalizers(&obj);
     if finalized {
         match api.store.delete(&key, Some(rev)).await {
             Ok(_) => forget(api, r, &obj).await,
@@ -1615,71 +1638,157 @@ async fn patch(
 /// Namespaces every cluster keeps (upstream refuses to delete them too).
 const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 
-/// DELETE of one object. With finalizers it only gets a
-/// deletionTimestamp; whoever removes the last finalizer (an update or
-/// patch) completes the delete. A namespace takes its contents with it.
-async fn delete(api: &Shared, t: &Target, name: &str) -> Result<Response, ApiError> {
-    let r = t.resource;
-    if std::ptr::eq(r, resources::namespaces()) {
-        if PROTECTED_NAMESPACES.contains(&name) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
-            ));
+/// The DeleteOptions of a DELETE: 400 when undecodable, 422 naming the
+/// field when invalid (upstream's ValidateDeleteOptions).
+fn delete_options(body: &[u8], q: &HashMap<String, String>) -> Result<delete::Options, ApiError> {
+    delete::Options::from_request(body, q).map_err(|e| match e {
+        delete::BadOptions::Malformed(m) => ApiError::bad_request(m),
+        delete::BadOptions::Invalid(causes) => {
+            let msg = causes
+                .iter()
+                .map(|(f, m)| format!("{f}: {m}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("DeleteOptions.meta.k8s.io \"\" is invalid: {msg}"),
+            );
+            e.details = Some(json!({
+                "group": "meta.k8s.io", "kind": "DeleteOptions",
+                "causes": causes.iter().map(|(f, m)| json!({"field": f, "message": m, "reason": "FieldValueInvalid"})).collect::<Vec<_>>(),
+            }));
+            e
         }
-        current(api, t, name).await?;
-        // Every object is read first: a corrupt one stops the delete
-        // before anything goes.
-        let mut contents = Vec::new();
-        for res in resources::RESOURCES.iter().filter(|x| x.namespaced) {
-            let page = list_all(api, res, Some(name)).await?;
-            for kv in &page.kvs {
-                served(res, kv)?;
+    })
+}
+
+/// Deletes what a namespace holds (every object, at once), before the
+/// namespace itself goes. Every object is read first: a corrupt one stops
+/// the delete before anything goes.
+async fn delete_contents(api: &Shared, ns: &str) -> Result<(), ApiError> {
+    let mut contents = Vec::new();
+    for res in resources::RESOURCES
+        .iter()
+        .filter(|x| x.namespaced && x.view.is_none())
+    {
+        let page = list_all(api, res, Some(ns)).await?;
+        for kv in &page.kvs {
+            served(res, kv)?;
+        }
+        contents.push((res, page.kvs));
+    }
+    for (res, kvs) in contents {
+        for kv in kvs {
+            match api.store.delete(&kv.key, None).await {
+                Ok((_, gone)) => forget(api, res, &served(res, &gone)?).await,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(ApiError::store(res, "", e)),
             }
-            contents.push((res, page.kvs));
         }
-        for (res, kvs) in contents {
-            for kv in kvs {
-                match api.store.delete(&kv.key, None).await {
-                    Ok((_, gone)) => forget(api, res, &served(res, &gone)?).await,
-                    Err(StoreError::NotFound(_)) => {}
-                    Err(e) => return Err(ApiError::store(res, "", e)),
+    }
+    Ok(())
+}
+
+/// DELETE of one object, as upstream's registry does it ([`delete::plan`]):
+/// preconditions, graceful deletion for pods, and the propagation policy
+/// as the garbage collector's finalizers. An object with finalizers only
+/// gets a deletionTimestamp; whoever removes the last finalizer (an update
+/// or patch) completes the delete. A namespace takes its contents with it.
+/// `dryRun=All` answers the same and changes nothing.
+async fn delete(
+    api: &Shared,
+    t: &Target,
+    name: &str,
+    opts: &delete::Options,
+) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let is_namespace = std::ptr::eq(r, resources::namespaces());
+    if is_namespace && PROTECTED_NAMESPACES.contains(&name) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+        ));
+    }
+    let key = r.key(t.namespace.as_deref(), name);
+    // Like upstream's GuaranteedUpdate: retry while others win the race,
+    // unless the client pinned a resourceVersion.
+    for _ in 0..64 {
+        let cur = current(api, t, name).await?;
+        let obj = served(r, &cur)?;
+        let rv = cur.mod_revision.to_string();
+        let plan = delete::plan(
+            &obj,
+            &rv,
+            opts,
+            admission::deletion_grace(r),
+            chrono::Utc::now(),
+        )
+        .map_err(|c| ApiError::new(StatusCode::CONFLICT, "Conflict", c.0))?;
+        // Upstream's 202 is only for the legacy orphanDependents=false.
+        let pending = if opts.orphan_dependents == Some(false) {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        match plan {
+            delete::Plan::Pending => return Ok((pending, axum::Json(obj)).into_response()),
+            delete::Plan::Mark(marked) => {
+                let mut bare = obj.clone();
+                if let Some(m) = bare["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                let unchanged = bare == marked;
+                if opts.dry_run || unchanged {
+                    let shown = r.stamp(marked, cur.mod_revision);
+                    return Ok((pending, axum::Json(shown)).into_response());
+                }
+                let bytes = r
+                    .encode(&marked)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                match api.store.update(&key, bytes, cur.mod_revision).await {
+                    Ok(rev) => {
+                        let shown = r.stamp(marked, rev);
+                        return Ok((pending, axum::Json(shown)).into_response());
+                    }
+                    Err(StoreError::Conflict { .. }) if opts.resource_version.is_none() => {
+                        continue;
+                    }
+                    Err(e) => return Err(ApiError::store(r, name, e)),
+                }
+            }
+            delete::Plan::Remove => {
+                if opts.dry_run {
+                    return Ok(axum::Json(obj).into_response());
+                }
+                if is_namespace {
+                    delete_contents(api, name).await?;
+                }
+                match api.store.delete(&key, Some(cur.mod_revision)).await {
+                    Ok((rev, gone)) => {
+                        let mut obj = served(r, &gone)?;
+                        forget(api, r, &obj).await;
+                        obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+                        return Ok(axum::Json(obj).into_response());
+                    }
+                    Err(StoreError::Conflict { .. }) if opts.resource_version.is_none() => {
+                        continue;
+                    }
+                    Err(e) => return Err(ApiError::store(r, name, e)),
                 }
             }
         }
     }
-    let cur = current(api, t, name).await?;
-    let mut obj = served(r, &cur)?;
-    let has_finalizers = obj["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|f| !f.is_empty());
-    if has_finalizers {
-        if obj["metadata"]["deletionTimestamp"].is_null() {
-            // Only the server sets this (updates keep whatever is stored).
-            let mut marked = stored(r, &cur)?;
-            marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            let bytes =
-                serde_json::to_vec(&marked).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let rev = api
-                .store
-                .update(&cur.key, bytes, cur.mod_revision)
-                .await
-                .map_err(|e| ApiError::store(r, name, e))?;
-            obj = r.stamp(marked, rev);
-        }
-        return Ok((StatusCode::ACCEPTED, axum::Json(obj)).into_response());
-    }
-    let (rev, gone) = api
-        .store
-        .delete(&r.key(t.namespace.as_deref(), name), Some(cur.mod_revision))
-        .await
-        .map_err(|e| ApiError::store(r, name, e))?;
-    let mut obj = served(r, &gone)?;
-    forget(api, r, &obj).await;
-    obj["metadata"]["resourceVersion"] = json!(rev.to_string());
-    Ok(axum::Json(obj).into_response())
+    Err(ApiError::store(
+        r,
+        name,
+        StoreError::Conflict {
+            key,
+            expected: 0,
+            current: None,
+        },
+    ))
 }
 
 /// DELETE of a collection: every object the selectors match, one by one.
@@ -1687,6 +1796,7 @@ async fn delete_collection(
     api: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    opts: &delete::Options,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let filter = Filter::from_query(q)?;
@@ -1708,7 +1818,7 @@ async fn delete_collection(
             name: None,
             sub: None,
         };
-        match delete(api, &one, &name).await {
+        match delete(api, &one, &name, opts).await {
             Ok(_) => items.push(obj),
             Err(e) if e.reason == "NotFound" => {}
             Err(e) => return Err(e),

@@ -4,6 +4,7 @@
 mod admission;
 mod alloc;
 mod api;
+mod components;
 mod decode;
 mod health;
 mod metrics;
@@ -19,16 +20,45 @@ mod watch_cache;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use sluice_store::{Store, embedded, etcd};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     name = "sluice-server",
     version,
-    about = "sluice control plane: a Kubernetes-compatible API server"
+    about = "sluice control plane: a Kubernetes-compatible API server, with the scheduler and the controller manager in the same process",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// Run one component alone against any Kubernetes API server instead.
+    #[command(subcommand)]
+    component: Option<Component>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Subcommand)]
+enum Component {
+    /// The scheduler alone.
+    Scheduler {
+        /// The API server and credential to use.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
+    /// The controller manager alone.
+    Controllers {
+        /// The API server and credential to use.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        controllers: ControllerArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
     /// State (embedded store, PKI, kubeconfigs) lives here.
     #[arg(long, default_value = "/var/lib/sluice/server")]
     data_dir: PathBuf,
@@ -45,10 +75,55 @@ struct Cli {
     /// NodePorts are allocated from this range (LOW-HIGH).
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// In-process components not to start (comma-separated).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    disable: Vec<Disable>,
+    #[command(flatten)]
+    controllers: ControllerArgs,
+}
+
+/// The components `sluice-server` runs beside the API server.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Disable {
+    Scheduler,
+    Controllers,
+}
+
+/// kube-controller-manager's flags, for in-process and standalone runs.
+#[derive(Args)]
+struct ControllerArgs {
+    /// Node IPAM hands out pod CIDRs from this IPv4 range.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// The prefix length of each Node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// A Node whose kubelet was silent (no Lease renewal, no status) this
+    /// long is unreachable: tainted, and its pods evicted after their
+    /// tolerationSeconds.
+    #[arg(long, default_value = "40s", value_parser = humantime_duration)]
+    node_monitor_grace_period: std::time::Duration,
+}
+
+/// Durations as upstream's flags take them: `40s`, `2m`, `500ms`.
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+impl ControllerArgs {
+    fn config(&self) -> Result<sluice_controllers::Config, String> {
+        let config = sluice_controllers::Config {
+            cluster_cidr: self.cluster_cidr.clone(),
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            node_monitor_grace_period: self.node_monitor_grace_period,
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
 }
 
 /// Flag values clap cannot check; the error names the flag and value.
-fn allocator(cli: &Cli) -> Result<alloc::Allocator, String> {
+fn allocator(cli: &ServerArgs) -> Result<alloc::Allocator, String> {
     let cidr = cli
         .service_cidr
         .parse()
@@ -78,8 +153,17 @@ fn allocator(cli: &Cli) -> Result<alloc::Allocator, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let alloc = match allocator(&cli) {
-        Ok(a) => a,
+    // Flag values clap cannot check: exit 2 naming the flag, before
+    // anything starts.
+    let checked = match &cli.component {
+        None => {
+            allocator(&cli.server).and_then(|a| Ok((Some(a), cli.server.controllers.config()?)))
+        }
+        Some(Component::Controllers { controllers, .. }) => controllers.config().map(|c| (None, c)),
+        Some(Component::Scheduler { .. }) => Ok((None, sluice_controllers::Config::default())),
+    };
+    let (alloc, controllers) = match checked {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("sluice-server: {e}");
             return std::process::ExitCode::from(2);
@@ -99,7 +183,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli, alloc)) {
+    let shutdown = CancellationToken::new();
+    rt.spawn(cancel_on_signal(shutdown.clone()));
+    let res = match (cli.component, alloc) {
+        (Some(Component::Scheduler { kubeconfig }), _) => {
+            rt.block_on(components::scheduler(kubeconfig, shutdown))
+        }
+        (Some(Component::Controllers { kubeconfig, .. }), _) => {
+            rt.block_on(components::controllers(kubeconfig, controllers, shutdown))
+        }
+        (None, Some(alloc)) => rt.block_on(run(cli.server, alloc, controllers, shutdown)),
+        (None, None) => unreachable!("the server's flags were checked above"),
+    };
+    // Components and connections still draining get no longer than this.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice-server: {e:#}");
@@ -108,7 +206,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
+/// SIGTERM or SIGINT cancels `shutdown`: components stop, then the server.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("no signal handlers: SIGTERM ends the process at once");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received, shutting down");
+    shutdown.cancel();
+}
+
+async fn run(
+    cli: ServerArgs,
+    alloc: alloc::Allocator,
+    controllers: sluice_controllers::Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.data_dir)
         .with_context(|| format!("--data-dir {}", cli.data_dir.display()))?;
     let store: Arc<dyn Store> = if cli.etcd_endpoints.is_empty() {
@@ -138,9 +259,7 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
     ];
     let pki = pki::Pki::load_or_create(&cli.data_dir, &hosts)?;
     pki.write_kubeconfigs(&cli.data_dir, &format!("https://{addr}"))?;
-    let tokens = [pki.admin_token.clone(), pki.node_token.clone()]
-        .into_iter()
-        .collect();
+    let tokens = pki.tokens();
     let api = Arc::new(api::Api {
         store,
         metrics,
@@ -170,5 +289,50 @@ async fn run(cli: Cli, alloc: alloc::Allocator) -> anyhow::Result<()> {
     });
     let app = serve::router(api, tokens);
     tracing::info!(%addr, data_dir = %cli.data_dir.display(), "serving");
-    serve::serve(listener, &pki, app).await
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let res = serve::serve(listener, &pki, app).await;
+            shutdown.cancel();
+            res
+        }
+    });
+    // Each component talks to this server like any other client, over
+    // TLS with its own credential (like k3s).
+    let mut running = tokio::task::JoinSet::new();
+    if !cli.disable.contains(&Disable::Scheduler) {
+        let kubeconfig = cli.data_dir.join(pki::SCHEDULER_KUBECONFIG);
+        running.spawn(components::scheduler(kubeconfig, shutdown.clone()));
+    }
+    if !cli.disable.contains(&Disable::Controllers) {
+        let kubeconfig = cli.data_dir.join(pki::CONTROLLER_MANAGER_KUBECONFIG);
+        running.spawn(components::controllers(
+            kubeconfig,
+            controllers,
+            shutdown.clone(),
+        ));
+    }
+    // A component that fails takes the server down with it, as a crashed
+    // kube-scheduler would be restarted by its supervisor: never a server
+    // that looks whole and schedules nothing.
+    let mut first_error = None;
+    while let Some(done) = running.join_next().await {
+        let res = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = res {
+            shutdown.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    shutdown.cancelled().await;
+    if server.is_finished() {
+        if let Ok(Err(e)) = server.await {
+            first_error.get_or_insert(e);
+        }
+    } else {
+        server.abort();
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

@@ -1,7 +1,8 @@
 //! Credentials under the data dir, made on first start and reused after:
 //! a CA, a serving certificate for the addresses the server answers on,
-//! bearer tokens (admin, node) and `admin.kubeconfig`. Keys and tokens are
-//! written 0600.
+//! bearer tokens (admin, node, and one per in-process component:
+//! `system:kube-scheduler`, `system:kube-controller-manager`) and a
+//! kubeconfig for each. Keys and tokens are written 0600.
 use std::{
     io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
@@ -21,7 +22,13 @@ pub struct Pki {
     pub key_pem: String,
     pub admin_token: String,
     pub node_token: String,
+    pub scheduler_token: String,
+    pub controller_manager_token: String,
 }
+
+/// The kubeconfig files under the data dir, one per credential.
+pub const SCHEDULER_KUBECONFIG: &str = "scheduler.kubeconfig";
+pub const CONTROLLER_MANAGER_KUBECONFIG: &str = "controller-manager.kubeconfig";
 
 fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new()
@@ -90,6 +97,8 @@ impl Pki {
             key_pem: std::fs::read_to_string(p("server.key"))?,
             admin_token: tok("admin.token")?,
             node_token: tok("node.token")?,
+            scheduler_token: tok("scheduler.token")?,
+            controller_manager_token: tok("controller-manager.token")?,
             ca_pem,
         })
     }
@@ -102,14 +111,38 @@ impl Pki {
         )
     }
 
+    /// Every bearer token the server accepts.
+    pub fn tokens(&self) -> std::collections::HashSet<String> {
+        [
+            &self.admin_token,
+            &self.node_token,
+            &self.scheduler_token,
+            &self.controller_manager_token,
+        ]
+        .into_iter()
+        .cloned()
+        .collect()
+    }
+
+    /// One kubeconfig per credential. `admin.kubeconfig` goes last: tests
+    /// and `cargo xtask up` take its appearance as "the API answers".
     pub fn write_kubeconfigs(&self, dir: &Path, server: &str) -> anyhow::Result<()> {
-        write_private(
-            &dir.join("admin.kubeconfig"),
-            &self.kubeconfig(server, "admin", &self.admin_token),
-        )?;
-        write_private(
-            &dir.join("node.kubeconfig"),
-            &self.kubeconfig(server, "node", &self.node_token),
-        )
+        for (file, user, token) in [
+            ("node.kubeconfig", "node", &self.node_token),
+            (
+                SCHEDULER_KUBECONFIG,
+                "system:kube-scheduler",
+                &self.scheduler_token,
+            ),
+            (
+                CONTROLLER_MANAGER_KUBECONFIG,
+                "system:kube-controller-manager",
+                &self.controller_manager_token,
+            ),
+            ("admin.kubeconfig", "admin", &self.admin_token),
+        ] {
+            write_private(&dir.join(file), &self.kubeconfig(server, user, token))?;
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,8 @@ use serde_json::Value;
 
 use crate::decode::{Decoded, typed};
 
+pub mod events;
+
 pub struct Resource {
     /// "" for the core group.
     pub group: &'static str,
@@ -18,6 +20,35 @@ pub struct Resource {
     pub decode: fn(&Value) -> Result<Decoded, String>,
     /// Subresources served under `<name>/<subresource>`.
     pub subresources: &'static [Sub],
+    /// Discovery categories (`all`: what `kubectl get all` lists).
+    pub categories: &'static [&'static str],
+    /// Set when this resource is another one's objects seen through a
+    /// conversion (upstream stores one object per event and serves it in
+    /// two groups).
+    pub view: Option<&'static View>,
+}
+
+/// Where a view's objects live and how they convert.
+pub struct View {
+    /// The stored resource: group ("" for core), version, kind, plural.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    /// Stored form (with its apiVersion and kind) to this view's.
+    pub from_stored: fn(Value) -> Value,
+    /// This view's form to the stored one.
+    pub to_stored: fn(Value) -> Value,
+}
+
+impl View {
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
 }
 
 /// A subresource: a narrower door onto part of an object, so that the
@@ -66,14 +97,39 @@ impl Resource {
     /// The store prefix of every object of this resource, or of those in
     /// namespace `ns`.
     pub fn prefix(&self, ns: Option<&str>) -> String {
-        let g = if self.group.is_empty() {
-            "core"
-        } else {
-            self.group
+        let (group, plural) = match self.view {
+            Some(v) => (v.group, v.plural),
+            None => (self.group, self.plural),
         };
+        let g = if group.is_empty() { "core" } else { group };
         match ns {
-            Some(ns) if self.namespaced => format!("/registry/{g}/{}/{ns}/", self.plural),
-            _ => format!("/registry/{g}/{}/", self.plural),
+            Some(ns) if self.namespaced => format!("/registry/{g}/{plural}/{ns}/"),
+            _ => format!("/registry/{g}/{plural}/"),
+        }
+    }
+
+    /// The bytes to store for `obj` (a view's objects are stored in the
+    /// viewed resource's form).
+    pub fn encode(&self, obj: &Value) -> Result<Vec<u8>, serde_json::Error> {
+        match self.view {
+            Some(v) => {
+                let mut stored = (v.to_stored)(obj.clone());
+                stored["apiVersion"] = serde_json::json!(v.api_version());
+                stored["kind"] = serde_json::json!(v.kind);
+                if let Some(m) = stored["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                serde_json::to_vec(&stored)
+            }
+            None => serde_json::to_vec(obj),
+        }
+    }
+
+    /// `obj` as it reads back after [`Self::encode`] (what a write answers).
+    pub fn normalize(&self, obj: Value) -> Value {
+        match self.view {
+            Some(v) => (v.from_stored)((v.to_stored)(obj)),
+            None => obj,
         }
     }
 
@@ -115,17 +171,21 @@ impl Resource {
         if !key.ends_with(&format!("/{name}")) {
             return Err(corrupt(format!("metadata.name {name:?} is not the key's")));
         }
-        for (field, want) in [
-            ("kind", self.kind.to_string()),
-            ("apiVersion", self.api_version()),
-        ] {
+        let (kind, api_version) = match self.view {
+            Some(v) => (v.kind.to_string(), v.api_version()),
+            None => (self.kind.to_string(), self.api_version()),
+        };
+        for (field, want) in [("kind", kind), ("apiVersion", api_version)] {
             match v.get(field) {
                 None => {}
                 Some(Value::String(got)) if *got == want => {}
                 Some(got) => return Err(corrupt(format!("{field} {got} is not {want:?}"))),
             }
         }
-        Ok(v)
+        Ok(match self.view {
+            Some(view) => (view.from_stored)(v),
+            None => v,
+        })
     }
 }
 
@@ -158,7 +218,7 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 macro_rules! resource {
-    ($group:expr, $version:expr, $kind:expr, $plural:expr, $namespaced:expr, [$($short:expr),*], $ty:ty $(, $sub:ident)*) => {
+    ($group:expr, $version:expr, $kind:expr, $plural:expr, $namespaced:expr, [$($short:expr),*], [$($cat:expr),*], $ty:ty $(, $sub:ident)*) => {
         Resource {
             group: $group,
             version: $version,
@@ -168,9 +228,21 @@ macro_rules! resource {
             short_names: &[$($short),*],
             decode: typed::<$ty>,
             subresources: &[$(Sub::$sub),*],
+            categories: &[$($cat),*],
+            view: None,
         }
     };
 }
+
+/// events.k8s.io/v1 Events: the core/v1 Events, converted.
+static EVENTS_VIEW: View = View {
+    group: "",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    from_stored: events::from_core,
+    to_stored: events::to_core,
+};
 
 pub static RESOURCES: &[Resource] = &[
     resource!(
@@ -180,6 +252,7 @@ pub static RESOURCES: &[Resource] = &[
         "namespaces",
         false,
         ["ns"],
+        [],
         api::core::v1::Namespace,
         Status
     ),
@@ -190,6 +263,7 @@ pub static RESOURCES: &[Resource] = &[
         "pods",
         true,
         ["po"],
+        ["all"],
         api::core::v1::Pod,
         Status,
         Binding
@@ -201,6 +275,7 @@ pub static RESOURCES: &[Resource] = &[
         "services",
         true,
         ["svc"],
+        ["all"],
         api::core::v1::Service,
         Status
     ),
@@ -211,6 +286,7 @@ pub static RESOURCES: &[Resource] = &[
         "endpoints",
         true,
         ["ep"],
+        [],
         api::core::v1::Endpoints
     ),
     resource!(
@@ -220,6 +296,7 @@ pub static RESOURCES: &[Resource] = &[
         "nodes",
         false,
         ["no"],
+        [],
         api::core::v1::Node,
         Status
     ),
@@ -230,6 +307,7 @@ pub static RESOURCES: &[Resource] = &[
         "configmaps",
         true,
         ["cm"],
+        [],
         api::core::v1::ConfigMap
     ),
     resource!(
@@ -238,6 +316,7 @@ pub static RESOURCES: &[Resource] = &[
         "Secret",
         "secrets",
         true,
+        [],
         [],
         api::core::v1::Secret
     ),
@@ -248,6 +327,7 @@ pub static RESOURCES: &[Resource] = &[
         "serviceaccounts",
         true,
         ["sa"],
+        [],
         api::core::v1::ServiceAccount
     ),
     resource!(
@@ -257,6 +337,7 @@ pub static RESOURCES: &[Resource] = &[
         "events",
         true,
         ["ev"],
+        [],
         api::core::v1::Event
     ),
     resource!(
@@ -266,6 +347,7 @@ pub static RESOURCES: &[Resource] = &[
         "deployments",
         true,
         ["deploy"],
+        ["all"],
         api::apps::v1::Deployment,
         Status,
         Scale
@@ -277,6 +359,7 @@ pub static RESOURCES: &[Resource] = &[
         "replicasets",
         true,
         ["rs"],
+        ["all"],
         api::apps::v1::ReplicaSet,
         Status,
         Scale
@@ -288,6 +371,7 @@ pub static RESOURCES: &[Resource] = &[
         "statefulsets",
         true,
         ["sts"],
+        ["all"],
         api::apps::v1::StatefulSet,
         Status,
         Scale
@@ -299,6 +383,7 @@ pub static RESOURCES: &[Resource] = &[
         "daemonsets",
         true,
         ["ds"],
+        ["all"],
         api::apps::v1::DaemonSet,
         Status
     ),
@@ -309,6 +394,7 @@ pub static RESOURCES: &[Resource] = &[
         "endpointslices",
         true,
         [],
+        [],
         api::discovery::v1::EndpointSlice
     ),
     resource!(
@@ -317,6 +403,7 @@ pub static RESOURCES: &[Resource] = &[
         "Lease",
         "leases",
         true,
+        [],
         [],
         api::coordination::v1::Lease
     ),
@@ -327,7 +414,43 @@ pub static RESOURCES: &[Resource] = &[
         "horizontalpodautoscalers",
         true,
         ["hpa"],
+        ["all"],
         api::autoscaling::v2::HorizontalPodAutoscaler,
+        Status
+    ),
+    Resource {
+        view: Some(&EVENTS_VIEW),
+        ..resource!(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events",
+            true,
+            ["ev"],
+            [],
+            api::events::v1::Event
+        )
+    },
+    resource!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        true,
+        [],
+        ["all"],
+        api::batch::v1::Job,
+        Status
+    ),
+    resource!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        true,
+        ["cj"],
+        ["all"],
+        api::batch::v1::CronJob,
         Status
     ),
 ];
@@ -375,6 +498,50 @@ mod tests {
         );
         assert!(find("apps", "v1", "deployments").is_some());
         assert!(groups().contains(&("discovery.k8s.io", "v1")));
+    }
+
+    #[test]
+    fn the_events_view_reads_and_writes_core_events() {
+        let core = find("", "v1", "events").expect("core events");
+        let view = find("events.k8s.io", "v1", "events").expect("events.k8s.io events");
+        assert_eq!(view.prefix(Some("ns")), core.prefix(Some("ns")));
+        let stored = serde_json::json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "ns"},
+            "involvedObject": {"kind": "Pod", "name": "p"}, "message": "m"});
+        let bytes = serde_json::to_vec(&stored).expect("json");
+        let key = core.key(Some("ns"), "e");
+        let shown = view
+            .parse_stored(&key, &bytes)
+            .expect("a core event reads through the view");
+        assert_eq!(shown["note"], "m");
+        assert_eq!(shown["regarding"]["name"], "p");
+        let back: Value =
+            serde_json::from_slice(&view.encode(&shown).expect("encode")).expect("json");
+        assert_eq!(back, stored, "the view writes the core form");
+        assert_eq!(core.parse_stored(&key, &bytes).expect("core"), stored);
+    }
+
+    #[test]
+    fn kubectl_get_all_lists_the_workload_kinds() {
+        let all: Vec<&str> = RESOURCES
+            .iter()
+            .filter(|r| r.categories.contains(&"all"))
+            .map(|r| r.plural)
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "pods",
+                "services",
+                "deployments",
+                "replicasets",
+                "statefulsets",
+                "daemonsets",
+                "horizontalpodautoscalers",
+                "jobs",
+                "cronjobs"
+            ]
+        );
     }
 
     #[test]

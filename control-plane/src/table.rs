@@ -107,7 +107,119 @@ fn containers(o: &Value, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The time a timestamp field says, as its age; "" when unset.
+fn since(v: &Value) -> String {
+    if v.as_str().is_some_and(|t| !t.is_empty()) {
+        s(&age(v))
+    } else {
+        String::new()
+    }
+}
+
+/// Upstream's printEvent: the last and first time seen (from the series
+/// or the deprecated counters, falling back to eventTime), and the count
+/// (1 for a singleton in the new API).
+fn event_last_seen(o: &Value) -> Value {
+    let first = event_first_seen(o);
+    if !o["series"].is_null() {
+        return Value::from(since(&o["series"]["lastObservedTime"]));
+    }
+    let last = since(&o["lastTimestamp"]);
+    Value::from(if last.is_empty() { s(&first) } else { last })
+}
+
+fn event_first_seen(o: &Value) -> Value {
+    let first = since(&o["firstTimestamp"]);
+    Value::from(if first.is_empty() {
+        since(&o["eventTime"])
+    } else {
+        first
+    })
+}
+
+fn event_columns() -> Vec<Column> {
+    let col = |name, priority, cell| Column {
+        name,
+        priority,
+        cell,
+    };
+    vec![
+        col("Last Seen", 0, event_last_seen),
+        col("Type", 0, |o| Value::from(s(&o["type"]))),
+        col("Reason", 0, |o| Value::from(s(&o["reason"]))),
+        col("Object", 0, |o| {
+            let (kind, name) = (
+                s(&o["involvedObject"]["kind"]).to_lowercase(),
+                s(&o["involvedObject"]["name"]),
+            );
+            Value::from(if name.is_empty() {
+                kind
+            } else {
+                format!("{kind}/{name}")
+            })
+        }),
+        col("Subobject", 1, |o| {
+            Value::from(s(&o["involvedObject"]["fieldPath"]))
+        }),
+        col("Source", 1, |o| {
+            // formatEventSource: component, host, or the new API's
+            // reporting controller and instance.
+            let (component, host) = (s(&o["source"]["component"]), s(&o["source"]["host"]));
+            let (component, host) = if component.is_empty() {
+                (s(&o["reportingComponent"]), s(&o["reportingInstance"]))
+            } else {
+                (component, host)
+            };
+            Value::from(if host.is_empty() {
+                component
+            } else {
+                format!("{component}, {host}")
+            })
+        }),
+        col("Message", 0, |o| {
+            Value::from(s(&o["message"]).trim().to_string())
+        }),
+        col("First Seen", 1, event_first_seen),
+        col("Count", 1, |o| {
+            let n = match o["series"]["count"].as_i64() {
+                Some(n) => n,
+                None => o["count"].as_i64().filter(|n| *n != 0).unwrap_or(1),
+            };
+            Value::from(n)
+        }),
+        col("Name", 1, name),
+    ]
+}
+
+/// A Job's STATUS column, upstream's order: finished first, then being
+/// deleted, suspended, failing.
+fn job_status(o: &Value) -> &'static str {
+    let has = |t: &str| {
+        o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if !o["metadata"]["deletionTimestamp"].is_null() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else {
+        "Running"
+    }
+}
+
 fn columns(kind: &str) -> Vec<Column> {
+    if kind == "Event" {
+        return event_columns();
+    }
     let mut cols = vec![Column {
         name: "Name",
         priority: 0,
@@ -345,6 +457,115 @@ fn columns(kind: &str) -> Vec<Column> {
                 },
             },
         ],
+        "Job" => vec![
+            Column {
+                name: "Status",
+                priority: 0,
+                cell: |o| Value::from(job_status(o)),
+            },
+            Column {
+                name: "Completions",
+                priority: 0,
+                cell: |o| {
+                    let done = count(&o["status"]["succeeded"]);
+                    let parallelism = count(&o["spec"]["parallelism"]);
+                    Value::from(match o["spec"]["completions"].as_i64() {
+                        Some(n) => format!("{done}/{n}"),
+                        None if parallelism > 1 => format!("{done}/1 of {parallelism}"),
+                        None => format!("{done}/1"),
+                    })
+                },
+            },
+            Column {
+                name: "Duration",
+                priority: 0,
+                cell: |o| {
+                    let at = |f: &str| {
+                        o["status"][f]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                    };
+                    Value::from(match at("startTime") {
+                        None => String::new(),
+                        Some(start) => {
+                            let end = at("completionTime").unwrap_or_else(chrono::Utc::now);
+                            human((end - start).num_seconds())
+                        }
+                    })
+                },
+            },
+            Column {
+                name: "Containers",
+                priority: 1,
+                cell: |o| Value::from(containers(o, "name")),
+            },
+            Column {
+                name: "Images",
+                priority: 1,
+                cell: |o| Value::from(containers(o, "image")),
+            },
+            Column {
+                name: "Selector",
+                priority: 1,
+                cell: |o| or_none(labels(&o["spec"]["selector"]["matchLabels"])),
+            },
+        ],
+        "CronJob" => vec![
+            Column {
+                name: "Schedule",
+                priority: 0,
+                cell: |o| Value::from(s(&o["spec"]["schedule"])),
+            },
+            Column {
+                name: "Timezone",
+                priority: 0,
+                cell: |o| or_none(s(&o["spec"]["timeZone"])),
+            },
+            Column {
+                name: "Suspend",
+                priority: 0,
+                cell: |o| {
+                    Value::from(match o["spec"]["suspend"].as_bool() {
+                        None => "<unset>",
+                        Some(true) => "True",
+                        Some(false) => "False",
+                    })
+                },
+            },
+            Column {
+                name: "Active",
+                priority: 0,
+                cell: |o| Value::from(o["status"]["active"].as_array().map_or(0, Vec::len)),
+            },
+            Column {
+                name: "Last Schedule",
+                priority: 0,
+                cell: |o| match &o["status"]["lastScheduleTime"] {
+                    Value::Null => Value::from("<none>"),
+                    t => age(t),
+                },
+            },
+            Column {
+                name: "Containers",
+                priority: 1,
+                cell: |o| Value::from(containers(&o["spec"]["jobTemplate"], "name")),
+            },
+            Column {
+                name: "Images",
+                priority: 1,
+                cell: |o| Value::from(containers(&o["spec"]["jobTemplate"], "image")),
+            },
+            Column {
+                name: "Selector",
+                priority: 1,
+                cell: |o| {
+                    or_none(labels(
+                        &o["spec"]["jobTemplate"]["spec"]["selector"]["matchLabels"],
+                    ))
+                },
+            },
+        ],
         _ => Vec::new(),
     };
     cols.extend(extra);
@@ -360,12 +581,15 @@ fn columns(kind: &str) -> Vec<Column> {
 /// (`includeObject=Metadata`, the default), the whole object
 /// (`includeObject=Object`) or nothing (`None`).
 pub fn table(r: &Resource, objects: &[Value], revision: i64, include: Option<&str>) -> Value {
-    let cols = columns(r.kind);
+    // A view prints like the resource it shows (upstream prints both
+    // Event APIs with one printer, on the stored form).
+    let cols = columns(r.view.map_or(r.kind, |v| v.kind));
     let defs: Vec<Value> = cols
         .iter()
         .map(|c| {
             json!({
-                "name": c.name, "type": "string",
+                "name": c.name,
+                "type": if c.name == "Count" { "integer" } else { "string" },
                 "format": if c.name == "Name" { "name" } else { "" },
                 "description": "", "priority": c.priority,
             })
@@ -374,7 +598,9 @@ pub fn table(r: &Resource, objects: &[Value], revision: i64, include: Option<&st
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(o)).collect();
+            let stored = r.view.map(|v| (v.to_stored)(o.clone()));
+            let printed = stored.as_ref().unwrap_or(o);
+            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(printed)).collect();
             let object = match include {
                 Some("None") => Value::Null,
                 Some("Object") => o.clone(),
@@ -447,6 +673,56 @@ mod tests {
     }
 
     #[test]
+    fn events_print_like_upstream() {
+        let r = find("", "v1", "events").expect("events");
+        let ev = json!({"metadata": {"name": "web.1"},
+            "involvedObject": {"kind": "Pod", "name": "web"},
+            "type": "Normal", "reason": "Tested", "message": " it works ",
+            "reportingComponent": "sluice.dev/test", "reportingInstance": "t-1",
+            "eventTime": "2020-01-01T00:00:00.000000Z",
+            "series": {"count": 2, "lastObservedTime": "2020-01-01T00:00:05.000000Z"}});
+        let t = table(r, std::slice::from_ref(&ev), 1, None);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Last Seen",
+                "Type",
+                "Reason",
+                "Object",
+                "Subobject",
+                "Source",
+                "Message",
+                "First Seen",
+                "Count",
+                "Name"
+            ]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[3], "pod/web");
+        assert_eq!(cells[5], "sluice.dev/test, t-1");
+        assert_eq!(cells[6], "it works");
+        assert_eq!(cells[8], 2, "the series count");
+        assert!(
+            cells[0].as_str().is_some_and(|a| a.ends_with('y')),
+            "{cells}"
+        );
+        // A singleton counts 1; the events.k8s.io view prints the same.
+        let mut single = ev;
+        single["series"] = Value::Null;
+        let view = find("events.k8s.io", "v1", "events").expect("the view");
+        let shown = crate::resources::events::from_core(single);
+        let t = table(view, &[shown], 1, None);
+        assert_eq!(t["rows"][0]["cells"][8], 1);
+        assert_eq!(t["rows"][0]["cells"][3], "pod/web");
+    }
+
+    #[test]
     fn ages_read_like_kubectl() {
         for (secs, want) in [
             (5, "5s"),
@@ -460,5 +736,67 @@ mod tests {
         ] {
             assert_eq!(human(secs), want, "{secs}");
         }
+    }
+
+    fn column_names(t: &Value) -> Vec<&str> {
+        t["columnDefinitions"]
+            .as_array()
+            .expect("defs")
+            .iter()
+            .filter(|c| c["priority"] == 0)
+            .filter_map(|c| c["name"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn jobs_print_like_upstream() {
+        let r = find("batch", "v1", "jobs").expect("jobs");
+        let job = json!({"metadata": {"name": "pi", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"completions": 3, "parallelism": 2},
+            "status": {"succeeded": 3, "startTime": "2020-01-01T00:00:00Z",
+                "completionTime": "2020-01-01T00:02:10Z",
+                "conditions": [{"type": "Complete", "status": "True"}]}});
+        let t = table(r, &[job], 7, None);
+        assert_eq!(
+            column_names(&t),
+            ["Name", "Status", "Completions", "Duration", "Age"]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "Complete");
+        assert_eq!(cells[2], "3/3");
+        assert_eq!(cells[3], "2m10s");
+        let running = json!({"metadata": {"name": "w"}, "spec": {"parallelism": 4}, "status": {}});
+        let t = table(r, &[running], 7, None);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "Running");
+        assert_eq!(cells[2], "0/1 of 4");
+        assert_eq!(cells[3], "");
+    }
+
+    #[test]
+    fn cron_jobs_print_like_upstream() {
+        let r = find("batch", "v1", "cronjobs").expect("cronjobs");
+        let cj = json!({"metadata": {"name": "tick"},
+            "spec": {"schedule": "*/5 * * * *", "suspend": false},
+            "status": {"active": [{"name": "tick-1"}]}});
+        let t = table(r, &[cj], 7, None);
+        assert_eq!(
+            column_names(&t),
+            [
+                "Name",
+                "Schedule",
+                "Timezone",
+                "Suspend",
+                "Active",
+                "Last Schedule",
+                "Age"
+            ]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "*/5 * * * *");
+        assert_eq!(cells[2], "<none>");
+        assert_eq!(cells[3], "False");
+        assert_eq!(cells[4], 1);
+        assert_eq!(cells[5], "<none>");
     }
 }

@@ -212,10 +212,11 @@ impl WatchCache {
             .unwrap_or(&self.caches[0])
     }
 
-    fn cache_for_key(&self, key: &str) -> Option<&ResourceCache> {
+    /// The caches holding `key`: its resource's, and those of views of it.
+    fn caches_for_key<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a ResourceCache> {
         self.caches
             .iter()
-            .find(|c| key.starts_with(&c.resource.prefix(None)))
+            .filter(move |c| key.starts_with(&c.resource.prefix(None)))
     }
 
     /// Replaces every cache with a fresh list of the store; changes since
@@ -234,14 +235,14 @@ impl WatchCache {
             vec![BTreeMap::new(); self.caches.len()];
         let mut corrupt: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); self.caches.len()];
         for kv in page.kvs {
-            if let Some(i) = self
-                .caches
-                .iter()
-                .position(|c| kv.key.starts_with(&c.resource.prefix(None)))
-            {
-                match decode(self.caches[i].resource, &kv.key, &kv.value, kv.mod_revision) {
+            // A view's cache holds the same keys as the viewed resource's.
+            for (i, c) in self.caches.iter().enumerate() {
+                if !kv.key.starts_with(&c.resource.prefix(None)) {
+                    continue;
+                }
+                match decode(c.resource, &kv.key, &kv.value, kv.mod_revision) {
                     Ok(v) => {
-                        fresh[i].insert(kv.key, v);
+                        fresh[i].insert(kv.key.clone(), v);
                     }
                     Err(c) => {
                         corrupt[i].insert(c.key, c.reason);
@@ -309,12 +310,36 @@ impl WatchCache {
             }
             return;
         };
-        let Some(c) = self.cache_for_key(&key) else {
+        let caches: Vec<&ResourceCache> = self.caches_for_key(&key).collect();
+        if caches.is_empty() {
             // Not a served resource (allocations): only the revision moves.
             self.revision.send_replace(rev);
             return;
-        };
-        let mut inner = c.inner.write().unwrap_or_else(|p| p.into_inner());
+        }
+        // Every cache of the key is written before the revision moves, so
+        // a reader never sees one form of an object new and another old.
+        let mut guards: Vec<_> = caches
+            .iter()
+            .map(|c| c.inner.write().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        for (c, inner) in caches.iter().zip(guards.iter_mut()) {
+            self.apply_one(c, inner, &key, &ev, rev);
+        }
+        self.revision.send_replace(rev);
+        drop(guards);
+    }
+
+    /// One store event to one resource's cache (the revision is the
+    /// caller's to move).
+    fn apply_one(
+        &self,
+        c: &ResourceCache,
+        inner: &mut Inner,
+        key: &str,
+        ev: &WatchEvent,
+        rev: i64,
+    ) {
+        let key = key.to_string();
         let change = match ev {
             WatchEvent::Put { kv, .. } => match decode(c.resource, &key, &kv.value, rev) {
                 Ok(obj) => {
@@ -326,7 +351,6 @@ impl WatchCache {
                 }
                 Err(bad) => {
                     inner.corrupt.insert(bad.key, bad.reason);
-                    self.revision.send_replace(rev);
                     return;
                 }
             },
@@ -336,10 +360,7 @@ impl WatchCache {
                     Some(old) => Change::Delete {
                         obj: deleted(&old, rev),
                     },
-                    None => {
-                        self.revision.send_replace(rev);
-                        return;
-                    }
+                    None => return,
                 }
             }
             WatchEvent::Progress { .. } => return,
@@ -352,7 +373,6 @@ impl WatchCache {
         }
         inner.history.push_back(event.clone());
         let _ = c.live.send(event);
-        self.revision.send_replace(rev);
     }
 
     /// Waits until the cache has reached `rev`.

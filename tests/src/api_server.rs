@@ -25,6 +25,9 @@ pub fn old_kubectl() -> PathBuf {
     p
 }
 
+/// The flags that leave the scheduler and the controller manager off.
+pub const API_ONLY: &[&str] = &["--disable", "scheduler,controllers"];
+
 /// Field order matters for Drop: the server stops before its data dir goes.
 pub struct ApiServer {
     daemon: Daemon,
@@ -33,9 +36,17 @@ pub struct ApiServer {
     /// The network namespace it serves in (None: the test's own).
     netns: Option<std::path::PathBuf>,
     etcd: Vec<String>,
+    /// More flags, on every start.
+    extra: Vec<String>,
 }
 
-fn spawn(data: &TempDir, port: u16, netns: Option<&std::path::Path>, etcd: &[String]) -> Daemon {
+fn spawn(
+    data: &TempDir,
+    port: u16,
+    netns: Option<&std::path::Path>,
+    etcd: &[String],
+    extra: &[String],
+) -> Daemon {
     let mut c = match netns {
         Some(ns) => command_in(ns, bin("sluice-server")),
         None => Command::new(bin("sluice-server")),
@@ -46,6 +57,7 @@ fn spawn(data: &TempDir, port: u16, netns: Option<&std::path::Path>, etcd: &[Str
     if !etcd.is_empty() {
         c.args(["--etcd-endpoints", &etcd.join(",")]);
     }
+    c.args(extra);
     Daemon::from_command("sluice-server", c)
 }
 
@@ -59,14 +71,34 @@ impl ApiServer {
     /// Like [`Self::start`], serving on the loopback of `netns` (a test
     /// node's, so an agent inside it can reach it); kubectl runs there too.
     pub fn start_in(netns: Option<&NetNs>, etcd: &[String]) -> Self {
+        Self::start_on(netns, etcd, &[])
+    }
+
+    /// Like [`Self::start`], with more flags (e.g. `--disable controllers`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(None, &[], extra)
+    }
+
+    /// The API server alone (`API_ONLY`), for tests of the API's own
+    /// semantics, where a scheduler or controller acting on the test's
+    /// objects would be a second writer.
+    pub fn api_only(etcd: &[String]) -> Self {
+        Self::start_on(None, etcd, API_ONLY)
+    }
+
+    /// The general form: in `netns` (None: the test's own), on `etcd`
+    /// (empty: the embedded store), with `extra` flags.
+    pub fn start_on(netns: Option<&NetNs>, etcd: &[String], extra: &[&str]) -> Self {
         let data = TempDir::new();
         let netns = netns.map(NetNs::path);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut me = Self {
-            daemon: spawn(&data, 0, netns.as_deref(), etcd),
+            daemon: spawn(&data, 0, netns.as_deref(), etcd, &extra),
             data,
             port: 0,
             netns,
             etcd: etcd.to_vec(),
+            extra,
         };
         me.port = me.bound_port();
         me.wait_ready();
@@ -105,13 +137,24 @@ impl ApiServer {
         self.start_again();
     }
 
+    /// Kills the server (SIGKILL): no shutdown work, like a lost machine.
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
     /// Stops the server (SIGTERM); [`Self::start_again`] brings it back.
     pub fn stop(&mut self) {
         self.daemon.stop();
     }
 
     pub fn start_again(&mut self) {
-        self.daemon = spawn(&self.data, self.port, self.netns.as_deref(), &self.etcd);
+        self.daemon = spawn(
+            &self.data,
+            self.port,
+            self.netns.as_deref(),
+            &self.etcd,
+            &self.extra,
+        );
         self.wait_ready();
     }
 

@@ -27,6 +27,7 @@ use nix::{
 
 pub mod api_server;
 pub mod bench_args;
+pub mod cluster;
 pub mod cni_suite;
 pub mod cri;
 pub mod etcd;

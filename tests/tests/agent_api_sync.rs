@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_tests::{
-    api_server::ApiServer,
+    api_server::{API_ONLY, ApiServer},
     require_root,
     topology::programmed,
     topology::{LbTopology, TempDir, http_service},
@@ -81,7 +81,7 @@ fn restarts_of_the_api_server_and_the_agent_withdraw_no_service() {
         return;
     }
     let mut t = LbTopology::new(2);
-    let mut api = ApiServer::start_in(Some(&t.node), &[]);
+    let mut api = ApiServer::start_on(Some(&t.node), &[], API_ONLY);
     let files = TempDir::new();
     let manifest = files.0.join("web.yaml");
     std::fs::write(&manifest, http_service(&t, "web", VIP, &[0, 1])).expect("write manifest");

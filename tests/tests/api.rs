@@ -693,7 +693,8 @@ fn subresources(s: &ApiServer) {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already assigned"));
     let p = json(&s.kubectl_ok(&["get", "pod", "solo", "-o", "json"]));
     assert_eq!(p["spec"]["nodeName"], "n1");
-    s.kubectl_ok(&["delete", "pod", "solo"]);
+    // Bound: deleted gracefully unless forced (no kubelet here).
+    s.kubectl_ok(&["delete", "pod", "solo", "--grace-period=0", "--force"]);
 }
 
 /// ClusterIPs from the service CIDR and NodePorts from their range,
@@ -851,7 +852,7 @@ fn old_client(s: &ApiServer) {
 
 #[test]
 fn kubectl_round_trip_on_the_embedded_store() {
-    let s = ApiServer::start(&[]);
+    let s = ApiServer::api_only(&[]);
     round_trip(&s);
     apply_and_patch(&s);
     deletion(&s);
@@ -878,7 +879,7 @@ fn kubectl_round_trip_on_the_embedded_store() {
 #[test]
 fn kubectl_round_trip_on_etcd() {
     let c = EtcdCluster::start(1);
-    let s = ApiServer::start(&c.endpoints());
+    let s = ApiServer::api_only(&c.endpoints());
     round_trip(&s);
     apply_and_patch(&s);
     deletion(&s);
@@ -943,7 +944,7 @@ fn rv_of(obj: &Value) -> i64 {
 /// (kubectl exits cleanly); without the timeout it would run for 30 min.
 #[test]
 fn a_watch_ends_after_its_timeout() {
-    let s = ApiServer::start(&[]);
+    let s = ApiServer::api_only(&[]);
     configmap(&s, "timed", "1");
     let out = run_to_end(
         kubectl_cmd(
@@ -975,7 +976,7 @@ fn a_watch_ends_after_its_timeout() {
 /// a resourceVersion at or after the one it started from.
 #[test]
 fn a_watch_that_allows_bookmarks_gets_one() {
-    let s = ApiServer::start(&[]);
+    let s = ApiServer::api_only(&[]);
     let rv = rv_of(&configmap(&s, "marked", "1"));
     let mut watch = Daemon::from_command(
         "kubectl-watch",
@@ -1003,7 +1004,7 @@ fn a_watch_that_allows_bookmarks_gets_one() {
 /// revision: the old value, not a later one, and nothing created since.
 #[test]
 fn an_exact_list_shows_the_past() {
-    let s = ApiServer::start(&[]);
+    let s = ApiServer::api_only(&[]);
     let rv = rv_of(&configmap(&s, "then", "old"));
     configmap(&s, "then", "new");
     configmap(&s, "later", "1");
@@ -1044,7 +1045,7 @@ fn an_exact_list_shows_the_past() {
 fn a_corrupt_stored_object_is_an_error_naming_its_key() {
     use sluice_store::Store as _;
     let etcd = EtcdCluster::start(1);
-    let s = ApiServer::start(&etcd.endpoints());
+    let s = ApiServer::api_only(&etcd.endpoints());
     configmap(&s, "victim", "1");
     configmap(&s, "bystander", "1");
     let key = "/registry/core/configmaps/default/victim";

@@ -61,7 +61,7 @@ async fn until(store: &reflector::Store<ConfigMap>, what: &str, pred: impl Fn(&[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
-    let mut s = ApiServer::start(&[]);
+    let mut s = ApiServer::api_only(&[]);
     let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
 
     // create / get / list with a selector

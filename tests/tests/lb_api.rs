@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sluice_tests::{
-    api_server::ApiServer,
+    api_server::{API_ONLY, ApiServer},
     require_root,
     topology::programmed,
     topology::{LbTopology, TempDir, http_service, serve_in, tally},
@@ -22,7 +22,7 @@ fn agent_programs_what_kubectl_applies_and_follows_endpoint_changes() {
         return;
     }
     let mut t = LbTopology::new(2);
-    let api = ApiServer::start_in(Some(&t.node), &[]);
+    let api = ApiServer::start_on(Some(&t.node), &[], API_ONLY);
     let files = TempDir::new();
     let apply = |yaml: String| {
         let f = files.0.join("web.yaml");

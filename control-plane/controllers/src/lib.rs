@@ -10,9 +10,20 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod garbagecollector;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod workload;
+
+mod api_error;
+mod events;
+mod informer;
+mod pod_endpoint;
+mod workqueue;
+
+pub mod cronjob;
+pub mod job;
+pub mod ttlafterfinished;
 
 pub use manager::{Config, Context, Error, run};

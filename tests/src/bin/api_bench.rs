@@ -250,12 +250,12 @@ async fn main() {
         args.fail("--saturate and --seconds must be positive");
     }
     let embedded = {
-        let s = ApiServer::start(&[]);
+        let s = ApiServer::api_only(&[]);
         measure("embedded", &s, &o).await
     };
     let etcd = {
         let cluster = EtcdCluster::start(1);
-        let s = ApiServer::start(&cluster.endpoints());
+        let s = ApiServer::api_only(&cluster.endpoints());
         measure("etcd", &s, &o).await
     };
     let rows = [embedded, etcd];
