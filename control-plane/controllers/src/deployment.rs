@@ -34,11 +34,11 @@ use serde_json::json;
 use tracing::Instrument;
 
 use self::sync::{Input, Write};
-use crate::Context;
 use crate::pods::owner::{self, Claim, Claimant};
 use crate::pods::selector::{self, Selector};
 use crate::pods::template;
 use crate::workload::{self, Backoff, Events};
+use crate::{Context, api_error};
 
 const CONTROLLER: &str = "deployment-controller";
 
@@ -285,7 +285,7 @@ async fn claim_replica_sets(
                         tracing::info!(replicaset = %rs.name_any(), "adopted");
                         owned.push(adopted);
                     }
-                    Err(e) if workload::is_not_found(&e) => {}
+                    Err(e) if api_error::is_not_found(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -298,7 +298,7 @@ async fn claim_replica_sets(
             .await
         {
             Ok(_) => tracing::info!(replicaset = %rs.name_any(), "released"),
-            Err(e) if workload::is_not_found(&e) => {}
+            Err(e) if api_error::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -336,9 +336,11 @@ async fn execute(
                     versions.insert(created.name_any(), created.resource_version());
                     scaled(&event);
                 }
-                Err(e) if workload::is_already_exists(&e) => {
+                Err(e) if api_error::is_already_exists(&e) => {
                     return on_name_taken(d, c, &rs).await;
                 }
+                // Nothing to report: the namespace is going away.
+                Err(e) if api_error::is_namespace_terminating(&e) => return Err(e.into()),
                 Err(e) => {
                     failed_create(d, c, &rs, &e).await;
                     return Err(e.into());
@@ -371,7 +373,7 @@ async fn execute(
                 };
                 match rs_api.delete(&name, &dp).await {
                     Ok(_) => {}
-                    Err(e) if workload::is_not_found(&e) => {}
+                    Err(e) if api_error::is_not_found(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }

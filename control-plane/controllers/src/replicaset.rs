@@ -27,11 +27,11 @@ use tracing::Instrument;
 
 use self::expectations::{Cached, Expectations};
 use self::sync::Manage;
-use crate::Context;
 use crate::pods::owner::{self, Claim, Claimant};
 use crate::pods::selector::Selector;
 use crate::pods::{self, template};
 use crate::workload::{self, Backoff, Events};
+use crate::{Context, api_error};
 
 const CONTROLLER: &str = "replicaset-controller";
 
@@ -315,7 +315,7 @@ async fn claim_pods(
                         tracing::info!(pod = %p.name_any(), "adopted");
                         owned.push(Arc::new(adopted));
                     }
-                    Err(e) if workload::is_not_found(&e) => {}
+                    Err(e) if api_error::is_not_found(&e) => {}
                     Err(e) => {
                         first_err.get_or_insert(e);
                     }
@@ -330,7 +330,7 @@ async fn claim_pods(
             .await
         {
             Ok(_) => tracing::info!(pod = %p.name_any(), "released"),
-            Err(e) if workload::is_not_found(&e) => {}
+            Err(e) if api_error::is_not_found(&e) => {}
             Err(e) => {
                 first_err.get_or_insert(e);
             }
@@ -381,6 +381,7 @@ async fn create_pods(
         let results = join_all((0..batch).map(|_| api.create(&pp, &pod))).await;
         let mut created = Vec::new();
         let mut first_err = None;
+        let mut stop = false;
         for r in results {
             match r {
                 Ok(p) => {
@@ -392,6 +393,10 @@ async fn create_pods(
                         format!("Created pod: {name}"),
                     );
                     created.push((p.uid().unwrap_or_default(), name));
+                }
+                // Any create will fail: nothing to report or retry.
+                Err(e) if api_error::is_namespace_terminating(&e) => {
+                    stop = true;
                 }
                 Err(e) => {
                     let msg = workload::api_message(&e);
@@ -409,6 +414,9 @@ async fn create_pods(
             .expect_creations(key, created, Instant::now());
         if let Some(msg) = first_err {
             return Err(msg);
+        }
+        if stop {
+            break;
         }
     }
     Ok(())
@@ -459,7 +467,7 @@ async fn delete_pods(
             Err(e) => {
                 c.expectations
                     .deletion_failed(key, &p.uid().unwrap_or_default());
-                if !workload::is_not_found(&e) {
+                if !api_error::is_not_found(&e) {
                     let msg = workload::api_message(&e);
                     c.events.warning(
                         &regarding,

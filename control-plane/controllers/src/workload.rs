@@ -1,7 +1,8 @@
-//! What the workload controllers' I/O edges share: publishing Events
-//! without making a reconcile wait or fail for them, per-object retry
-//! delays after a failed reconcile, reading API errors, and running each
-//! reconcile on its own task.
+//! What the workload controllers' I/O edges (ReplicaSet, Deployment)
+//! share on top of [`crate::events`] and [`crate::api_error`]: Events
+//! published in the background, per-object retry delays for kube-runtime's
+//! applier, the message of an API error, and each reconcile on a task of
+//! its own.
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,11 +11,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 
-/// Events about objects, published in the background (a reconcile that
-/// creates 500 Pods does not wait for 500 Event writes). A failed publish
-/// is logged at debug level and otherwise ignored: Events are advice.
+/// Events about objects, published in the background through
+/// [`crate::events::publish`]: a reconcile that creates 500 Pods does not
+/// wait for 500 Event writes.
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
@@ -53,23 +54,16 @@ impl Events {
     ) {
         let recorder = self.recorder.clone();
         let regarding = regarding.clone();
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
+        let (reason, action) = (reason.to_string(), action.to_string());
         tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &regarding).await {
-                tracing::debug!(error = %e, reason = %ev.reason, "event not published");
-            }
+            crate::events::publish(&recorder, &regarding, type_, &reason, &action, note).await;
         });
     }
 }
 
-/// Upstream's per-item exponential retry (5 ms doubling to 1000 s),
-/// reset by a successful reconcile.
+/// Per-object exponential retry for the applier, reset by a successful
+/// reconcile: upstream's 5 ms doubling, capped at 1000 s as upstream's
+/// (an applier keeps retrying; it never drops the object).
 #[derive(Default)]
 pub struct Backoff {
     failures: Mutex<HashMap<String, u32>>,
@@ -105,20 +99,9 @@ pub fn api_message(e: &kube::Error) -> String {
     }
 }
 
-pub fn is_status(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(r) if r.code == code)
-}
-
-pub fn is_not_found(e: &kube::Error) -> bool {
-    is_status(e, 404)
-}
-
+/// A write refused because the object changed since it was read.
 pub fn is_conflict(e: &kube::Error) -> bool {
-    is_status(e, 409) && !is_already_exists(e)
-}
-
-pub fn is_already_exists(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(r) if r.code == 409 && r.reason == "AlreadyExists")
+    matches!(e, kube::Error::Api(r) if r.code == 409 && r.reason != "AlreadyExists")
 }
 
 /// A reconcile future the applier can hold (boxed, Unpin) running on a
