@@ -193,7 +193,12 @@ async fn worker(sh: &Shared) {
 /// retried.
 async fn sync(sh: &Shared, key: &Key) -> Result<bool, kube::Error> {
     let (ns, name) = key;
-    if sh.written.is_stale(key) {
+    let in_store = |e: &str| {
+        sh.endpoints
+            .get(&ObjectRef::new(e).within(ns))
+            .and_then(|e| e.resource_version())
+    };
+    if sh.written.is_stale(key, in_store) {
         return Ok(false);
     }
     let svc = sh.services.get(&ObjectRef::new(name).within(ns));

@@ -212,7 +212,12 @@ async fn sync(sh: &Shared, key: &ServiceKey) -> Result<Synced, kube::Error> {
     let Some(selector) = pe::selector(&svc) else {
         return Ok(Synced::Done);
     };
-    if sh.written.is_stale(key) {
+    let in_store = |slice: &str| {
+        sh.slices
+            .get(&ObjectRef::new(slice).within(ns))
+            .and_then(|s| s.resource_version())
+    };
+    if sh.written.is_stale(key, in_store) {
         // The slice watch requeues the Service once it shows our writes.
         return Ok(Synced::Retry(
             "waiting for the store to show our last writes",

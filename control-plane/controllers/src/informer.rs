@@ -140,21 +140,28 @@ impl<Key: Clone + Eq + Hash> WriteTracker<Key> {
     }
 
     /// True while some write for `key` has not shown up in the store.
-    pub fn is_stale(&self, key: &Key) -> bool {
+    /// `current` gives the resourceVersion the store holds for a name (None
+    /// when absent): the watch may have delivered a write before the
+    /// controller recorded it, and then only the store can tell.
+    pub fn is_stale(&self, key: &Key, current: impl Fn(&str) -> Option<String>) -> bool {
         let mut p = self.lock();
         let Some(v) = p.get_mut(key) else {
             return false;
         };
         let now = Instant::now();
         v.retain(|w| {
-            let keep = now.duration_since(w.at) < FORGET_AFTER;
-            if !keep {
+            let shown = match &w.resource_version {
+                Some(rv) => current(&w.name).as_ref() == Some(rv),
+                None => current(&w.name).is_none(),
+            };
+            let expired = now.duration_since(w.at) >= FORGET_AFTER;
+            if expired && !shown {
                 tracing::debug!(
                     object = w.name,
                     "write never observed through the watch; no longer waiting for it"
                 );
             }
-            keep
+            !shown && !expired
         });
         if v.is_empty() {
             p.remove(key);
@@ -172,15 +179,20 @@ impl<Key: Clone + Eq + Hash> WriteTracker<Key> {
 mod tests {
     use super::*;
 
+    /// A store that has not seen anything.
+    fn absent(_: &str) -> Option<String> {
+        None
+    }
+
     #[tokio::test]
     async fn a_write_is_stale_until_the_watch_shows_that_exact_version() {
         let t = WriteTracker::default();
         t.wrote(&"svc", "svc-abc", Some("7".into()));
-        assert!(t.is_stale(&"svc"));
+        assert!(t.is_stale(&"svc", absent));
         t.observed(&"svc", "svc-abc", Some("6"), false);
-        assert!(t.is_stale(&"svc"), "an older version is not ours");
+        assert!(t.is_stale(&"svc", absent), "an older version is not ours");
         t.observed(&"svc", "svc-abc", Some("7"), false);
-        assert!(!t.is_stale(&"svc"));
+        assert!(!t.is_stale(&"svc", absent));
     }
 
     #[tokio::test]
@@ -188,9 +200,12 @@ mod tests {
         let t = WriteTracker::default();
         t.deleted(&"svc", "svc-abc");
         t.observed(&"svc", "svc-abc", Some("9"), false);
-        assert!(t.is_stale(&"svc"), "a modification is not the deletion");
+        assert!(
+            t.is_stale(&"svc", |_| Some("9".into())),
+            "a modification is not the deletion"
+        );
         t.observed(&"svc", "svc-abc", Some("10"), true);
-        assert!(!t.is_stale(&"svc"));
+        assert!(!t.is_stale(&"svc", |_| Some("9".into())));
     }
 
     #[tokio::test]
@@ -198,11 +213,24 @@ mod tests {
         let t = WriteTracker::default();
         t.wrote(&"a", "a-1", Some("1".into()));
         t.wrote(&"a", "a-2", Some("2".into()));
-        assert!(!t.is_stale(&"b"));
+        assert!(!t.is_stale(&"b", absent));
         t.observed(&"a", "a-1", Some("1"), false);
-        assert!(t.is_stale(&"a"), "a-2 is still unseen");
+        assert!(t.is_stale(&"a", absent), "a-2 is still unseen");
         t.observed(&"a", "a-2", Some("2"), false);
-        assert!(!t.is_stale(&"a"));
+        assert!(!t.is_stale(&"a", absent));
+    }
+
+    #[tokio::test]
+    async fn a_write_the_store_already_shows_is_not_stale_even_if_its_event_came_first() {
+        let t = WriteTracker::default();
+        // The watch delivered version 7 before the write was recorded.
+        t.observed(&"svc", "svc-abc", Some("7"), false);
+        t.wrote(&"svc", "svc-abc", Some("7".into()));
+        assert!(t.is_stale(&"svc", |_| Some("6".into())));
+        assert!(!t.is_stale(&"svc", |_| Some("7".into())));
+        t.deleted(&"svc", "svc-abc");
+        assert!(t.is_stale(&"svc", |_| Some("7".into())));
+        assert!(!t.is_stale(&"svc", absent), "gone from the store");
     }
 
     #[tokio::test]
@@ -210,7 +238,7 @@ mod tests {
         let t = WriteTracker::default();
         t.wrote(&"a", "a-1", Some("1".into()));
         t.clear();
-        assert!(!t.is_stale(&"a"));
+        assert!(!t.is_stale(&"a", absent));
     }
 
     #[tokio::test(start_paused = true)]
@@ -218,8 +246,8 @@ mod tests {
         let t = WriteTracker::default();
         t.wrote(&"a", "a-1", Some("1".into()));
         tokio::time::advance(FORGET_AFTER - Duration::from_millis(1)).await;
-        assert!(t.is_stale(&"a"));
+        assert!(t.is_stale(&"a", absent));
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(!t.is_stale(&"a"));
+        assert!(!t.is_stale(&"a", absent));
     }
 }
