@@ -475,10 +475,10 @@ async fn route(
         body
     };
     match (method.clone(), &t.name, t.sub) {
-        (Method::GET, None, _) if watch => watch_list(api, &t, q, as_table(headers)).await,
-        (Method::GET, None, _) => list(api, &t, q, as_table(headers)).await,
+        (Method::GET, None, _) if watch => watch_list(api, &t, q, shape(headers)).await,
+        (Method::GET, None, _) => list(api, &t, q, shape(headers)).await,
         (Method::GET, Some(name), None | Some(Sub::Status)) => {
-            get(api, &t, name, as_table(headers), q).await
+            get(api, &t, name, shape(headers), q).await
         }
         (Method::GET, Some(name), Some(Sub::Scale)) => {
             let kv = current(api, &t, name).await?;
@@ -549,23 +549,50 @@ async fn current(api: &Shared, t: &Target, name: &str) -> Result<sluice_store::K
 }
 
 /// Whether the client asked for server-side printing.
-fn as_table(headers: &HeaderMap) -> bool {
-    headers
+/// How a read is answered, from the client's Accept header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Object,
+    /// Server-side printing (kubectl get).
+    Table,
+    /// `as=PartialObjectMetadata[List]`: metadata only (what metadata
+    /// informers, like the garbage collector's, ask for).
+    Metadata,
+}
+
+fn shape(headers: &HeaderMap) -> Shape {
+    let accept = headers
         .get("accept")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(crate::table::wanted)
+        .unwrap_or("");
+    let first = accept.split(',').next().unwrap_or("");
+    if crate::table::wanted(accept) {
+        Shape::Table
+    } else if first.contains("as=PartialObjectMetadata") && first.contains("g=meta.k8s.io") {
+        Shape::Metadata
+    } else {
+        Shape::Object
+    }
+}
+
+/// An object as a meta.k8s.io/v1 PartialObjectMetadata.
+fn metadata_only(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
 }
 
 async fn get(
     api: &Shared,
     t: &Target,
     name: &str,
-    table: bool,
+    shape: Shape,
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let kv = current(api, t, name).await?;
     let obj = served(t.resource, &kv)?;
-    if table {
+    if shape == Shape::Metadata {
+        return Ok(axum::Json(metadata_only(&obj)).into_response());
+    }
+    if shape == Shape::Table {
         let include = q.get("includeObject").map(String::as_str);
         let t = crate::table::table(t.resource, &[obj], kv.mod_revision, include);
         return Ok(axum::Json(t).into_response());
@@ -648,7 +675,7 @@ async fn list(
     api: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
-    table: bool,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let prefix = r.prefix(t.namespace.as_deref());
@@ -735,7 +762,15 @@ async fn list(
     if let Some(next) = next {
         meta["continue"] = json!(encode_continue(revision, &next));
     }
-    if table {
+    if shape == Shape::Metadata {
+        let items: Vec<Value> = items.iter().map(|c| metadata_only(&c.value())).collect();
+        return Ok(axum::Json(json!({
+            "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+            "metadata": meta, "items": items,
+        }))
+        .into_response());
+    }
+    if shape == Shape::Table {
         let objects: Vec<Value> = items.iter().map(|c| c.value()).collect();
         let include = q.get("includeObject").map(String::as_str);
         let mut t = crate::table::table(r, &objects, revision, include);
@@ -790,7 +825,7 @@ async fn watch_list(
     api: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
-    table: bool,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let filter = Filter::from_query(q)?;
@@ -820,8 +855,10 @@ async fn watch_list(
     let include = q.get("includeObject").cloned();
     let mut header_sent = false;
     let mut event = move |kind: &str, obj: &Cached| -> Bytes {
-        if !table {
-            return watch_line_raw(kind, &obj.json);
+        match shape {
+            Shape::Object => return watch_line_raw(kind, &obj.json),
+            Shape::Metadata => return watch_line(kind, &metadata_only(&obj.value())),
+            Shape::Table => {}
         }
         let mut t = crate::table::table(r, &[obj.value()], 0, include.as_deref());
         t["metadata"] = json!({});
@@ -1917,6 +1954,29 @@ mod tests {
         assert!(name.starts_with("cfg-") && name.len() == 9, "{name}");
         assert_eq!(uid.len(), 36, "{uid}");
         assert_ne!(uid, "00000000-0000-4000-8000-000000000000");
+    }
+
+    #[test]
+    fn the_accept_header_picks_the_shape() {
+        let h = |accept: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("accept", accept.parse().expect("header"));
+            shape(&h)
+        };
+        assert_eq!(h("application/json"), Shape::Object);
+        assert_eq!(
+            h("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
+            Shape::Table
+        );
+        assert_eq!(
+            h("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+            Shape::Metadata
+        );
+        assert_eq!(shape(&HeaderMap::new()), Shape::Object);
+        let m = metadata_only(&json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {}}));
+        assert_eq!(m["kind"], "PartialObjectMetadata");
+        assert_eq!(m["metadata"]["name"], "p");
+        assert!(m.get("spec").is_none());
     }
 
     #[test]

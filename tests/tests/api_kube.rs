@@ -311,3 +311,58 @@ async fn kube_rs_round_trips_and_a_watcher_survives_a_restart() {
     .await;
     follow.abort();
 }
+
+/// Metadata-only reads (what kube-rs's `metadata_watcher` and the garbage
+/// collector use) answer PartialObjectMetadata: the metadata, no data.
+#[tokio::test]
+async fn metadata_only_reads_answer_partial_object_metadata() {
+    let s = ApiServer::api_only(&[]);
+    let api: Api<ConfigMap> = Api::default_namespaced(s.client().await);
+    api.create(&PostParams::default(), &cm("meta", json!({"app": "m"})))
+        .await
+        .expect("create");
+    let one = api.get_metadata("meta").await.expect("get_metadata");
+    assert_eq!(
+        one.types.map(|t| t.kind).as_deref(),
+        Some("PartialObjectMetadata")
+    );
+    assert_eq!(one.metadata.labels.unwrap_or_default()["app"], "m");
+    let list = api
+        .list_metadata(&ListParams::default())
+        .await
+        .expect("list_metadata");
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(
+        list.items[0].types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
+    // A watch from the list's revision sees a change as metadata too.
+    let rv = list.metadata.resource_version.clone().expect("rv");
+    let mut events = std::pin::pin!(
+        api.watch_metadata(&kube::api::WatchParams::default(), &rv)
+            .await
+            .expect("watch_metadata")
+    );
+    api.patch(
+        "meta",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "n"}}})),
+    )
+    .await
+    .expect("patch");
+    let ev = tokio::time::timeout(HANG, events.next())
+        .await
+        .expect("a watch event in time")
+        .expect("the stream goes on")
+        .expect("an event");
+    match ev {
+        kube::api::WatchEvent::Modified(m) => {
+            assert_eq!(
+                m.types.map(|t| t.kind).as_deref(),
+                Some("PartialObjectMetadata")
+            );
+            assert_eq!(m.metadata.labels.unwrap_or_default()["app"], "n");
+        }
+        other => panic!("{other:?}"),
+    }
+}

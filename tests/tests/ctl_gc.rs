@@ -281,3 +281,64 @@ async fn owners_are_looked_for_in_the_dependents_namespace_or_the_cluster() {
     })
     .await;
 }
+
+/// A Deployment (no replicas, so no workload controller makes Pods for
+/// it) owning a Pod and a ConfigMap the test wrote, deleted with `kubectl
+/// delete deployment --cascade=<policy>`; returns whether each dependent
+/// was collected.
+async fn delete_deployment_with(policy: &str) -> (bool, bool) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let s = ApiServer::start(&[]);
+    let client = s.client().await;
+    let deploys: Api<Deployment> = Api::default_namespaced(client.clone());
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "busybox"}]}}},
+    }))
+    .expect("Deployment");
+    let d = deploys
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create Deployment");
+    pod(&pods, "web-extra", &[owner_ref(&d, true)]).await;
+    cm(&cms, "web-config", &[owner_ref(&d, true)], &[]).await;
+    s.kubectl_ok(&[
+        "delete",
+        "deployment",
+        "web",
+        &format!("--cascade={policy}"),
+        "--timeout=60s",
+    ]);
+    assert!(gone(&deploys, "web").await, "kubectl waited for it to go");
+    if policy != "orphan" {
+        until("the dependents to be collected", || async {
+            gone(&pods, "web-extra").await && gone(&cms, "web-config").await
+        })
+        .await;
+    } else {
+        settle(&cms).await;
+    }
+    (
+        gone(&pods, "web-extra").await,
+        gone(&cms, "web-config").await,
+    )
+}
+
+#[tokio::test]
+async fn kubectl_delete_deployment_cascade_background_collects_its_dependents() {
+    assert_eq!(delete_deployment_with("background").await, (true, true));
+}
+
+#[tokio::test]
+async fn kubectl_delete_deployment_cascade_foreground_collects_its_dependents() {
+    assert_eq!(delete_deployment_with("foreground").await, (true, true));
+}
+
+#[tokio::test]
+async fn kubectl_delete_deployment_cascade_orphan_keeps_its_dependents() {
+    assert_eq!(delete_deployment_with("orphan").await, (false, false));
+}

@@ -55,6 +55,9 @@ const WORKERS: usize = 4;
 /// must not stop collection of the others).
 const SYNC_WAIT: Duration = Duration::from_secs(60);
 
+/// How many absent owners are remembered.
+const ABSENT_REMEMBERED: usize = 10_000;
+
 #[derive(Debug, thiserror::Error)]
 enum GcError {
     #[error("kubernetes API: {0}")]
@@ -630,7 +633,13 @@ async fn owner_state(
     };
     Ok(Some(match live(shared, &owner).await? {
         None => {
-            lock(&shared.absent).insert(absent_key);
+            let mut absent = lock(&shared.absent);
+            // Bounded like upstream's absentOwnerCache: forgetting only
+            // costs a GET.
+            if absent.len() >= ABSENT_REMEMBERED {
+                absent.clear();
+            }
+            absent.insert(absent_key);
             OwnerState::Dangling
         }
         Some(o) if o.deleting_dependents() => OwnerState::Waiting,
