@@ -271,6 +271,10 @@ impl FakeKubelet {
                     continue;
                 }
                 let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+                // A finished pod stays finished (a test marks it so).
+                if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
+                    continue;
+                }
                 let is_ready = pod
                     .status
                     .as_ref()

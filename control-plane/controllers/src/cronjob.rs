@@ -88,7 +88,7 @@ pub async fn run(ctx: Context) -> Result<(), crate::Error> {
     });
     let (tx, rx) = mpsc::unbounded_channel::<ObjectRef<CronJob>>();
     let watch_cron_jobs = {
-        let (tx, store) = (tx.clone(), cron_jobs.clone());
+        let (tx, store, state) = (tx.clone(), cron_jobs.clone(), state.clone());
         reflector(
             cj_writer,
             watcher(
@@ -101,6 +101,10 @@ pub async fn run(ctx: Context) -> Result<(), crate::Error> {
             match ev {
                 Ok(watcher::Event::Apply(cj)) => {
                     let _ = tx.send(ObjectRef::from_obj(&cj));
+                }
+                Ok(watcher::Event::Delete(cj)) => {
+                    let key = ObjectRef::from_obj(&cj);
+                    state.written.lock().expect("written").remove(&key);
                 }
                 Ok(watcher::Event::InitDone) => {
                     for cj in store.state() {

@@ -128,7 +128,13 @@ pub async fn run(ctx: Context) -> Result<(), crate::Error> {
                         orphans_of(&state, &job, &orphan_tx);
                     }
                 }
-                Ok(watcher::Event::Delete(job)) => orphans_of(&state, &job, &orphan_tx),
+                Ok(watcher::Event::Delete(job)) => {
+                    orphans_of(&state, &job, &orphan_tx);
+                    let key = ObjectRef::from_obj(&job);
+                    state.backoff.lock().expect("backoff").remove(&key);
+                    state.pending.lock().expect("pending").remove(&key);
+                    state.failures.lock().expect("failures").remove(&key);
+                }
                 Ok(watcher::Event::InitDone) => {
                     for job in state.jobs.state() {
                         let _ = job_tx.send(ObjectRef::from_obj(&*job));
