@@ -111,8 +111,11 @@ impl Cluster {
         Api::namespaced(self.client.clone(), "default")
     }
 
+    /// kubectl blocks (`rollout status` for up to a minute and a half):
+    /// off the runtime's worker, so the binder, fake kubelet and Lease
+    /// renewals keep running meanwhile.
     fn kubectl(&self, args: &[&str]) -> String {
-        self.server.kubectl_ok(args)
+        tokio::task::block_in_place(|| self.server.kubectl_ok(args))
     }
 
     /// `kubectl apply -f` of a manifest.
@@ -266,7 +269,7 @@ fn rolling(surge: i32, unavailable: i32) -> String {
 
 // ---- create and roll out ----------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_gets_a_replica_set_whose_pods_are_bound_and_rollout_status_succeeds() {
     let c = cluster().await;
     c.apply(&deployment(3, &rolling(1, 1), ""));
@@ -445,7 +448,7 @@ impl Drop for Bounds {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_image_rolls_out_a_new_replica_set_within_max_surge_and_max_unavailable() {
     let c = cluster().await;
     c.apply(&deployment(4, &rolling(1, 1), ""));
@@ -482,7 +485,7 @@ async fn set_image_rolls_out_a_new_replica_set_within_max_surge_and_max_unavaila
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreate_removes_every_old_pod_before_the_first_new_one() {
     let c = cluster().await;
     c.apply(&deployment(3, "{type: Recreate}", ""));
@@ -539,7 +542,7 @@ fn history(c: &Cluster) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_history_lists_revisions_and_undo_restores_the_previous_template() {
     let c = cluster().await;
     c.apply(&deployment(2, &rolling(1, 0), ""));
@@ -608,7 +611,7 @@ async fn rollout_history_lists_revisions_and_undo_restores_the_previous_template
 
 // ---- scaling and replacement ------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_scale_up_and_down_changes_the_pod_count() {
     let c = cluster().await;
     c.apply(&deployment(2, &rolling(1, 1), ""));
@@ -630,7 +633,7 @@ async fn kubectl_scale_up_and_down_changes_the_pod_count() {
     assert_eq!(spec_replicas(&c.web_replica_sets().await[0]), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_pod_is_replaced() {
     let c = cluster().await;
     c.apply(&deployment(3, &rolling(1, 1), ""));
@@ -660,7 +663,7 @@ async fn a_deleted_pod_is_replaced() {
 
 // ---- ReplicaSet claiming ------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_set_adopts_a_matching_orphan_and_releases_a_pod_it_stops_selecting() {
     let c = cluster().await;
     let orphan: Pod = serde_json::from_value(json!({
@@ -703,7 +706,7 @@ spec:
 
 // ---- failure ------------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_status_reports_a_rollout_past_its_progress_deadline() {
     let c = cluster().await;
     c.apply(&deployment(
@@ -718,9 +721,10 @@ async fn rollout_status_reports_a_rollout_past_its_progress_deadline() {
         .patch("web", &PatchParams::default(), &Patch::Strategic(patch))
         .await
         .expect("patch template");
-    let out = c
-        .server
-        .kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let out = tokio::task::block_in_place(|| {
+        c.server
+            .kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"])
+    });
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exceeded its progress deadline"), "{err}");
