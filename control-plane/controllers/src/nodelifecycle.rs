@@ -112,7 +112,7 @@ pub fn reconcile_taints(node: &Node, health: Health, now: DateTime<Utc>) -> Opti
             next.push(Taint {
                 key: key.to_string(),
                 effect: effect.to_string(),
-                time_added: (*effect == "NoExecute").then(|| Time(now)),
+                time_added: (*effect == "NoExecute").then_some(Time(now)),
                 value: None,
             });
         }
