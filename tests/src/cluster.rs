@@ -160,7 +160,9 @@ impl FakeNodes {
             .patch_status(
                 &spec.name,
                 &PatchParams::default(),
-                &Patch::Merge(spec.status()),
+                // Strategic, as the kubelet patches: conditions merge by
+                // type, so a controller's NetworkUnavailable stays.
+                &Patch::Strategic(spec.status()),
             )
             .await
             .unwrap_or_else(|e| panic!("node {} status: {e}", spec.name));

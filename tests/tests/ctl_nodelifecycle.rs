@@ -6,8 +6,14 @@
 //! second). No root needed.
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::{Api, api::PostParams};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Node, Pod},
+};
+use kube::{
+    Api, ResourceExt as _,
+    api::{ListParams, PostParams},
+};
 use serde_json::json;
 use sluice_tests::{
     api_server::ApiServer,
@@ -141,4 +147,102 @@ async fn a_node_that_renews_again_loses_the_unreachable_taints() {
         taint_keys(n).is_empty() && ready_status(n).as_deref() == Some("True")
     })
     .await;
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn node_of(p: &Pod) -> Option<String> {
+    p.spec.as_ref()?.node_name.clone()
+}
+
+/// Active (not being deleted), bound, Ready pods of `app=web` by node,
+/// once there are `n` of them.
+async fn ready_web_pods(
+    pods: &Api<Pod>,
+    n: usize,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .expect("list pods");
+        let active: Vec<&Pod> = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let nodes: Vec<String> = active.iter().filter_map(|p| node_of(p)).collect();
+        if active.len() == n
+            && nodes.len() == n
+            && active.iter().all(|p| is_ready(p))
+            && nodes.iter().all(|x| ok(x))
+        {
+            return nodes;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {what}: {:?}",
+            active
+                .iter()
+                .map(|p| (p.name_any(), node_of(p), is_ready(p)))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_nodes_deployment_pods_are_recreated_on_the_healthy_nodes() {
+    let s = ApiServer::start_with(&["--node-monitor-grace-period", "4s"]);
+    let client = s.client().await;
+    let fake = FakeNodes::new(client.clone()).renewing_every(Duration::from_secs(1));
+    let names = ["w1", "w2", "w3"];
+    for n in names {
+        fake.add(&NodeSpec::new(n)).await;
+    }
+    let _kubelet = FakeKubelet::start(client.clone(), &names);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [{"name": "c", "image": "localhost/busybox:1.35"}],
+                    "tolerations": [{
+                        "key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                        "effect": "NoExecute", "tolerationSeconds": 2,
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("Deployment");
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let placed = ready_web_pods(&pods, 4, "had 4 ready pods", |_| true).await;
+    let victim = placed[0].clone();
+    fake.stop_renewing(&victim);
+    let after = ready_web_pods(&pods, 4, "had 4 ready pods off the failed node", |n| {
+        n != victim
+    })
+    .await;
+    assert!(
+        after
+            .iter()
+            .all(|n| names.contains(&n.as_str()) && *n != victim),
+        "{after:?}"
+    );
 }
