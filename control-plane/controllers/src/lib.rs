@@ -5,6 +5,7 @@
 //! [`manager`].
 pub mod manager;
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
