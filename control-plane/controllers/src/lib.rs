@@ -15,6 +15,7 @@ pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod workload;
 
 mod api_error;

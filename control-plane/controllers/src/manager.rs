@@ -106,6 +106,7 @@ pub async fn run(
         crate::replicaset::run(ctx.clone()),
         crate::deployment::run(ctx.clone()),
         crate::daemonset::run(ctx.clone()),
+        crate::statefulset::run(ctx.clone()),
         crate::endpointslice::run(ctx.clone()),
         crate::endpoints::run(ctx.clone()),
         crate::nodeipam::run(ctx.clone()),
