@@ -220,6 +220,15 @@ impl Readiness {
             .insert(format!("{ns}/{name}"));
     }
 
+    /// The pod may become Ready again; the fake kubelet acts on the pod's
+    /// next event (the caller touches the pod to make one).
+    pub fn release(&self, ns: &str, name: &str) {
+        self.0
+            .lock()
+            .expect("readiness")
+            .remove(&format!("{ns}/{name}"));
+    }
+
     fn held(&self, ns: &str, name: &str) -> bool {
         self.0
             .lock()

@@ -5,6 +5,7 @@
 //! [`manager`].
 pub mod manager;
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
@@ -14,6 +15,7 @@ pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod workload;
 
 mod api_error;

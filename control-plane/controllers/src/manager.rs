@@ -105,6 +105,8 @@ pub async fn run(
     let res = tokio::try_join!(
         crate::replicaset::run(ctx.clone()),
         crate::deployment::run(ctx.clone()),
+        crate::daemonset::run(ctx.clone()),
+        crate::statefulset::run(ctx.clone()),
         crate::endpointslice::run(ctx.clone()),
         crate::endpoints::run(ctx.clone()),
         crate::nodeipam::run(ctx.clone()),

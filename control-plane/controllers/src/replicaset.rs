@@ -7,7 +7,7 @@
 //! ReplicaSet selecting it), and [`expectations`] keeps a reconcile that
 //! runs before its own creates and deletes are in the cache from doing
 //! them twice.
-mod expectations;
+pub(crate) mod expectations;
 mod rank;
 mod sync;
 
