@@ -83,3 +83,17 @@ pub fn write_report(out: &std::path::Path, stem: &str, md: &str, json: &serde_js
         std::process::exit(1);
     }
 }
+
+/// `(VmRSS, VmHWM)` of process `pid` in MiB (NaN when unreadable).
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

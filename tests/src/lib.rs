@@ -29,6 +29,7 @@ pub mod api_server;
 pub mod bench_args;
 pub mod cluster;
 pub mod cni_suite;
+pub mod cp_bench;
 pub mod cri;
 pub mod etcd;
 pub mod held;

@@ -1,6 +1,7 @@
-//! `cargo xtask bench lb [ARGS]`: release-build everything, then run the
-//! benchmark binary (`sluice-lb-bench`, built from tests/) with reports
-//! under target/bench/. Extra arguments go to the benchmark (`--help`-style
+//! `cargo xtask bench lb|cni|store|api|scheduler|controllers [ARGS]`:
+//! release-build everything, then run the benchmark binary
+//! (`sluice-<name>-bench`, built from tests/) with reports under
+//! target/bench/. Extra arguments go to the benchmark (`--help`-style
 //! usage is printed on a bad one).
 use anyhow::bail;
 
@@ -11,17 +12,21 @@ use crate::{
 
 pub fn run(env: &Env, args: &[String]) -> anyhow::Result<()> {
     let Some((what, rest)) = args.split_first() else {
-        bail!("which benchmark? available: lb, cni, store, api");
+        bail!("which benchmark? available: lb, cni, store, api, scheduler, controllers");
     };
     let bin = match what.as_str() {
         "lb" => "sluice-lb-bench",
         "cni" => "sluice-cni-bench",
         "store" => "sluice-store-bench",
         "api" => "sluice-api-bench",
-        other => bail!("unknown benchmark {other:?}; available: lb, cni, store, api"),
+        "scheduler" => "sluice-scheduler-bench",
+        "controllers" => "sluice-controllers-bench",
+        other => bail!(
+            "unknown benchmark {other:?}; available: lb, cni, store, api, scheduler, controllers"
+        ),
     };
-    // The store and API benchmarks are files and loopback only.
-    if !matches!(what.as_str(), "store" | "api") && !cmd::is_root() {
+    // The store, API and control-plane benchmarks are files and loopback only.
+    if !matches!(what.as_str(), "store" | "api" | "scheduler" | "controllers") && !cmd::is_root() {
         bail!("bench {what} needs root (network namespaces, cgroups, eBPF, iptables)");
     }
     let bin_dir = build::run(env)?;

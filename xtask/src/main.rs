@@ -46,8 +46,9 @@ enum Command {
     /// Benchmarks: `bench lb [--services 1,1000,10000] ...` (service load balancing vs
     /// direct, iptables and IPVS), `bench cni [--adds 100]` (sluice-cni vs bridge +
     /// host-local), `bench store [--ops 2000]` (embedded store vs etcd), `bench api [--pods 10000]`
-    /// (sluice-server on both stores); reports in
-    /// target/bench/.
+    /// (sluice-server on both stores), `bench scheduler [--nodes 1000 --pods 10000]` (scheduler
+    /// vs raw binding on fake nodes), `bench controllers [--replicas 3000]` (a Deployment vs raw
+    /// create+bind, rolling update, server RSS); reports in target/bench/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -25,7 +25,7 @@ use kube::{
 use serde_json::{Value, json};
 use sluice_tests::{
     api_server::ApiServer,
-    bench_args::{BenchArgs, median, pct_ms, write_report},
+    bench_args::{BenchArgs, median, pct_ms, rss_mib, write_report},
     etcd::EtcdCluster,
 };
 
@@ -95,19 +95,6 @@ where
         out.push(t.await.expect("request task"));
     }
     out
-}
-
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 async fn measure(name: &str, s: &ApiServer, o: &Opts) -> Value {
