@@ -1509,6 +1509,12 @@ async fn write_update(
         m.remove("resourceVersion");
         m.retain(|_, v| !v.is_null());
     }
+    admission::drop_type_dependent(r, &mut obj, &old);
+    admission::default(r, &mut obj);
+    // The spec is compared as it will be stored: the old one was
+    // defaulted when it was written, so an undefaulted copy of the same
+    // spec (a status write, a client's full PUT) must not count as a
+    // change, or every status write bumps the generation.
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
     if obj.get("spec").is_some() {
         let bumped = if obj.get("spec") != old.get("spec") {
@@ -1518,8 +1524,6 @@ async fn write_update(
         };
         obj["metadata"]["generation"] = json!(bumped);
     }
-    admission::drop_type_dependent(r, &mut obj, &old);
-    admission::default(r, &mut obj);
     let causes = admission::validate(r, &obj, Some(&old));
     if !causes.is_empty() {
         return Err(ApiError::invalid(r, name, causes));

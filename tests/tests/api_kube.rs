@@ -366,3 +366,41 @@ async fn metadata_only_reads_answer_partial_object_metadata() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_status_write_leaves_the_generation_alone_and_a_spec_change_bumps_it() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let s = ApiServer::api_only(&[]);
+    let client = s.client().await;
+    let api: Api<DaemonSet> = Api::namespaced(client, "default");
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "gen"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "gen"}},
+            "template": {
+                "metadata": {"labels": {"app": "gen"}},
+                "spec": {"containers": [{"name": "c", "image": "localhost/busybox:1.35"}]},
+            },
+        },
+    }))
+    .expect("DaemonSet");
+    api.create(&PostParams::default(), &ds)
+        .await
+        .expect("create");
+    let generation = |d: DaemonSet| d.metadata.generation;
+    for n in 1..=3 {
+        let status = json!({"status": {"observedGeneration": 1, "numberReady": n,
+            "currentNumberScheduled": 0, "desiredNumberScheduled": 0, "numberMisscheduled": 0}});
+        let d = api
+            .patch_status("gen", &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .expect("status patch");
+        assert_eq!(generation(d), Some(1), "status write {n}");
+    }
+    let change = json!({"spec": {"minReadySeconds": 5}});
+    let d = api
+        .patch("gen", &PatchParams::default(), &Patch::Merge(change))
+        .await
+        .expect("spec patch");
+    assert_eq!(generation(d), Some(2));
+}

@@ -226,7 +226,6 @@ async fn a_node_added_later_gets_its_pod() {
     c.wait_one_ready_pod_on(&[PLAIN, CORDONED, LATE]).await;
 }
 
-#[ignore = "API server bug: every DaemonSet status write bumps metadata.generation (write_update compares spec before defaulting, which leaves ports/initContainers null), so observedGeneration never catches up"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_status_succeeds_once_the_kubelet_marks_the_pods_ready() {
     let mut c = cluster(false).await;
@@ -317,7 +316,6 @@ impl Drop for Unavailability {
     }
 }
 
-#[ignore = "API server bug: every DaemonSet status write bumps metadata.generation (write_update compares spec before defaulting, which leaves ports/initContainers null), so observedGeneration never catches up"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_change_rolls_node_by_node_within_max_unavailable() {
     let c = cluster(true).await;

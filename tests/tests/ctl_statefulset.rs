@@ -233,7 +233,6 @@ spec:
     )
 }
 
-#[ignore = "compiled but not yet run (the build lock was held until the deadline)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_ready_creates_pod_1_only_after_pod_0_is_ready() {
     let c = cluster().await;
@@ -260,7 +259,6 @@ async fn ordered_ready_creates_pod_1_only_after_pod_0_is_ready() {
     history.assert_before("ready web-1", "created web-2");
 }
 
-#[ignore = "compiled but not yet run (the build lock was held until the deadline)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_creates_every_pod_without_waiting_for_readiness() {
     let c = cluster().await;
@@ -275,7 +273,6 @@ async fn parallel_creates_every_pod_without_waiting_for_readiness() {
     assert!(!is_ready(&p0), "web-0 is still held unready");
 }
 
-#[ignore = "compiled but not yet run (the build lock was held until the deadline)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_carry_their_identity() {
     let c = cluster().await;
@@ -294,7 +291,6 @@ async fn pods_carry_their_identity() {
     }
 }
 
-#[ignore = "compiled but not yet run (the build lock was held until the deadline)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_removes_the_highest_ordinal_first() {
     let c = cluster().await;
@@ -311,7 +307,6 @@ async fn scale_down_removes_the_highest_ordinal_first() {
     history.assert_before("gone web-2", "deleting web-1");
 }
 
-#[ignore = "compiled but not yet run (the build lock was held until the deadline)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_with_a_partition_replaces_only_ordinals_at_or_above_it() {
     let c = cluster().await;
@@ -349,7 +344,6 @@ async fn a_rolling_update_with_a_partition_replaces_only_ordinals_at_or_above_it
     assert_ne!(s.current_revision, s.update_revision, "{s:?}");
 }
 
-#[ignore = "compiled but not yet run (the build lock was held until the deadline)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_claim_templates_are_refused_with_a_condition_and_no_pods() {
     let c = cluster().await;
