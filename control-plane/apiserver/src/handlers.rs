@@ -15,18 +15,15 @@ use serde_json::{Value, json};
 use sluice_store::{ListRequest, Store, StoreError};
 
 use crate::{
-    admission,
-    alloc::{AllocError, Allocator, Claims},
-    resources::{self, Corrupt, Resource, Sub},
+    alloc::{Allocator, Claims},
+    cache::{Cached, SUMMARY_FIELDS, WatchCache},
+    discovery::resource_list,
+    http::status::ApiError,
+    registry::{self, Resource, Sub, admission},
     selector::Selector,
-    watch_cache::{CacheError, Cached, SUMMARY_FIELDS, WatchCache},
 };
 
-/// Kubernetes version reported by /version (kubectl's skew check).
 pub mod delete;
-
-pub const KUBE_MAJOR: &str = "1";
-pub const KUBE_MINOR: &str = "33";
 
 /// Request bodies above this are refused with 413 (upstream's limit).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -42,248 +39,6 @@ pub struct Api {
 }
 
 pub type Shared = Arc<Api>;
-
-/// An error answered as a `Status`.
-#[derive(Debug)]
-pub struct ApiError {
-    code: StatusCode,
-    reason: &'static str,
-    message: String,
-    details: Option<Value>,
-}
-
-impl ApiError {
-    pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    fn not_found(r: &Resource, name: &str) -> Self {
-        let mut e = Self::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{} \"{name}\" not found", qualified(r)),
-        );
-        e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
-        e
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
-    }
-
-    /// 422 with the offending field paths, as upstream's validation does.
-    fn invalid(r: &Resource, name: &str, causes: Vec<(String, String)>) -> Self {
-        let msg = causes
-            .iter()
-            .map(|(f, m)| format!("{f}: {m}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut e = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!("{} \"{name}\" is invalid: {msg}", r.kind),
-        );
-        e.details = Some(json!({
-            "name": name, "group": r.group, "kind": r.kind,
-            "causes": causes.iter().map(|(f, m)| json!({"field": f, "message": m, "reason": "FieldValueInvalid"})).collect::<Vec<_>>(),
-        }));
-        e
-    }
-
-    fn store(r: &Resource, name: &str, e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(_) => Self::not_found(r, name),
-            StoreError::AlreadyExists(_) => {
-                let mut e = Self::new(
-                    StatusCode::CONFLICT,
-                    "AlreadyExists",
-                    format!("{} \"{name}\" already exists", qualified(r)),
-                );
-                e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
-                e
-            }
-            StoreError::Conflict { .. } => Self::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    qualified(r)
-                ),
-            ),
-            StoreError::Compacted {
-                requested,
-                compacted,
-            } => Self::new(
-                StatusCode::GONE,
-                "Expired",
-                format!("too old resource version: {requested} ({compacted})"),
-            ),
-            StoreError::ValueTooLarge { .. } => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                e.to_string(),
-            ),
-            StoreError::FutureRevision { .. } => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Timeout",
-                format!("Too large resource version: {e}"),
-            ),
-            other => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                other.to_string(),
-            ),
-        }
-    }
-
-    fn cache(r: &Resource, e: CacheError) -> Self {
-        match e {
-            CacheError::Gone { requested, oldest } => Self::new(
-                StatusCode::GONE,
-                "Expired",
-                format!("too old resource version: {requested} ({oldest})"),
-            ),
-            CacheError::TooNew { requested, current } => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Timeout",
-                format!("Too large resource version: {requested}, current: {current}"),
-            ),
-            CacheError::Store(e) => Self::store(r, "", e),
-        }
-    }
-
-    /// A stored object that cannot be served: 500 naming the key, as
-    /// upstream answers an undecodable object (never served as `null`).
-    fn corrupt(c: Corrupt) -> Self {
-        tracing::error!(key = %c.key, reason = %c.reason, "corrupt stored object");
-        let mut e = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            c.to_string(),
-        );
-        e.details = Some(
-            json!({"causes": [{"reason": "StoredObjectCorrupt", "field": c.key, "message": c.reason}]}),
-        );
-        e
-    }
-
-    /// The random source failed: 500, never a predictable uid or name.
-    fn random(what: String, e: getrandom::Error) -> Self {
-        tracing::error!(error = %e, "random source failed: {what}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("{what}: the random source failed: {e}"),
-        )
-    }
-
-    fn alloc(r: &Resource, name: &str, e: AllocError) -> Self {
-        match e {
-            AllocError::Invalid(field, msg) => Self::invalid(r, name, vec![(field, msg)]),
-            AllocError::Full(msg) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
-            }
-            AllocError::Random(e) => {
-                Self::random(format!("allocating for {} \"{name}\"", qualified(r)), e)
-            }
-            AllocError::Store(e) => Self::store(r, name, e),
-        }
-    }
-
-    pub fn status(&self) -> Value {
-        let mut s = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": self.message, "reason": self.reason,
-            "code": self.code.as_u16(),
-        });
-        if let Some(d) = &self.details {
-            s["details"] = d.clone();
-        }
-        s
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.code, axum::Json(self.status())).into_response()
-    }
-}
-
-fn qualified(r: &Resource) -> String {
-    if r.group.is_empty() {
-        r.plural.to_string()
-    } else {
-        format!("{}.{}", r.plural, r.group)
-    }
-}
-
-/// GET /version: the Kubernetes version served, and this build's facts
-/// as `build.rs` found them (`unknown` where it could not).
-pub async fn version() -> Response {
-    axum::Json(json!({
-        "major": KUBE_MAJOR, "minor": KUBE_MINOR,
-        "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0-sluice"),
-        "gitCommit": env!("SLUICE_GIT_COMMIT"),
-        "gitTreeState": env!("SLUICE_GIT_TREE_STATE"),
-        "buildDate": env!("SLUICE_BUILD_DATE"),
-        "goVersion": env!("SLUICE_RUSTC"), "compiler": "rustc",
-        "platform": env!("SLUICE_PLATFORM"),
-    }))
-    .into_response()
-}
-
-fn resource_list(group_version: &str, rs: Vec<&Resource>) -> Response {
-    let verbs = [
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ];
-    let mut out = Vec::new();
-    for r in rs {
-        let mut e = json!({
-            "name": r.plural, "singularName": r.singular(), "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": verbs, "shortNames": r.short_names,
-        });
-        if !r.categories.is_empty() {
-            e["categories"] = json!(r.categories);
-        }
-        out.push(e);
-        for sub in r.subresources {
-            let mut e = json!({
-                "name": format!("{}/{}", r.plural, sub.name()), "singularName": "",
-                "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"],
-            });
-            match sub {
-                Sub::Status => {}
-                Sub::Scale => {
-                    e["group"] = json!("autoscaling");
-                    e["version"] = json!("v1");
-                    e["kind"] = json!("Scale");
-                }
-                Sub::Binding => {
-                    e["kind"] = json!("Binding");
-                    e["verbs"] = json!(["create"]);
-                }
-            }
-            out.push(e);
-        }
-    }
-    axum::Json(json!({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-        "resources": out,
-    }))
-    .into_response()
-}
 
 /// What a request path names.
 struct Target {
@@ -303,7 +58,7 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
         )
     };
     let lookup = |plural: &str| {
-        resources::find(group, version, plural).ok_or_else(|| {
+        registry::find(group, version, plural).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "NotFound",
@@ -411,14 +166,14 @@ async fn route(
             .into_response());
         }
         ["api", "v1"] => {
-            let core = resources::RESOURCES
+            let core = registry::RESOURCES
                 .iter()
                 .filter(|r| r.group.is_empty())
                 .collect();
             return Ok(resource_list("v1", core));
         }
         ["apis"] => {
-            let groups: Vec<Value> = resources::groups()
+            let groups: Vec<Value> = registry::groups()
                 .into_iter()
                 .map(|(g, v)| {
                     let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
@@ -431,7 +186,7 @@ async fn route(
             .into_response());
         }
         ["apis", g, v] => {
-            let rs: Vec<&Resource> = resources::RESOURCES
+            let rs: Vec<&Resource> = registry::RESOURCES
                 .iter()
                 .filter(|r| r.group == *g && r.version == *v)
                 .collect();
@@ -566,7 +321,7 @@ fn shape(headers: &HeaderMap) -> Shape {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let first = accept.split(',').next().unwrap_or("");
-    if crate::table::wanted(accept) {
+    if crate::registry::table::wanted(accept) {
         Shape::Table
     } else if first.contains("as=PartialObjectMetadata") && first.contains("g=meta.k8s.io") {
         Shape::Metadata
@@ -594,7 +349,7 @@ async fn get(
     }
     if shape == Shape::Table {
         let include = q.get("includeObject").map(String::as_str);
-        let t = crate::table::table(t.resource, &[obj], kv.mod_revision, include);
+        let t = crate::registry::table::table(t.resource, &[obj], kv.mod_revision, include);
         return Ok(axum::Json(t).into_response());
     }
     Ok(axum::Json(obj).into_response())
@@ -773,7 +528,7 @@ async fn list(
     if shape == Shape::Table {
         let objects: Vec<Value> = items.iter().map(|c| c.value()).collect();
         let include = q.get("includeObject").map(String::as_str);
-        let mut t = crate::table::table(r, &objects, revision, include);
+        let mut t = crate::registry::table::table(r, &objects, revision, include);
         t["metadata"] = meta;
         return Ok(axum::Json(t).into_response());
     }
@@ -860,7 +615,7 @@ async fn watch_list(
             Shape::Metadata => return watch_line(kind, &metadata_only(&obj.value())),
             Shape::Table => {}
         }
-        let mut t = crate::table::table(r, &[obj.value()], 0, include.as_deref());
+        let mut t = crate::registry::table::table(r, &[obj.value()], 0, include.as_deref());
         t["metadata"] = json!({});
         if header_sent {
             t["columnDefinitions"] = json!([]);
@@ -868,8 +623,8 @@ async fn watch_list(
         header_sent = true;
         watch_line(kind, &t)
     };
-    let to_line = move |ev: &crate::watch_cache::Event| -> Option<Bytes> {
-        use crate::watch_cache::Change;
+    let to_line = move |ev: &crate::cache::Event| -> Option<Bytes> {
+        use crate::cache::Change;
         match &ev.change {
             Change::Put { obj, prev } => {
                 let (now, before) = (wanted(obj), prev.as_deref().is_some_and(&wanted));
@@ -879,7 +634,7 @@ async fn watch_list(
                     // Upstream sends the last matching state, at this revision.
                     (true, false) => prev
                         .as_deref()
-                        .map(|p| event("DELETED", &crate::watch_cache::deleted(p, ev.rev))),
+                        .map(|p| event("DELETED", &crate::cache::deleted(p, ev.rev))),
                     (false, false) => None,
                 }
             }
@@ -1074,7 +829,7 @@ fn parse_body(
     let duplicate = if fv == FieldValidation::Ignore {
         Vec::new()
     } else {
-        crate::decode::duplicate_fields(body)
+        crate::http::decode::duplicate_fields(body)
     };
     let warnings = fv.judge(&d.unknown, &duplicate, handled)?;
     Ok((d.object, warnings))
@@ -1142,7 +897,7 @@ fn now_rfc3339() -> String {
 }
 
 async fn require_namespace(api: &Shared, ns: &str) -> Result<(), ApiError> {
-    let r = resources::namespaces();
+    let r = registry::namespaces();
     match api.store.get(&r.key(None, ns)).await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(ApiError::not_found(r, ns)),
@@ -1604,7 +1359,7 @@ async fn patch(
     let duplicate = if fv == FieldValidation::Ignore {
         Vec::new()
     } else {
-        crate::decode::duplicate_fields(body)
+        crate::http::decode::duplicate_fields(body)
     };
     let key = r.key(t.namespace.as_deref(), name);
     // Like upstream's GuaranteedUpdate: retry while others win the race.
@@ -1626,7 +1381,8 @@ async fn patch(
             }
             "application/merge-patch+json" => json_patch::merge(&mut doc, &patch_doc),
             _ => {
-                doc = crate::strategic::apply(&doc, &patch_doc).map_err(|e| unprocessable(e.0))?;
+                doc = crate::patch::strategic::apply(&doc, &patch_doc)
+                    .map_err(|e| unprocessable(e.0))?;
             }
         }
         // Pinned only if the patch itself names a resourceVersion (the
@@ -1705,7 +1461,7 @@ fn delete_options(body: &[u8], q: &HashMap<String, String>) -> Result<delete::Op
 /// the delete before anything goes.
 async fn delete_contents(api: &Shared, ns: &str) -> Result<(), ApiError> {
     let mut contents = Vec::new();
-    for res in resources::RESOURCES
+    for res in registry::RESOURCES
         .iter()
         .filter(|x| x.namespaced && x.view.is_none())
     {
@@ -1740,7 +1496,7 @@ async fn delete(
     opts: &delete::Options,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
-    let is_namespace = std::ptr::eq(r, resources::namespaces());
+    let is_namespace = std::ptr::eq(r, registry::namespaces());
     if is_namespace && PROTECTED_NAMESPACES.contains(&name) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -1870,7 +1626,7 @@ async fn delete_collection(
 
 /// The namespaces every cluster has, created at startup when missing.
 pub async fn ensure_system_namespaces(store: &dyn Store) -> anyhow::Result<()> {
-    let r = resources::namespaces();
+    let r = registry::namespaces();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let uid = uid(getrandom::fill)
             .map_err(|e| anyhow::anyhow!("the uid of namespace {ns}: random source: {e}"))?;
@@ -1931,7 +1687,7 @@ mod tests {
     /// (the uid) and for generateName (the suffix), never a zero uid.
     #[test]
     fn a_failing_random_source_is_an_error_naming_the_key() {
-        let cms = resources::find("", "v1", "configmaps").expect("configmaps");
+        let cms = registry::find("", "v1", "configmaps").expect("configmaps");
         for (m, key) in [
             (json!({"name": "cfg"}), "/registry/core/configmaps/ns/cfg"),
             (
