@@ -18,7 +18,7 @@ use crate::{
     alloc::{Allocator, Claims},
     cache::{Cached, SUMMARY_FIELDS, WatchCache},
     discovery::resource_list,
-    http::status::ApiError,
+    http::status::{ApiError, Reason},
     registry::{self, Resource, Sub, admission},
     selector::Selector,
 };
@@ -52,16 +52,14 @@ struct Target {
 fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
     let nowhere = || {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+            Reason::NotFound,
             "the server could not find the requested resource",
         )
     };
     let lookup = |plural: &str| {
         registry::find(group, version, plural).ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
+                Reason::NotFound,
                 format!("the server could not find the requested resource ({plural})"),
             )
         })
@@ -100,8 +98,7 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
     }
     if !t.resource.namespaced && t.namespace.is_some() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+            Reason::NotFound,
             format!("{} is not namespaced", t.resource.plural),
         ));
     }
@@ -124,11 +121,10 @@ pub async fn dispatch(
         Ok(body) => route(&api, &method, uri.path(), &q, &headers, body).await,
         // Over the body limit (or unreadable): a Status, not axum's text.
         Err(e) => Err(ApiError::new(
-            e.status(),
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "RequestEntityTooLarge"
+                Reason::RequestEntityTooLarge
             } else {
-                "BadRequest"
+                Reason::BadRequest
             },
             format!("reading the request body: {e} (the limit is {MAX_BODY_BYTES} bytes)"),
         )),
@@ -192,8 +188,7 @@ async fn route(
                 .collect();
             if rs.is_empty() {
                 return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
+                    Reason::NotFound,
                     format!("no API group version {g}/{v}"),
                 ));
             }
@@ -203,8 +198,7 @@ async fn route(
         ["apis", g, v, rest @ ..] => (g, v, rest),
         _ => {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
+                Reason::NotFound,
                 "the server could not find the requested resource",
             ));
         }
@@ -212,8 +206,7 @@ async fn route(
     let t = target(group, version, rest)?;
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
+            Reason::RequestEntityTooLarge,
             format!(
                 "the request body is {} bytes, over the {MAX_BODY_BYTES}-byte limit",
                 body.len()
@@ -260,8 +253,7 @@ async fn route(
             delete_collection(api, &t, q, &opts).await
         }
         (m, _, _) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
+            Reason::MethodNotAllowed,
             format!("{m} is not supported here"),
         )),
     }
@@ -674,8 +666,7 @@ async fn watch_list(
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         let e = ApiError::new(
-                            StatusCode::GONE,
-                            "Expired",
+                            Reason::Expired,
                             format!("the watcher fell {n} events behind and was cut off; re-list"),
                         );
                         return Some((
@@ -714,8 +705,7 @@ fn json_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
                 .map_err(|e| ApiError::bad_request(format!("YAML body is not JSON-shaped: {e}")))
         }
         other => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
+            Reason::UnsupportedMediaType,
             format!(
                 "the body of the request was in an unknown format {other:?}: sluice-server accepts application/json and application/yaml (not protobuf yet)"
             ),
@@ -959,12 +949,12 @@ where
     let definite = |e: &ApiError| {
         matches!(
             e.reason,
-            "AlreadyExists"
-                | "Conflict"
-                | "NotFound"
-                | "BadRequest"
-                | "Invalid"
-                | "RequestEntityTooLarge"
+            Reason::AlreadyExists
+                | Reason::Conflict
+                | Reason::NotFound
+                | Reason::BadRequest
+                | Reason::Invalid
+                | Reason::RequestEntityTooLarge
         )
     };
     if result.as_ref().err().is_some_and(definite) {
@@ -1147,8 +1137,7 @@ fn merge_part(
             Ok(out)
         }
         Some(Sub::Binding) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
+            Reason::MethodNotAllowed,
             "binding only accepts POST",
         )),
     }
@@ -1207,16 +1196,14 @@ async fn bind(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Respo
     let old = served(r, &cur)?;
     if !old["metadata"]["deletionTimestamp"].is_null() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "Conflict",
+            Reason::Conflict,
             format!("pod {name} is being deleted, cannot be assigned to a host"),
         ));
     }
     match old["spec"]["nodeName"].as_str() {
         Some(n) if !n.is_empty() => {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
+                Reason::Conflict,
                 format!("pod {name} is already assigned to node {n:?}"),
             ));
         }
@@ -1333,13 +1320,7 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let media = content_type.split(';').next().unwrap_or("").trim();
-    let unsupported = |what: String| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            what,
-        )
-    };
+    let unsupported = |what: String| ApiError::new(Reason::UnsupportedMediaType, what);
     let patch_doc: Value = match media {
         "application/json-patch+json"
         | "application/merge-patch+json"
@@ -1371,8 +1352,7 @@ async fn patch(
         } else {
             old.clone()
         };
-        let unprocessable =
-            |e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
+        let unprocessable = |e: String| ApiError::new(Reason::Invalid, e);
         match media {
             "application/json-patch+json" => {
                 let ops: json_patch::Patch = serde_json::from_value(patch_doc.clone())
@@ -1409,7 +1389,7 @@ async fn patch(
         let doc = d.object;
         let expected = pinned.unwrap_or(cur.mod_revision);
         match write_update(api, t, name, doc, expected, &cur).await {
-            Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+            Err(e) if e.reason == Reason::Conflict && pinned.is_none() => continue,
             Err(e) => return Err(e),
             Ok((obj, _)) if sub == Some(Sub::Scale) => {
                 return Ok(respond(StatusCode::OK, scale_view(&obj), &warnings));
@@ -1443,9 +1423,8 @@ fn delete_options(body: &[u8], q: &HashMap<String, String>) -> Result<delete::Op
                 .collect::<Vec<_>>()
                 .join(", ");
             let mut e = ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid",
-                format!("DeleteOptions.meta.k8s.io \"\" is invalid: {msg}"),
+            Reason::Invalid,
+            format!("DeleteOptions.meta.k8s.io \"\" is invalid: {msg}"),
             );
             e.details = Some(json!({
                 "group": "meta.k8s.io", "kind": "DeleteOptions",
@@ -1499,8 +1478,7 @@ async fn delete(
     let is_namespace = std::ptr::eq(r, registry::namespaces());
     if is_namespace && PROTECTED_NAMESPACES.contains(&name) {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
+            Reason::Forbidden,
             format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
         ));
     }
@@ -1518,7 +1496,7 @@ async fn delete(
             admission::deletion_grace(r),
             chrono::Utc::now(),
         )
-        .map_err(|c| ApiError::new(StatusCode::CONFLICT, "Conflict", c.0))?;
+        .map_err(|c| ApiError::new(Reason::Conflict, c.0))?;
         // Upstream's 202 is only for the legacy orphanDependents=false.
         let pending = if opts.orphan_dependents == Some(false) {
             StatusCode::ACCEPTED
@@ -1613,7 +1591,7 @@ async fn delete_collection(
         };
         match delete(api, &one, &name, opts).await {
             Ok(_) => items.push(obj),
-            Err(e) if e.reason == "NotFound" => {}
+            Err(e) if e.reason == Reason::NotFound => {}
             Err(e) => return Err(e),
         }
     }
@@ -1697,7 +1675,7 @@ mod tests {
         ] {
             let e = new_identity(cms, Some("ns"), &meta(m.clone()), broken)
                 .expect_err("a failing random source must fail the create");
-            assert_eq!(e.code, StatusCode::INTERNAL_SERVER_ERROR, "{m}");
+            assert_eq!(e.reason, Reason::InternalError, "{m}");
             assert!(e.message.contains(key), "{m}: {}", e.message);
         }
         let (name, uid) = new_identity(

@@ -17,13 +17,12 @@ use std::hash::{Hash as _, Hasher as _};
 
 use axum::{
     extract::Path,
-    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
 
 use crate::{
-    http::status::ApiError,
+    http::status::{ApiError, Reason},
     registry::{self, Resource, Sub},
 };
 
@@ -226,8 +225,7 @@ pub async fn v3_group_version(Path(rest): Path<String>) -> Response {
     match served().docs.get(rest.trim_matches('/')) {
         Some(d) => json_bytes(d),
         None => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+            Reason::NotFound,
             format!("no OpenAPI v3 document for {rest:?}"),
         )
         .into_response(),

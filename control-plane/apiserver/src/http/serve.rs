@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use axum::{
     Router,
     extract::Request,
-    http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get},
@@ -24,7 +23,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     discovery,
     handlers::{self as api, Shared},
-    http::{health, status::ApiError},
+    http::{
+        health,
+        status::{ApiError, Reason},
+    },
     openapi,
 };
 
@@ -79,7 +81,7 @@ async fn authenticate(tokens: &HashSet<String>, req: Request, next: Next) -> Res
     if authenticated(tokens, req.headers()) {
         next.run(req).await
     } else {
-        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response()
+        ApiError::new(Reason::Unauthorized, "Unauthorized").into_response()
     }
 }
 

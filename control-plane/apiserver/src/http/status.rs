@@ -13,19 +13,72 @@ use crate::{
     registry::{Corrupt, Resource},
 };
 
+/// Why a request failed, as Kubernetes' `Status.reason` names it
+/// (metav1.StatusReason): each reason has one HTTP code, kept here only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("BadRequest")]
+    BadRequest,
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("Forbidden")]
+    Forbidden,
+    #[error("NotFound")]
+    NotFound,
+    #[error("MethodNotAllowed")]
+    MethodNotAllowed,
+    #[error("AlreadyExists")]
+    AlreadyExists,
+    #[error("Conflict")]
+    Conflict,
+    /// A resourceVersion older than what is kept (410 Gone).
+    #[error("Expired")]
+    Expired,
+    #[error("RequestEntityTooLarge")]
+    RequestEntityTooLarge,
+    #[error("UnsupportedMediaType")]
+    UnsupportedMediaType,
+    /// Validation failed: 422 with the field causes.
+    #[error("Invalid")]
+    Invalid,
+    #[error("InternalError")]
+    InternalError,
+    /// A resourceVersion the server has not reached yet (504).
+    #[error("Timeout")]
+    Timeout,
+}
+
+impl Reason {
+    pub fn code(self) -> StatusCode {
+        match self {
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AlreadyExists | Self::Conflict => StatusCode::CONFLICT,
+            Self::Expired => StatusCode::GONE,
+            Self::RequestEntityTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
 /// An error answered as a `Status`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}: {message}")]
 pub struct ApiError {
-    pub(crate) code: StatusCode,
-    pub(crate) reason: &'static str,
+    pub(crate) reason: Reason,
     pub(crate) message: String,
     pub(crate) details: Option<Value>,
 }
 
 impl ApiError {
-    pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
-            code,
             reason,
             message: message.into(),
             details: None,
@@ -34,8 +87,7 @@ impl ApiError {
 
     pub(crate) fn not_found(r: &Resource, name: &str) -> Self {
         let mut e = Self::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+            Reason::NotFound,
             format!("{} \"{name}\" not found", qualified(r)),
         );
         e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
@@ -43,7 +95,7 @@ impl ApiError {
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+        Self::new(Reason::BadRequest, message)
     }
 
     /// 422 with the offending field paths, as upstream's validation does.
@@ -54,8 +106,7 @@ impl ApiError {
             .collect::<Vec<_>>()
             .join(", ");
         let mut e = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
+            Reason::Invalid,
             format!("{} \"{name}\" is invalid: {msg}", r.kind),
         );
         e.details = Some(json!({
@@ -70,16 +121,14 @@ impl ApiError {
             StoreError::NotFound(_) => Self::not_found(r, name),
             StoreError::AlreadyExists(_) => {
                 let mut e = Self::new(
-                    StatusCode::CONFLICT,
-                    "AlreadyExists",
+                    Reason::AlreadyExists,
                     format!("{} \"{name}\" already exists", qualified(r)),
                 );
                 e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
                 e
             }
             StoreError::Conflict { .. } => Self::new(
-                StatusCode::CONFLICT,
-                "Conflict",
+                Reason::Conflict,
                 format!(
                     "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                     qualified(r)
@@ -89,38 +138,27 @@ impl ApiError {
                 requested,
                 compacted,
             } => Self::new(
-                StatusCode::GONE,
-                "Expired",
+                Reason::Expired,
                 format!("too old resource version: {requested} ({compacted})"),
             ),
-            StoreError::ValueTooLarge { .. } => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                e.to_string(),
-            ),
-            StoreError::FutureRevision { .. } => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Timeout",
-                format!("Too large resource version: {e}"),
-            ),
-            other => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                other.to_string(),
-            ),
+            StoreError::ValueTooLarge { .. } => {
+                Self::new(Reason::RequestEntityTooLarge, e.to_string())
+            }
+            StoreError::FutureRevision { .. } => {
+                Self::new(Reason::Timeout, format!("Too large resource version: {e}"))
+            }
+            other => Self::new(Reason::InternalError, other.to_string()),
         }
     }
 
     pub(crate) fn cache(r: &Resource, e: CacheError) -> Self {
         match e {
             CacheError::Gone { requested, oldest } => Self::new(
-                StatusCode::GONE,
-                "Expired",
+                Reason::Expired,
                 format!("too old resource version: {requested} ({oldest})"),
             ),
             CacheError::TooNew { requested, current } => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Timeout",
+                Reason::Timeout,
                 format!("Too large resource version: {requested}, current: {current}"),
             ),
             CacheError::Store(e) => Self::store(r, "", e),
@@ -131,11 +169,7 @@ impl ApiError {
     /// upstream answers an undecodable object (never served as `null`).
     pub(crate) fn corrupt(c: Corrupt) -> Self {
         tracing::error!(key = %c.key, reason = %c.reason, "corrupt stored object");
-        let mut e = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            c.to_string(),
-        );
+        let mut e = Self::new(Reason::InternalError, c.to_string());
         e.details = Some(
             json!({"causes": [{"reason": "StoredObjectCorrupt", "field": c.key, "message": c.reason}]}),
         );
@@ -146,8 +180,7 @@ impl ApiError {
     pub(crate) fn random(what: String, e: getrandom::Error) -> Self {
         tracing::error!(error = %e, "random source failed: {what}");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
+            Reason::InternalError,
             format!("{what}: the random source failed: {e}"),
         )
     }
@@ -155,9 +188,7 @@ impl ApiError {
     pub(crate) fn alloc(r: &Resource, name: &str, e: AllocError) -> Self {
         match e {
             AllocError::Invalid(field, msg) => Self::invalid(r, name, vec![(field, msg)]),
-            AllocError::Full(msg) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
-            }
+            AllocError::Full(msg) => Self::new(Reason::InternalError, msg),
             AllocError::Random(e) => {
                 Self::random(format!("allocating for {} \"{name}\"", qualified(r)), e)
             }
@@ -168,8 +199,8 @@ impl ApiError {
     pub fn status(&self) -> Value {
         let mut s = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": self.message, "reason": self.reason,
-            "code": self.code.as_u16(),
+            "status": "Failure", "message": self.message, "reason": self.reason.to_string(),
+            "code": self.reason.code().as_u16(),
         });
         if let Some(d) = &self.details {
             s["details"] = d.clone();
@@ -180,7 +211,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.code, axum::Json(self.status())).into_response()
+        (self.reason.code(), axum::Json(self.status())).into_response()
     }
 }
 
