@@ -5,7 +5,7 @@
 //! answered with 422 and its field paths and leaves the store untouched.
 use serde_json::{Value, json};
 
-use crate::resources::{Resource, Sub};
+use crate::registry::{Resource, Sub};
 
 /// `(field path, message)` pairs, upstream's `field.ErrorList` as text.
 pub type Causes = Vec<(String, String)>;
@@ -191,7 +191,7 @@ fn default_toleration_seconds(spec: &mut Value) {
 /// grace period a delete grants, for kinds deleted in two steps. Pods:
 /// the one asked for, else their terminationGracePeriodSeconds, but 0
 /// when never scheduled or already finished (nothing runs to stop).
-pub fn deletion_grace(r: &Resource) -> Option<crate::api::delete::Grace> {
+pub fn deletion_grace(r: &Resource) -> Option<crate::handlers::delete::Grace> {
     (r.group.is_empty() && r.kind == "Pod").then_some(pod_deletion_grace as _)
 }
 
@@ -247,13 +247,13 @@ pub fn validate_meta(obj: &Value) -> Causes {
     let fins = &obj["metadata"]["finalizers"];
     let has = |f: &str| fins.as_array().into_iter().flatten().any(|x| x == f);
     let mut c = Causes::new();
-    if has(crate::api::delete::ORPHAN) && has(crate::api::delete::FOREGROUND) {
+    if has(crate::handlers::delete::ORPHAN) && has(crate::handlers::delete::FOREGROUND) {
         c.push((
             "metadata.finalizers".into(),
             format!(
                 "Invalid value: {fins}: finalizer {} and {} cannot be both set",
-                crate::api::delete::ORPHAN,
-                crate::api::delete::FOREGROUND
+                crate::handlers::delete::ORPHAN,
+                crate::handlers::delete::FOREGROUND
             ),
         ));
     }
@@ -1113,7 +1113,7 @@ fn schedule_problem(schedule: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::find;
+    use crate::registry::find;
 
     fn kind(plural: &str) -> &'static Resource {
         find("", "v1", plural)

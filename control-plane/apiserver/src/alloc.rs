@@ -13,7 +13,7 @@ use std::{collections::HashSet, net::Ipv4Addr, ops::RangeInclusive};
 use serde_json::{Value, json};
 use sluice_store::{ListRequest, Store, StoreError};
 
-use crate::resources::{self, Corrupt};
+use crate::registry::{self, Corrupt};
 
 const IP_PREFIX: &str = "/registry/allocations/clusterips/";
 const PORT_PREFIX: &str = "/registry/allocations/nodeports/";
@@ -480,7 +480,7 @@ fn readable_service(kv: &sluice_store::KeyValue) -> Result<Value, Corrupt> {
         key: kv.key.clone(),
         reason,
     };
-    let r = resources::services().ok_or_else(|| corrupt("services are not served".into()))?;
+    let r = registry::services().ok_or_else(|| corrupt("services are not served".into()))?;
     let v = r.parse_stored(&kv.key, &kv.value)?;
     let typed = (r.decode)(&v).map_err(|e| corrupt(format!("not a Service: {e}")))?;
     Ok(typed.object["spec"].clone())

@@ -4,7 +4,7 @@
 //! shows the priority-1 columns.
 use serde_json::{Value, json};
 
-use crate::resources::Resource;
+use crate::registry::Resource;
 
 /// Whether the client asked for a Table (kubectl get without -o json/yaml).
 pub fn wanted(accept: &str) -> bool {
@@ -623,7 +623,7 @@ pub fn table(r: &Resource, objects: &[Value], revision: i64, include: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::find;
+    use crate::registry::find;
 
     #[test]
     fn kubectl_accept_headers_are_recognised() {
@@ -716,7 +716,7 @@ mod tests {
         let mut single = ev;
         single["series"] = Value::Null;
         let view = find("events.k8s.io", "v1", "events").expect("the view");
-        let shown = crate::resources::events::from_core(single);
+        let shown = crate::registry::events::from_core(single);
         let t = table(view, &[shown], 1, None);
         assert_eq!(t["rows"][0]["cells"][8], 1);
         assert_eq!(t["rows"][0]["cells"][3], "pod/web");

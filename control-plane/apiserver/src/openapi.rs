@@ -17,20 +17,19 @@ use std::hash::{Hash as _, Hasher as _};
 
 use axum::{
     extract::Path,
-    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
 
 use crate::{
-    api::ApiError,
-    resources::{self, Resource, Sub},
+    http::status::{ApiError, Reason},
+    registry::{self, Resource, Sub},
 };
 
 /// The group-version path segments (`api/v1`, `apis/apps/v1`) served.
 fn group_versions() -> Vec<(String, &'static str, &'static str)> {
     let mut out = vec![("api/v1".to_string(), "", "v1")];
-    for (g, v) in resources::groups() {
+    for (g, v) in registry::groups() {
         out.push((format!("apis/{g}/{v}"), g, v));
     }
     out
@@ -86,7 +85,7 @@ fn operation(action: &str, id: String, gvk: &Value, schema: &str, write: bool) -
 
 /// The OpenAPI v3 document of one group-version, or None if not served.
 pub fn v3_document(group: &str, version: &str) -> Option<Value> {
-    let rs: Vec<&Resource> = resources::RESOURCES
+    let rs: Vec<&Resource> = registry::RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
@@ -166,7 +165,7 @@ pub fn v3_document(group: &str, version: &str) -> Option<Value> {
     }
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", crate::api::KUBE_MAJOR, crate::api::KUBE_MINOR)},
+        "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", crate::discovery::KUBE_MAJOR, crate::discovery::KUBE_MINOR)},
         "paths": paths,
         "components": {"schemas": schemas},
     }))
@@ -226,8 +225,7 @@ pub async fn v3_group_version(Path(rest): Path<String>) -> Response {
     match served().docs.get(rest.trim_matches('/')) {
         Some(d) => json_bytes(d),
         None => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+            Reason::NotFound,
             format!("no OpenAPI v3 document for {rest:?}"),
         )
         .into_response(),
@@ -251,7 +249,7 @@ mod tests {
     /// whose (single-object) GVK is the kind, with fieldValidation inline.
     #[test]
     fn every_kind_advertises_field_validation_on_patch() {
-        for r in resources::RESOURCES {
+        for r in registry::RESOURCES {
             let doc = v3_document(r.group, r.version).expect("served");
             let want = gvk(r.group, r.version, r.kind);
             let found = doc["paths"].as_object().expect("paths").values().any(|p| {

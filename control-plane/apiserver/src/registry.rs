@@ -3,9 +3,11 @@
 use k8s_openapi::api;
 use serde_json::Value;
 
-use crate::decode::{Decoded, typed};
+use crate::http::decode::{Decoded, typed};
 
+pub mod admission;
 pub mod events;
+pub mod table;
 
 pub struct Resource {
     /// "" for the core group.

@@ -17,7 +17,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::api::Shared;
+use crate::handlers::Shared;
 
 /// How long one store read or cache wait may take: a store that does not
 /// answer within it is not ready.
@@ -138,7 +138,7 @@ pub async fn serve(
     let Some(endpoint) = Endpoint::parse(endpoint) else {
         return text(StatusCode::NOT_FOUND, "404 page not found\n".into());
     };
-    let reasons = crate::serve::authenticated(&h.tokens, &headers);
+    let reasons = crate::http::serve::authenticated(&h.tokens, &headers);
     let shown = |reason: &str| {
         if reasons {
             reason.to_string()

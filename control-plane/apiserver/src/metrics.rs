@@ -165,12 +165,12 @@ impl RequestLabels {
         };
         // Only served names become label values: a client cannot mint
         // new time series with made-up paths.
-        let known = |n: &str| crate::resources::RESOURCES.iter().any(|r| r.plural == n);
+        let known = |n: &str| crate::registry::RESOURCES.iter().any(|r| r.plural == n);
         let sub = sub.unwrap_or_default();
         Self {
             verb,
             resource: if known(resource) { resource } else { "unknown" }.to_string(),
-            subresource: if sub.is_empty() || crate::resources::Sub::parse(sub).is_some() {
+            subresource: if sub.is_empty() || crate::registry::Sub::parse(sub).is_some() {
                 sub
             } else {
                 "unknown"

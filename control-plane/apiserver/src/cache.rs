@@ -27,7 +27,7 @@ use serde_json::Value;
 use sluice_store::{ListRequest, Store, StoreError, WatchEvent};
 use tokio::sync::{broadcast, watch};
 
-use crate::resources::{self, Corrupt, Resource};
+use crate::registry::{self, Corrupt, Resource};
 
 /// How much the cache remembers and tolerates.
 #[derive(Clone, Copy, Debug)]
@@ -185,7 +185,7 @@ impl WatchCache {
     /// Lists the registry, fills every resource's cache and starts the
     /// feeder (which runs as long as the returned handle lives).
     pub async fn start(store: Arc<dyn Store>, limits: Limits) -> Result<Arc<Self>, StoreError> {
-        let caches = resources::RESOURCES
+        let caches = registry::RESOURCES
             .iter()
             .map(|resource| ResourceCache {
                 resource,
@@ -595,7 +595,7 @@ mod tests {
     }
 
     fn configmaps() -> &'static Resource {
-        resources::find("", "v1", "configmaps").expect("configmaps")
+        registry::find("", "v1", "configmaps").expect("configmaps")
     }
 
     fn names(l: &Listing) -> Vec<String> {

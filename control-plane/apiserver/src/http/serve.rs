@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use axum::{
     Router,
     extract::Request,
-    http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get},
@@ -22,9 +21,13 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    api::{self, ApiError, Shared},
-    health, openapi,
-    pki::Pki,
+    discovery,
+    handlers::{self as api, Shared},
+    http::{
+        health,
+        status::{ApiError, Reason},
+    },
+    openapi,
 };
 
 pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
@@ -55,7 +58,7 @@ pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
         }))
         .with_state(api);
     Router::new()
-        .route("/version", get(api::version))
+        .route("/version", get(discovery::version))
         .merge(health)
         .merge(authed)
         // Bodies up to the API's own limit reach it (it answers larger
@@ -78,11 +81,18 @@ async fn authenticate(tokens: &HashSet<String>, req: Request, next: Next) -> Res
     if authenticated(tokens, req.headers()) {
         next.run(req).await
     } else {
-        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response()
+        ApiError::new(Reason::Unauthorized, "Unauthorized").into_response()
     }
 }
 
-fn tls(pki: &Pki) -> anyhow::Result<TlsAcceptor> {
+/// The serving certificate chain and its key, PEM-encoded: the server
+/// crate owns the PKI, this crate only presents it.
+pub struct ServingCert<'a> {
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+}
+
+fn tls(pki: &ServingCert<'_>) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
     let certs = CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -98,7 +108,11 @@ fn tls(pki: &Pki) -> anyhow::Result<TlsAcceptor> {
 }
 
 /// Accepts TLS connections on `listener` forever, one task per connection.
-pub async fn serve(listener: TcpListener, pki: &Pki, app: Router) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    pki: &ServingCert<'_>,
+    app: Router,
+) -> anyhow::Result<()> {
     let acceptor = tls(pki)?;
     loop {
         let (tcp, peer) = match listener.accept().await {

@@ -1,26 +1,17 @@
 //! `sluice-server`: the control plane's API server (Kubernetes REST over
 //! the state store). `--data-dir DIR` keeps the embedded store, the PKI and
 //! DIR/admin.kubeconfig; `--etcd-endpoints` stores in etcd instead.
-mod admission;
-mod alloc;
-mod api;
+//!
+//! This crate only composes: flags, PKI, and store -> API server ->
+//! scheduler + controllers. What the API does lives in `sluice-apiserver`.
 mod components;
-mod decode;
-mod health;
-mod metrics;
-mod openapi;
 mod pki;
-mod resources;
-mod selector;
-mod serve;
-mod strategic;
-mod table;
-mod watch_cache;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_apiserver::{alloc, cache as watch_cache, handlers as api, http::serve, metrics};
 use sluice_store::{Store, embedded, etcd};
 use tokio_util::sync::CancellationToken;
 
@@ -292,7 +283,15 @@ async fn run(
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let res = serve::serve(listener, &pki, app).await;
+            let res = serve::serve(
+                listener,
+                &serve::ServingCert {
+                    cert_pem: &pki.cert_pem,
+                    key_pem: &pki.key_pem,
+                },
+                app,
+            )
+            .await;
             shutdown.cancel();
             res
         }

@@ -15,18 +15,15 @@ use serde_json::{Value, json};
 use sluice_store::{ListRequest, Store, StoreError};
 
 use crate::{
-    admission,
-    alloc::{AllocError, Allocator, Claims},
-    resources::{self, Corrupt, Resource, Sub},
+    alloc::{Allocator, Claims},
+    cache::{Cached, SUMMARY_FIELDS, WatchCache},
+    discovery::resource_list,
+    http::status::{ApiError, Reason},
+    registry::{self, Resource, Sub, admission},
     selector::Selector,
-    watch_cache::{CacheError, Cached, SUMMARY_FIELDS, WatchCache},
 };
 
-/// Kubernetes version reported by /version (kubectl's skew check).
 pub mod delete;
-
-pub const KUBE_MAJOR: &str = "1";
-pub const KUBE_MINOR: &str = "33";
 
 /// Request bodies above this are refused with 413 (upstream's limit).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -43,248 +40,6 @@ pub struct Api {
 
 pub type Shared = Arc<Api>;
 
-/// An error answered as a `Status`.
-#[derive(Debug)]
-pub struct ApiError {
-    code: StatusCode,
-    reason: &'static str,
-    message: String,
-    details: Option<Value>,
-}
-
-impl ApiError {
-    pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    fn not_found(r: &Resource, name: &str) -> Self {
-        let mut e = Self::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{} \"{name}\" not found", qualified(r)),
-        );
-        e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
-        e
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
-    }
-
-    /// 422 with the offending field paths, as upstream's validation does.
-    fn invalid(r: &Resource, name: &str, causes: Vec<(String, String)>) -> Self {
-        let msg = causes
-            .iter()
-            .map(|(f, m)| format!("{f}: {m}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut e = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!("{} \"{name}\" is invalid: {msg}", r.kind),
-        );
-        e.details = Some(json!({
-            "name": name, "group": r.group, "kind": r.kind,
-            "causes": causes.iter().map(|(f, m)| json!({"field": f, "message": m, "reason": "FieldValueInvalid"})).collect::<Vec<_>>(),
-        }));
-        e
-    }
-
-    fn store(r: &Resource, name: &str, e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(_) => Self::not_found(r, name),
-            StoreError::AlreadyExists(_) => {
-                let mut e = Self::new(
-                    StatusCode::CONFLICT,
-                    "AlreadyExists",
-                    format!("{} \"{name}\" already exists", qualified(r)),
-                );
-                e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
-                e
-            }
-            StoreError::Conflict { .. } => Self::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    qualified(r)
-                ),
-            ),
-            StoreError::Compacted {
-                requested,
-                compacted,
-            } => Self::new(
-                StatusCode::GONE,
-                "Expired",
-                format!("too old resource version: {requested} ({compacted})"),
-            ),
-            StoreError::ValueTooLarge { .. } => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                e.to_string(),
-            ),
-            StoreError::FutureRevision { .. } => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Timeout",
-                format!("Too large resource version: {e}"),
-            ),
-            other => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                other.to_string(),
-            ),
-        }
-    }
-
-    fn cache(r: &Resource, e: CacheError) -> Self {
-        match e {
-            CacheError::Gone { requested, oldest } => Self::new(
-                StatusCode::GONE,
-                "Expired",
-                format!("too old resource version: {requested} ({oldest})"),
-            ),
-            CacheError::TooNew { requested, current } => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Timeout",
-                format!("Too large resource version: {requested}, current: {current}"),
-            ),
-            CacheError::Store(e) => Self::store(r, "", e),
-        }
-    }
-
-    /// A stored object that cannot be served: 500 naming the key, as
-    /// upstream answers an undecodable object (never served as `null`).
-    fn corrupt(c: Corrupt) -> Self {
-        tracing::error!(key = %c.key, reason = %c.reason, "corrupt stored object");
-        let mut e = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            c.to_string(),
-        );
-        e.details = Some(
-            json!({"causes": [{"reason": "StoredObjectCorrupt", "field": c.key, "message": c.reason}]}),
-        );
-        e
-    }
-
-    /// The random source failed: 500, never a predictable uid or name.
-    fn random(what: String, e: getrandom::Error) -> Self {
-        tracing::error!(error = %e, "random source failed: {what}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("{what}: the random source failed: {e}"),
-        )
-    }
-
-    fn alloc(r: &Resource, name: &str, e: AllocError) -> Self {
-        match e {
-            AllocError::Invalid(field, msg) => Self::invalid(r, name, vec![(field, msg)]),
-            AllocError::Full(msg) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
-            }
-            AllocError::Random(e) => {
-                Self::random(format!("allocating for {} \"{name}\"", qualified(r)), e)
-            }
-            AllocError::Store(e) => Self::store(r, name, e),
-        }
-    }
-
-    pub fn status(&self) -> Value {
-        let mut s = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": self.message, "reason": self.reason,
-            "code": self.code.as_u16(),
-        });
-        if let Some(d) = &self.details {
-            s["details"] = d.clone();
-        }
-        s
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.code, axum::Json(self.status())).into_response()
-    }
-}
-
-fn qualified(r: &Resource) -> String {
-    if r.group.is_empty() {
-        r.plural.to_string()
-    } else {
-        format!("{}.{}", r.plural, r.group)
-    }
-}
-
-/// GET /version: the Kubernetes version served, and this build's facts
-/// as `build.rs` found them (`unknown` where it could not).
-pub async fn version() -> Response {
-    axum::Json(json!({
-        "major": KUBE_MAJOR, "minor": KUBE_MINOR,
-        "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0-sluice"),
-        "gitCommit": env!("SLUICE_GIT_COMMIT"),
-        "gitTreeState": env!("SLUICE_GIT_TREE_STATE"),
-        "buildDate": env!("SLUICE_BUILD_DATE"),
-        "goVersion": env!("SLUICE_RUSTC"), "compiler": "rustc",
-        "platform": env!("SLUICE_PLATFORM"),
-    }))
-    .into_response()
-}
-
-fn resource_list(group_version: &str, rs: Vec<&Resource>) -> Response {
-    let verbs = [
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ];
-    let mut out = Vec::new();
-    for r in rs {
-        let mut e = json!({
-            "name": r.plural, "singularName": r.singular(), "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": verbs, "shortNames": r.short_names,
-        });
-        if !r.categories.is_empty() {
-            e["categories"] = json!(r.categories);
-        }
-        out.push(e);
-        for sub in r.subresources {
-            let mut e = json!({
-                "name": format!("{}/{}", r.plural, sub.name()), "singularName": "",
-                "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"],
-            });
-            match sub {
-                Sub::Status => {}
-                Sub::Scale => {
-                    e["group"] = json!("autoscaling");
-                    e["version"] = json!("v1");
-                    e["kind"] = json!("Scale");
-                }
-                Sub::Binding => {
-                    e["kind"] = json!("Binding");
-                    e["verbs"] = json!(["create"]);
-                }
-            }
-            out.push(e);
-        }
-    }
-    axum::Json(json!({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-        "resources": out,
-    }))
-    .into_response()
-}
-
 /// What a request path names.
 struct Target {
     resource: &'static Resource,
@@ -297,16 +52,14 @@ struct Target {
 fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
     let nowhere = || {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+            Reason::NotFound,
             "the server could not find the requested resource",
         )
     };
     let lookup = |plural: &str| {
-        resources::find(group, version, plural).ok_or_else(|| {
+        registry::find(group, version, plural).ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
+                Reason::NotFound,
                 format!("the server could not find the requested resource ({plural})"),
             )
         })
@@ -345,8 +98,7 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
     }
     if !t.resource.namespaced && t.namespace.is_some() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+            Reason::NotFound,
             format!("{} is not namespaced", t.resource.plural),
         ));
     }
@@ -369,11 +121,10 @@ pub async fn dispatch(
         Ok(body) => route(&api, &method, uri.path(), &q, &headers, body).await,
         // Over the body limit (or unreadable): a Status, not axum's text.
         Err(e) => Err(ApiError::new(
-            e.status(),
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "RequestEntityTooLarge"
+                Reason::RequestEntityTooLarge
             } else {
-                "BadRequest"
+                Reason::BadRequest
             },
             format!("reading the request body: {e} (the limit is {MAX_BODY_BYTES} bytes)"),
         )),
@@ -411,14 +162,14 @@ async fn route(
             .into_response());
         }
         ["api", "v1"] => {
-            let core = resources::RESOURCES
+            let core = registry::RESOURCES
                 .iter()
                 .filter(|r| r.group.is_empty())
                 .collect();
             return Ok(resource_list("v1", core));
         }
         ["apis"] => {
-            let groups: Vec<Value> = resources::groups()
+            let groups: Vec<Value> = registry::groups()
                 .into_iter()
                 .map(|(g, v)| {
                     let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
@@ -431,14 +182,13 @@ async fn route(
             .into_response());
         }
         ["apis", g, v] => {
-            let rs: Vec<&Resource> = resources::RESOURCES
+            let rs: Vec<&Resource> = registry::RESOURCES
                 .iter()
                 .filter(|r| r.group == *g && r.version == *v)
                 .collect();
             if rs.is_empty() {
                 return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
+                    Reason::NotFound,
                     format!("no API group version {g}/{v}"),
                 ));
             }
@@ -448,8 +198,7 @@ async fn route(
         ["apis", g, v, rest @ ..] => (g, v, rest),
         _ => {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
+                Reason::NotFound,
                 "the server could not find the requested resource",
             ));
         }
@@ -457,8 +206,7 @@ async fn route(
     let t = target(group, version, rest)?;
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
+            Reason::RequestEntityTooLarge,
             format!(
                 "the request body is {} bytes, over the {MAX_BODY_BYTES}-byte limit",
                 body.len()
@@ -505,8 +253,7 @@ async fn route(
             delete_collection(api, &t, q, &opts).await
         }
         (m, _, _) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
+            Reason::MethodNotAllowed,
             format!("{m} is not supported here"),
         )),
     }
@@ -566,7 +313,7 @@ fn shape(headers: &HeaderMap) -> Shape {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let first = accept.split(',').next().unwrap_or("");
-    if crate::table::wanted(accept) {
+    if crate::registry::table::wanted(accept) {
         Shape::Table
     } else if first.contains("as=PartialObjectMetadata") && first.contains("g=meta.k8s.io") {
         Shape::Metadata
@@ -594,7 +341,7 @@ async fn get(
     }
     if shape == Shape::Table {
         let include = q.get("includeObject").map(String::as_str);
-        let t = crate::table::table(t.resource, &[obj], kv.mod_revision, include);
+        let t = crate::registry::table::table(t.resource, &[obj], kv.mod_revision, include);
         return Ok(axum::Json(t).into_response());
     }
     Ok(axum::Json(obj).into_response())
@@ -773,7 +520,7 @@ async fn list(
     if shape == Shape::Table {
         let objects: Vec<Value> = items.iter().map(|c| c.value()).collect();
         let include = q.get("includeObject").map(String::as_str);
-        let mut t = crate::table::table(r, &objects, revision, include);
+        let mut t = crate::registry::table::table(r, &objects, revision, include);
         t["metadata"] = meta;
         return Ok(axum::Json(t).into_response());
     }
@@ -860,7 +607,7 @@ async fn watch_list(
             Shape::Metadata => return watch_line(kind, &metadata_only(&obj.value())),
             Shape::Table => {}
         }
-        let mut t = crate::table::table(r, &[obj.value()], 0, include.as_deref());
+        let mut t = crate::registry::table::table(r, &[obj.value()], 0, include.as_deref());
         t["metadata"] = json!({});
         if header_sent {
             t["columnDefinitions"] = json!([]);
@@ -868,8 +615,8 @@ async fn watch_list(
         header_sent = true;
         watch_line(kind, &t)
     };
-    let to_line = move |ev: &crate::watch_cache::Event| -> Option<Bytes> {
-        use crate::watch_cache::Change;
+    let to_line = move |ev: &crate::cache::Event| -> Option<Bytes> {
+        use crate::cache::Change;
         match &ev.change {
             Change::Put { obj, prev } => {
                 let (now, before) = (wanted(obj), prev.as_deref().is_some_and(&wanted));
@@ -879,7 +626,7 @@ async fn watch_list(
                     // Upstream sends the last matching state, at this revision.
                     (true, false) => prev
                         .as_deref()
-                        .map(|p| event("DELETED", &crate::watch_cache::deleted(p, ev.rev))),
+                        .map(|p| event("DELETED", &crate::cache::deleted(p, ev.rev))),
                     (false, false) => None,
                 }
             }
@@ -919,8 +666,7 @@ async fn watch_list(
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         let e = ApiError::new(
-                            StatusCode::GONE,
-                            "Expired",
+                            Reason::Expired,
                             format!("the watcher fell {n} events behind and was cut off; re-list"),
                         );
                         return Some((
@@ -959,8 +705,7 @@ fn json_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
                 .map_err(|e| ApiError::bad_request(format!("YAML body is not JSON-shaped: {e}")))
         }
         other => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
+            Reason::UnsupportedMediaType,
             format!(
                 "the body of the request was in an unknown format {other:?}: sluice-server accepts application/json and application/yaml (not protobuf yet)"
             ),
@@ -1074,7 +819,7 @@ fn parse_body(
     let duplicate = if fv == FieldValidation::Ignore {
         Vec::new()
     } else {
-        crate::decode::duplicate_fields(body)
+        crate::http::decode::duplicate_fields(body)
     };
     let warnings = fv.judge(&d.unknown, &duplicate, handled)?;
     Ok((d.object, warnings))
@@ -1142,7 +887,7 @@ fn now_rfc3339() -> String {
 }
 
 async fn require_namespace(api: &Shared, ns: &str) -> Result<(), ApiError> {
-    let r = resources::namespaces();
+    let r = registry::namespaces();
     match api.store.get(&r.key(None, ns)).await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(ApiError::not_found(r, ns)),
@@ -1204,12 +949,12 @@ where
     let definite = |e: &ApiError| {
         matches!(
             e.reason,
-            "AlreadyExists"
-                | "Conflict"
-                | "NotFound"
-                | "BadRequest"
-                | "Invalid"
-                | "RequestEntityTooLarge"
+            Reason::AlreadyExists
+                | Reason::Conflict
+                | Reason::NotFound
+                | Reason::BadRequest
+                | Reason::Invalid
+                | Reason::RequestEntityTooLarge
         )
     };
     if result.as_ref().err().is_some_and(definite) {
@@ -1392,8 +1137,7 @@ fn merge_part(
             Ok(out)
         }
         Some(Sub::Binding) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
+            Reason::MethodNotAllowed,
             "binding only accepts POST",
         )),
     }
@@ -1452,16 +1196,14 @@ async fn bind(api: &Shared, t: &Target, name: &str, body: &[u8]) -> Result<Respo
     let old = served(r, &cur)?;
     if !old["metadata"]["deletionTimestamp"].is_null() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "Conflict",
+            Reason::Conflict,
             format!("pod {name} is being deleted, cannot be assigned to a host"),
         ));
     }
     match old["spec"]["nodeName"].as_str() {
         Some(n) if !n.is_empty() => {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
+                Reason::Conflict,
                 format!("pod {name} is already assigned to node {n:?}"),
             ));
         }
@@ -1582,13 +1324,7 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let r = t.resource;
     let media = content_type.split(';').next().unwrap_or("").trim();
-    let unsupported = |what: String| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            what,
-        )
-    };
+    let unsupported = |what: String| ApiError::new(Reason::UnsupportedMediaType, what);
     let patch_doc: Value = match media {
         "application/json-patch+json"
         | "application/merge-patch+json"
@@ -1608,7 +1344,7 @@ async fn patch(
     let duplicate = if fv == FieldValidation::Ignore {
         Vec::new()
     } else {
-        crate::decode::duplicate_fields(body)
+        crate::http::decode::duplicate_fields(body)
     };
     let key = r.key(t.namespace.as_deref(), name);
     // Like upstream's GuaranteedUpdate: retry while others win the race.
@@ -1620,8 +1356,7 @@ async fn patch(
         } else {
             old.clone()
         };
-        let unprocessable =
-            |e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
+        let unprocessable = |e: String| ApiError::new(Reason::Invalid, e);
         match media {
             "application/json-patch+json" => {
                 let ops: json_patch::Patch = serde_json::from_value(patch_doc.clone())
@@ -1630,7 +1365,8 @@ async fn patch(
             }
             "application/merge-patch+json" => json_patch::merge(&mut doc, &patch_doc),
             _ => {
-                doc = crate::strategic::apply(&doc, &patch_doc).map_err(|e| unprocessable(e.0))?;
+                doc = crate::patch::strategic::apply(&doc, &patch_doc)
+                    .map_err(|e| unprocessable(e.0))?;
             }
         }
         // Pinned only if the patch itself names a resourceVersion (the
@@ -1657,7 +1393,7 @@ async fn patch(
         let doc = d.object;
         let expected = pinned.unwrap_or(cur.mod_revision);
         match write_update(api, t, name, doc, expected, &cur).await {
-            Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+            Err(e) if e.reason == Reason::Conflict && pinned.is_none() => continue,
             Err(e) => return Err(e),
             Ok((obj, _)) if sub == Some(Sub::Scale) => {
                 return Ok(respond(StatusCode::OK, scale_view(&obj), &warnings));
@@ -1691,9 +1427,8 @@ fn delete_options(body: &[u8], q: &HashMap<String, String>) -> Result<delete::Op
                 .collect::<Vec<_>>()
                 .join(", ");
             let mut e = ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid",
-                format!("DeleteOptions.meta.k8s.io \"\" is invalid: {msg}"),
+            Reason::Invalid,
+            format!("DeleteOptions.meta.k8s.io \"\" is invalid: {msg}"),
             );
             e.details = Some(json!({
                 "group": "meta.k8s.io", "kind": "DeleteOptions",
@@ -1709,7 +1444,7 @@ fn delete_options(body: &[u8], q: &HashMap<String, String>) -> Result<delete::Op
 /// the delete before anything goes.
 async fn delete_contents(api: &Shared, ns: &str) -> Result<(), ApiError> {
     let mut contents = Vec::new();
-    for res in resources::RESOURCES
+    for res in registry::RESOURCES
         .iter()
         .filter(|x| x.namespaced && x.view.is_none())
     {
@@ -1744,11 +1479,10 @@ async fn delete(
     opts: &delete::Options,
 ) -> Result<Response, ApiError> {
     let r = t.resource;
-    let is_namespace = std::ptr::eq(r, resources::namespaces());
+    let is_namespace = std::ptr::eq(r, registry::namespaces());
     if is_namespace && PROTECTED_NAMESPACES.contains(&name) {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
+            Reason::Forbidden,
             format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
         ));
     }
@@ -1766,7 +1500,7 @@ async fn delete(
             admission::deletion_grace(r),
             chrono::Utc::now(),
         )
-        .map_err(|c| ApiError::new(StatusCode::CONFLICT, "Conflict", c.0))?;
+        .map_err(|c| ApiError::new(Reason::Conflict, c.0))?;
         // Upstream's 202 is only for the legacy orphanDependents=false.
         let pending = if opts.orphan_dependents == Some(false) {
             StatusCode::ACCEPTED
@@ -1861,7 +1595,7 @@ async fn delete_collection(
         };
         match delete(api, &one, &name, opts).await {
             Ok(_) => items.push(obj),
-            Err(e) if e.reason == "NotFound" => {}
+            Err(e) if e.reason == Reason::NotFound => {}
             Err(e) => return Err(e),
         }
     }
@@ -1874,7 +1608,7 @@ async fn delete_collection(
 
 /// The namespaces every cluster has, created at startup when missing.
 pub async fn ensure_system_namespaces(store: &dyn Store) -> anyhow::Result<()> {
-    let r = resources::namespaces();
+    let r = registry::namespaces();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let uid = uid(getrandom::fill)
             .map_err(|e| anyhow::anyhow!("the uid of namespace {ns}: random source: {e}"))?;
@@ -1935,7 +1669,7 @@ mod tests {
     /// (the uid) and for generateName (the suffix), never a zero uid.
     #[test]
     fn a_failing_random_source_is_an_error_naming_the_key() {
-        let cms = resources::find("", "v1", "configmaps").expect("configmaps");
+        let cms = registry::find("", "v1", "configmaps").expect("configmaps");
         for (m, key) in [
             (json!({"name": "cfg"}), "/registry/core/configmaps/ns/cfg"),
             (
@@ -1945,7 +1679,7 @@ mod tests {
         ] {
             let e = new_identity(cms, Some("ns"), &meta(m.clone()), broken)
                 .expect_err("a failing random source must fail the create");
-            assert_eq!(e.code, StatusCode::INTERNAL_SERVER_ERROR, "{m}");
+            assert_eq!(e.reason, Reason::InternalError, "{m}");
             assert!(e.message.contains(key), "{m}: {}", e.message);
         }
         let (name, uid) = new_identity(

@@ -1,0 +1,6 @@
+//! The HTTP edge: serving, authentication, request decoding, health and
+//! the `Status` errors every handler answers with.
+pub(crate) mod decode;
+pub(crate) mod health;
+pub mod serve;
+pub(crate) mod status;
