@@ -267,7 +267,16 @@ async fn a_failing_job_backs_off_and_fails_at_its_backoff_limit() {
     let pods = c.pods();
     let first = wait_pods(&pods, "flaky", "ran", |ps| ps.iter().any(running)).await;
     exit(&pods, &first[0], "Failed").await;
-    let failed_at = Utc::now();
+    let first_name = first[0].metadata.name.as_deref().expect("name");
+    let failed = pods.get(first_name).await.expect("failed pod");
+    let finished_at = failed
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0)
+        .max()
+        .expect("finishedAt");
     let second = wait_pods(&pods, "flaky", "replaced the failed pod", |ps| {
         ps.iter().any(running)
     })
@@ -279,12 +288,14 @@ async fn a_failing_job_backs_off_and_fails_at_its_backoff_limit() {
         .as_ref()
         .expect("creationTimestamp")
         .0;
-    // The first replacement waits out the 10 s backoff (timestamps have
-    // one-second precision).
+    // The first replacement waits out the 10 s backoff counted from the
+    // container's finishedAt. Both stamps are whole seconds written by this
+    // host's clock, the creation after the controller saw the delay pass, so
+    // the comparison does not depend on how fast anything ran.
     assert!(
-        created - failed_at >= k8s_openapi::chrono::Duration::seconds(9),
-        "replaced {}s after the failure",
-        (created - failed_at).num_seconds()
+        created - finished_at >= k8s_openapi::chrono::Duration::seconds(10),
+        "replaced {}s after finishedAt {finished_at}",
+        (created - finished_at).num_seconds()
     );
     exit(&pods, replacement, "Failed").await;
     c.wait_for("job/flaky", "failed").await;
