@@ -73,7 +73,7 @@ fn controller_key(pod: &Pod) -> Option<String> {
 pub async fn run(ctx: Context) -> Result<(), crate::Error> {
     let client = ctx.client.clone();
     let (ds_reader, ds_writer) = reflector::store();
-    let (pod_reader, pod_writer) = reflector::store();
+    let pod_reader = ctx.pods.store();
     let (node_reader, node_writer) = reflector::store();
     let c = Arc::new(Ctx {
         client: client.clone(),
@@ -102,23 +102,22 @@ pub async fn run(ctx: Context) -> Result<(), crate::Error> {
     .touched_objects();
 
     let observer = c.clone();
-    let pods = reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .inspect_ok(move |ev| {
-        let (pod, gone) = match ev {
-            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                (p, p.metadata.deletion_timestamp.is_some())
+    let pods = ctx
+        .pods
+        .subscribe()
+        .inspect_ok(move |ev| {
+            let (pod, gone) = match ev {
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                    (p, p.metadata.deletion_timestamp.is_some())
+                }
+                watcher::Event::Delete(p) => (p, true),
+                _ => return,
+            };
+            if let (Some(key), Some(uid)) = (controller_key(pod), pod.uid()) {
+                observer.expectations.observe(&key, &uid, gone);
             }
-            watcher::Event::Delete(p) => (p, true),
-            _ => return,
-        };
-        if let (Some(key), Some(uid)) = (controller_key(pod), pod.uid()) {
-            observer.expectations.observe(&key, &uid, gone);
-        }
-    })
-    .touched_objects();
+        })
+        .touched_objects();
 
     let nodes = reflector(
         node_writer,

@@ -82,9 +82,7 @@ pub async fn run(ctx: Context) -> Result<(), crate::Error> {
         watcher(Api::<ReplicaSet>::all(client.clone()), wc()).default_backoff(),
     )
     .touched_objects();
-    let pods = watcher(Api::<Pod>::all(client), wc())
-        .default_backoff()
-        .touched_objects();
+    let pods = ctx.pods.subscribe().touched_objects();
 
     let by_rs = d_reader.clone();
     let by_pod = (d_reader.clone(), rs_reader);

@@ -19,7 +19,7 @@ pub use reconciler::{
     CONTROLLER_NAME, LABEL_MANAGED_BY, MAX_CAPACITY, OVER_CAPACITY, TRUNCATED, Write, reconcile,
 };
 
-use crate::informer::{Change, WriteTracker, mirror};
+use crate::informer::{Change, WriteTracker, follow, mirror};
 use crate::pod_endpoint as pe;
 use crate::workqueue::WorkQueue;
 use crate::{Context, api_error, events};
@@ -43,7 +43,7 @@ struct Shared {
 pub async fn run(ctx: Context) -> Result<(), crate::Error> {
     let client = ctx.client.clone();
     let (services, services_w) = reflector::store();
-    let (pods, pods_w) = reflector::store();
+    let pods = ctx.pods.store();
     let (endpoints, endpoints_w) = reflector::store();
     let sh = Arc::new(Shared {
         client: client.clone(),
@@ -62,10 +62,9 @@ pub async fn run(ctx: Context) -> Result<(), crate::Error> {
         |svc, _| sh.queue.add(key_of(svc)),
         || enqueue_all(&sh),
     );
-    let watch_pods = mirror(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        pods_w,
+    let watch_pods = follow(
+        "Pod",
+        ctx.pods.subscribe(),
         |pod, _| {
             for key in services_for_pod(&sh, pod) {
                 sh.queue.add(key);

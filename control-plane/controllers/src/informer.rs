@@ -29,8 +29,8 @@ pub async fn mirror<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
-    mut on_change: impl FnMut(&K, Change),
-    mut on_resync: impl FnMut(),
+    on_change: impl FnMut(&K, Change),
+    on_resync: impl FnMut(),
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -40,7 +40,19 @@ pub async fn mirror<K>(
         .default_backoff()
         // The stores hold every object of the kind: keep them small.
         .modify(|o| o.meta_mut().managed_fields = None);
-    let mut events = std::pin::pin!(reflector::reflector(writer, events));
+    let events = reflector::reflector(writer, events);
+    follow(&kind, events, on_change, on_resync).await
+}
+
+/// [`mirror`]'s callbacks over events whose store is kept elsewhere (a
+/// [`crate::shared::SharedInformer`] subscription).
+pub async fn follow<K, E: std::fmt::Display>(
+    kind: &str,
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, E>>,
+    mut on_change: impl FnMut(&K, Change),
+    mut on_resync: impl FnMut(),
+) {
+    let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Apply(o)) => on_change(&o, Change::Applied),

@@ -94,7 +94,7 @@ fn rv(meta: &kube::api::ObjectMeta) -> u64 {
 pub async fn run(ctx: Context) -> Result<(), crate::Error> {
     let client = ctx.client.clone();
     let (jobs, job_writer) = reflector::store::<Job>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pods = ctx.pods.store();
     let state = Arc::new(State {
         client: client.clone(),
         jobs: jobs.clone(),
@@ -146,10 +146,7 @@ pub async fn run(ctx: Context) -> Result<(), crate::Error> {
             future::ready(())
         })
     };
-    let pod_events = reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    );
+    let pod_events = ctx.pods.subscribe();
     let watch_pods = {
         let state = state.clone();
         pod_events.for_each(move |ev| {

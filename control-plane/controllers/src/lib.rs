@@ -22,6 +22,7 @@ mod api_error;
 mod events;
 mod informer;
 mod pod_endpoint;
+mod shared;
 mod workqueue;
 
 pub mod cronjob;

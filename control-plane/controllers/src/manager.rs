@@ -2,7 +2,10 @@
 //! them together.
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
+
+use crate::shared::SharedInformer;
 
 /// Controller-manager flags (upstream's names).
 #[derive(Clone, Debug)]
@@ -88,6 +91,8 @@ pub struct Context {
     pub client: kube::Client,
     pub config: Arc<Config>,
     pub shutdown: CancellationToken,
+    /// The one Pod watch and store every controller shares.
+    pub pods: Arc<SharedInformer<Pod>>,
 }
 
 /// Runs every controller until `shutdown` is cancelled; the first one to
@@ -97,12 +102,22 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let pods = SharedInformer::new(kube::Api::<Pod>::all(client.clone()));
     let ctx = Context {
         client,
         config: Arc::new(config),
         shutdown: shutdown.clone(),
+        pods: pods.clone(),
+    };
+    let informers = async {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = pods.run() => {}
+        }
+        Ok::<(), Error>(())
     };
     let res = tokio::try_join!(
+        informers,
         crate::replicaset::run(ctx.clone()),
         crate::deployment::run(ctx.clone()),
         crate::daemonset::run(ctx.clone()),

@@ -27,6 +27,7 @@
 //! - No volume, image-locality, DRA or extender plugins; one profile.
 pub mod bind;
 pub mod cache;
+mod events;
 pub mod framework;
 pub mod labels;
 pub mod plugins;

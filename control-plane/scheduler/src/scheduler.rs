@@ -30,6 +30,7 @@ use tracing::Instrument;
 use crate::{
     Config, bind,
     cache::{Cache, is_terminal},
+    events::EventSink,
     framework::{ClusterEvent, Cursor, PodInfo, Profile, pod_key, schedule},
     plugins::default_profile,
     preemption::{self, Candidate, Outcome},
@@ -80,7 +81,7 @@ struct Scheduler {
     cache: Mutex<Cache>,
     queue: Mutex<SchedulingQueue>,
     wake: Notify,
-    recorder: Recorder,
+    event_sink: EventSink,
     binds: Arc<Semaphore>,
 }
 
@@ -317,7 +318,7 @@ impl Scheduler {
                         let api = me.pods(&pod.namespace);
                         status::record_unschedulable(
                             &api,
-                            &me.recorder,
+                            &me.event_sink,
                             &pod.pod,
                             &message,
                             &nomination,
@@ -336,16 +337,14 @@ impl Scheduler {
         match bind::bind(&api, &pod.pod, &node).await {
             Ok(()) => {
                 tracing::debug!(node, "bound");
-                status::publish(
-                    &self.recorder,
-                    &pod.pod.object_ref(&()),
+                self.event_sink.emit(
+                    pod.pod.object_ref(&()),
                     EventType::Normal,
                     "Scheduled",
                     "Binding",
                     status::scheduled_message(&pod.pod, &node),
                     None,
-                )
-                .await;
+                );
             }
             Err(e) => {
                 lock(&self.cache).forget(&pod.key);
@@ -357,16 +356,14 @@ impl Scheduler {
                 }
                 tracing::warn!(error = %e, node, "binding failed; retrying");
                 lock(&self.queue).retry_after_bind_error(qp.clone(), Instant::now());
-                status::publish(
-                    &self.recorder,
-                    &pod.pod.object_ref(&()),
+                self.event_sink.emit(
+                    pod.pod.object_ref(&()),
                     EventType::Warning,
                     "FailedScheduling",
                     "Scheduling",
                     format!("Binding rejected: {e}"),
                     None,
-                )
-                .await;
+                );
             }
         }
     }
@@ -407,9 +404,8 @@ impl Scheduler {
                 }
             }
             tracing::info!(victim = %pod_name(&v.pod), node = c.node, "preempted");
-            status::publish(
-                &self.recorder,
-                &v.pod.object_ref(&()),
+            self.event_sink.emit(
+                v.pod.object_ref(&()),
                 EventType::Normal,
                 "Preempted",
                 "Preempting",
@@ -419,8 +415,7 @@ impl Scheduler {
                     c.node
                 ),
                 Some(preemptor.pod.object_ref(&())),
-            )
-            .await;
+            );
         }
         let lower: Vec<Arc<PodInfo>> = lock(&self.cache)
             .nominated_to(&c.node)
@@ -447,8 +442,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
     let reporter = Reporter::from(config.scheduler_name.as_str());
+    let (events, event_writer) = EventSink::new(Recorder::new(client.clone(), reporter));
     let me = Arc::new(Scheduler {
-        recorder: Recorder::new(client.clone(), reporter),
+        event_sink: events,
         client,
         config,
         profile: default_profile(),
@@ -464,6 +460,7 @@ pub async fn run(
         tokio::spawn(me.clone().watch_pods(pods_tx, shutdown.clone())),
         tokio::spawn(me.clone().flush_loop(shutdown.clone())),
     ];
+    let event_writer = tokio::spawn(event_writer);
     // Decide nothing before both caches hold the whole cluster: a node's
     // existing pods unseen would be overcommitted.
     let synced = async {
@@ -480,6 +477,9 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
+    // The last sink goes with the scheduler; the writer then drains and ends.
+    drop(me);
+    let _ = event_writer.await;
     Ok(())
 }
 

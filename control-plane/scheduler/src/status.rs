@@ -5,17 +5,17 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{ObjectReference, Pod},
+    api::core::v1::Pod,
     chrono::{SecondsFormat, Utc},
 };
 use kube::{
     Api, Resource,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType, Recorder},
+    runtime::events::EventType,
 };
 use serde_json::{Value, json};
 
-use crate::framework::FitError;
+use crate::{events::EventSink, framework::FitError};
 
 /// Upstream's `ErrNoNodesAvailable`.
 pub const NO_NODES: &str = "no nodes available to schedule pods";
@@ -106,33 +106,10 @@ pub fn unschedulable_patch(
     Some(patch)
 }
 
-/// Publishes an event about `regarding`; a failure is only logged (the
-/// events API may not be served; an event must never fail scheduling).
-pub async fn publish(
-    recorder: &Recorder,
-    regarding: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-    related: Option<ObjectReference>,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: related,
-    };
-    if let Err(e) = recorder.publish(&ev, regarding).await {
-        tracing::debug!(error = %e, reason, "could not publish event");
-    }
-}
-
 /// Records a failed attempt on the pod (condition, nominated node, event).
 pub async fn record_unschedulable(
     pods: &Api<Pod>,
-    recorder: &Recorder,
+    events: &EventSink,
     pod: &Pod,
     message: &str,
     nomination: &Nomination,
@@ -147,16 +124,14 @@ pub async fn record_unschedulable(
             tracing::debug!(error = %e, pod = name, "could not record the PodScheduled condition");
         }
     }
-    publish(
-        recorder,
-        &pod.object_ref(&()),
+    events.emit(
+        pod.object_ref(&()),
         EventType::Warning,
         "FailedScheduling",
         "Scheduling",
         message.to_string(),
         None,
-    )
-    .await;
+    );
 }
 
 /// Upstream's success event text.
