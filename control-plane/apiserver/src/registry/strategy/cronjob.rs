@@ -190,7 +190,7 @@ fn validate_cron_job(obj: &Value, old: Option<&Value>, c: &mut Causes) {
 /// a `@hourly`-style descriptor). croner computes the times (the
 /// controller uses it the same way); it also knows `L`, `W`, `#` and
 /// seconds, which upstream refuses, so the grammar is checked here first.
-fn schedule_problem(schedule: &str) -> Option<String> {
+pub(crate) fn schedule_problem(schedule: &str) -> Option<String> {
     const DESCRIPTORS: [&str; 7] = [
         "@yearly",
         "@annually",

@@ -321,8 +321,6 @@ fn validate_job(obj: &Value, old: Option<&Value>, c: &mut Causes) {
     }
 }
 
-/// A CronJob's Job is named `<name>-<minutes since the epoch>`: 11
-
 /// A Job's STATUS column, upstream's order: finished first, then being
 /// deleted, suspended, failing.
 fn job_status(o: &Value) -> &'static str {

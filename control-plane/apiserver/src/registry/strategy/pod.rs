@@ -141,8 +141,6 @@ pub fn default_toleration_seconds(spec: &mut Value) {
     }
 }
 
-/// Upstream's graceful deletion (the kind's CheckGracefulDelete): the
-
 fn deletion_grace(pod: &Value, asked: Option<i64>) -> i64 {
     let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
     let finished = matches!(
@@ -156,8 +154,6 @@ fn deletion_grace(pod: &Value, asked: Option<i64>) -> i64 {
         .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
         .unwrap_or(0)
 }
-
-/// Metadata rules every kind shares on update (upstream's
 
 /// Upstream's pod spec validation, for the fields sluice acts on; `at`
 /// is the spec's path (`spec`, `spec.template.spec`, ...).

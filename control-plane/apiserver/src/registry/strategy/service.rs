@@ -244,8 +244,6 @@ fn drop_type_dependent(new: &mut Value, old: &Value) {
     }
 }
 
-/// Upstream's rule for the object's name: most kinds take a DNS-1123
-
 fn validate_service(spec: &Value, old: Option<&Value>, c: &mut Causes) {
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
     if !matches!(

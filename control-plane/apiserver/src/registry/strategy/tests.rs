@@ -2,6 +2,7 @@
 //! preparation, names and graceful deletion, kind by kind.
 use serde_json::{Value, json};
 
+use super::cronjob::schedule_problem;
 use super::*;
 use crate::registry::find;
 
