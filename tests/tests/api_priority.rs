@@ -57,7 +57,7 @@ async fn server() -> Server {
 /// Every cluster has upstream's two system classes, which cannot be
 /// deleted, and `kubectl get priorityclasses` prints them with upstream's
 /// columns.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_system_classes_exist_print_like_upstream_and_stay() {
     let s = server().await;
     for (name, value) in [
