@@ -188,3 +188,17 @@ fn version_reports_this_build() {
         None => assert_eq!(v["gitCommit"], "unknown", "no git here: {v}"),
     }
 }
+
+/// `GET /version/` (with the slash, what the official Python client's
+/// VersionApi asks) answers exactly like `/version`, unauthenticated too.
+#[test]
+fn version_answers_with_a_trailing_slash() {
+    let s = ApiServer::start(&[]);
+    let (code, plain) = s.get("/version", false);
+    assert_eq!(code, 200, "{plain}");
+    let (code, slashed) = s.get("/version/", false);
+    assert_eq!(code, 200, "{slashed}");
+    let plain: Value = serde_json::from_str(&plain).expect("JSON");
+    let slashed: Value = serde_json::from_str(&slashed).expect("JSON");
+    assert_eq!(slashed, plain);
+}

@@ -746,3 +746,82 @@ async fn rollout_status_reports_a_rollout_past_its_progress_deadline() {
         2
     );
 }
+
+// ---- validation -------------------------------------------------------------
+
+/// Upstream's ValidateDeploymentStrategy: a rolling update's maxSurge and
+/// maxUnavailable are counts or "N%" strings, not both zero, and Recreate
+/// takes no rolling-update parameters. `kubectl apply` of such a
+/// Deployment fails naming the field, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_of_an_invalid_strategy_names_the_field_and_creates_nothing() {
+    let server = ApiServer::start_with(&["--disable", "scheduler"]);
+    let client = server.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    for (strategy, field) in [
+        (
+            "{type: RollingUpdate, rollingUpdate: {maxSurge: lots, maxUnavailable: 1}}",
+            "spec.strategy.rollingUpdate.maxSurge",
+        ),
+        (
+            "{type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 0%}}",
+            "spec.strategy.rollingUpdate.maxUnavailable",
+        ),
+        (
+            "{type: Recreate, rollingUpdate: {maxSurge: 1}}",
+            "spec.strategy.rollingUpdate",
+        ),
+    ] {
+        let path = server
+            .data
+            .0
+            .join(format!("manifest-{}.yaml", sluice_tests::unique("m")));
+        std::fs::write(&path, deployment(1, strategy, "")).expect("write manifest");
+        let out = tokio::task::block_in_place(|| {
+            server.kubectl(&["apply", "-f", path.to_str().expect("path")])
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{strategy} was accepted");
+        assert!(
+            stderr.contains("is invalid") && stderr.contains(&format!("{field}:")),
+            "{strategy}: {stderr}"
+        );
+        assert!(
+            deployments.get_opt("web").await.expect("get").is_none(),
+            "{strategy}: a Deployment was created"
+        );
+    }
+}
+
+/// The same rule through the API: 422 Invalid naming
+/// `spec.strategy.rollingUpdate.maxSurge`, for a percentage without `%`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_that_is_not_a_percentage_is_unprocessable() {
+    let server = ApiServer::start_with(&["--disable", "scheduler"]);
+    let client = server.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": "10", "maxUnavailable": 1}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "web", "image": V1}]}},
+        },
+    }))
+    .expect("a Deployment");
+    match deployments.create(&PostParams::default(), &d).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+            assert!(
+                s.message
+                    .contains("spec.strategy.rollingUpdate.maxSurge: Invalid value: \"10\""),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+    assert!(deployments.get_opt("web").await.expect("get").is_none());
+}

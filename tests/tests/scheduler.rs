@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{core::v1::Pod, scheduling::v1::PriorityClass};
 use kube::{
     Api,
     api::{ListParams, PostParams},
@@ -59,6 +59,18 @@ async fn cluster(nodes: &[NodeSpec]) -> Cluster {
 }
 
 impl Cluster {
+    /// A PriorityClass `name` of `value` (gone with the test's server).
+    async fn priority_class(&self, name: &str, value: i32) {
+        let classes: Api<PriorityClass> = Api::all(self.pods.clone().into_client());
+        let pc: PriorityClass =
+            serde_json::from_value(json!({"metadata": {"name": name}, "value": value}))
+                .expect("PriorityClass");
+        classes
+            .create(&PostParams::default(), &pc)
+            .await
+            .unwrap_or_else(|e| panic!("creating PriorityClass {name}: {e}"));
+    }
+
     async fn create(&self, p: Pod) {
         let name = p.metadata.name.clone().unwrap_or_default();
         self.pods
@@ -317,28 +329,55 @@ async fn an_unschedulable_pod_is_bound_once_a_node_with_room_joins() {
 }
 
 /// The victim is deleted gracefully; the fake kubelet finishes that, as a
-/// real one would once its containers stop.
+/// real one would once its containers stop. The priorities come from the
+/// pods' PriorityClasses (the API server's Priority admission), as in a
+/// real cluster.
 #[tokio::test]
-async fn a_higher_priority_pod_preempts_a_lower_priority_one() {
+async fn a_pod_of_a_higher_priority_class_preempts_one_of_a_lower_class() {
     let c = cluster(&[NodeSpec::new("n1").resources("2", "8Gi")]).await;
     let _kubelet = FakeKubelet::start(c.pods.clone().into_client(), &["n1"]);
-    c.create(pod("low", "2", json!({}), json!({"priority": 0})))
-        .await;
+    c.priority_class("low", 100).await;
+    c.priority_class("high", 1000).await;
+    c.create(pod(
+        "low",
+        "2",
+        json!({}),
+        json!({"priorityClassName": "low"}),
+    ))
+    .await;
     assert_eq!(c.bound("low").await, "n1");
-    c.create(pod("high", "2", json!({}), json!({"priority": 1000})))
-        .await;
+    c.create(pod(
+        "high",
+        "2",
+        json!({}),
+        json!({"priorityClassName": "high"}),
+    ))
+    .await;
     c.gone("low").await;
     assert_eq!(c.bound("high").await, "n1");
+    let high = c.pods.get("high").await.expect("get high");
+    assert_eq!(high.spec.and_then(|s| s.priority), Some(1000));
 }
 
 #[tokio::test]
 async fn an_equal_priority_pod_does_not_preempt() {
     let c = cluster(&[NodeSpec::new("n1").resources("2", "8Gi")]).await;
-    c.create(pod("first", "2", json!({}), json!({"priority": 10})))
-        .await;
+    c.priority_class("ten", 10).await;
+    c.create(pod(
+        "first",
+        "2",
+        json!({}),
+        json!({"priorityClassName": "ten"}),
+    ))
+    .await;
     assert_eq!(c.bound("first").await, "n1");
-    c.create(pod("second", "2", json!({}), json!({"priority": 10})))
-        .await;
+    c.create(pod(
+        "second",
+        "2",
+        json!({}),
+        json!({"priorityClassName": "ten"}),
+    ))
+    .await;
     c.says_unschedulable(
         "second",
         "0/1 nodes are available: 1 Insufficient cpu. \

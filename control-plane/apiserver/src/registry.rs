@@ -4,9 +4,10 @@ use k8s_openapi::api;
 use serde_json::Value;
 
 use crate::http::decode::{Decoded, typed};
+use strategy::Strategy;
 
-pub mod admission;
 pub mod events;
+pub mod strategy;
 pub mod table;
 
 pub struct Resource {
@@ -28,6 +29,8 @@ pub struct Resource {
     /// conversion (upstream stores one object per event and serves it in
     /// two groups).
     pub view: Option<&'static View>,
+    /// The kind's rules: defaults, validation, hooks, columns.
+    pub strategy: &'static dyn Strategy,
 }
 
 /// Where a view's objects live and how they convert.
@@ -220,7 +223,7 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 macro_rules! resource {
-    ($group:expr, $version:expr, $kind:expr, $plural:expr, $namespaced:expr, [$($short:expr),*], [$($cat:expr),*], $ty:ty $(, $sub:ident)*) => {
+    ($group:expr, $version:expr, $kind:expr, $plural:expr, $namespaced:expr, [$($short:expr),*], [$($cat:expr),*], $strategy:expr, $ty:ty $(, $sub:ident)*) => {
         Resource {
             group: $group,
             version: $version,
@@ -232,6 +235,7 @@ macro_rules! resource {
             subresources: &[$(Sub::$sub),*],
             categories: &[$($cat),*],
             view: None,
+            strategy: $strategy,
         }
     };
 }
@@ -255,6 +259,7 @@ pub static RESOURCES: &[Resource] = &[
         false,
         ["ns"],
         [],
+        &strategy::namespace::NAMESPACE,
         api::core::v1::Namespace,
         Status
     ),
@@ -266,6 +271,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["po"],
         ["all"],
+        &strategy::pod::POD,
         api::core::v1::Pod,
         Status,
         Binding
@@ -278,6 +284,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["svc"],
         ["all"],
+        &strategy::service::SERVICE,
         api::core::v1::Service,
         Status
     ),
@@ -289,6 +296,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["ep"],
         [],
+        &strategy::PLAIN,
         api::core::v1::Endpoints
     ),
     resource!(
@@ -299,6 +307,7 @@ pub static RESOURCES: &[Resource] = &[
         false,
         ["no"],
         [],
+        &strategy::node::NODE,
         api::core::v1::Node,
         Status
     ),
@@ -310,6 +319,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["cm"],
         [],
+        &strategy::configmap::CONFIG_MAP,
         api::core::v1::ConfigMap
     ),
     resource!(
@@ -320,6 +330,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         [],
         [],
+        &strategy::secret::SECRET,
         api::core::v1::Secret
     ),
     resource!(
@@ -330,6 +341,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["sa"],
         [],
+        &strategy::PLAIN,
         api::core::v1::ServiceAccount
     ),
     resource!(
@@ -340,6 +352,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["ev"],
         [],
+        &strategy::event::EVENT,
         api::core::v1::Event
     ),
     resource!(
@@ -350,6 +363,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["deploy"],
         ["all"],
+        &strategy::deployment::DEPLOYMENT,
         api::apps::v1::Deployment,
         Status,
         Scale
@@ -362,6 +376,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["rs"],
         ["all"],
+        &strategy::replicaset::REPLICA_SET,
         api::apps::v1::ReplicaSet,
         Status,
         Scale
@@ -374,6 +389,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["sts"],
         ["all"],
+        &strategy::statefulset::STATEFUL_SET,
         api::apps::v1::StatefulSet,
         Status,
         Scale
@@ -386,6 +402,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["ds"],
         ["all"],
+        &strategy::daemonset::DAEMON_SET,
         api::apps::v1::DaemonSet,
         Status
     ),
@@ -397,6 +414,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         [],
         [],
+        &strategy::endpointslice::ENDPOINT_SLICE,
         api::discovery::v1::EndpointSlice
     ),
     resource!(
@@ -407,6 +425,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         [],
         [],
+        &strategy::PLAIN,
         api::coordination::v1::Lease
     ),
     resource!(
@@ -417,6 +436,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["hpa"],
         ["all"],
+        &strategy::PLAIN,
         api::autoscaling::v2::HorizontalPodAutoscaler,
         Status
     ),
@@ -430,6 +450,7 @@ pub static RESOURCES: &[Resource] = &[
             true,
             ["ev"],
             [],
+            &strategy::event::EVENT,
             api::events::v1::Event
         )
     },
@@ -441,6 +462,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         [],
         ["all"],
+        &strategy::job::JOB,
         api::batch::v1::Job,
         Status
     ),
@@ -452,8 +474,20 @@ pub static RESOURCES: &[Resource] = &[
         true,
         ["cj"],
         ["all"],
+        &strategy::cronjob::CRON_JOB,
         api::batch::v1::CronJob,
         Status
+    ),
+    resource!(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        "priorityclasses",
+        false,
+        ["pc"],
+        [],
+        &strategy::priorityclass::PRIORITY_CLASS,
+        api::scheduling::v1::PriorityClass
     ),
 ];
 

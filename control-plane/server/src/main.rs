@@ -236,7 +236,7 @@ async fn run(
         inner: store,
         metrics: metrics.clone(),
     });
-    api::ensure_system_namespaces(store.as_ref()).await?;
+    api::ensure_builtins(store.as_ref()).await?;
     let cache =
         watch_cache::WatchCache::start(store.clone(), watch_cache::Limits::default()).await?;
     let listener = tokio::net::TcpListener::bind(cli.listen)

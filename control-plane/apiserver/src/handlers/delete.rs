@@ -1,11 +1,14 @@
 //! What a DELETE does to one object, as upstream's generic registry
 //! (`Store.Delete`, `BeforeDelete`, `deletionFinalizersForGarbageCollection`)
 //! decides it: preconditions, graceful deletion, and the garbage
-//! collector's finalizers for the propagation policy. Pure: the handler
-//! reads the object, asks [`plan`], and writes what it says.
+//! collector's finalizers for the propagation policy. [`plan`] is pure;
+//! the DELETE verbs below read the object, ask it, and write what it
+//! says.
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
+
+use super::*;
 
 /// The finalizer that makes the garbage collector orphan an object's
 /// dependents before the object goes.
@@ -321,6 +324,167 @@ fn bump_generation(obj: &mut Value) {
     if let Some(g) = obj["metadata"]["generation"].as_i64().filter(|g| *g > 0) {
         obj["metadata"]["generation"] = json!(g + 1);
     }
+}
+
+// The DELETE verbs.
+
+/// Deletes what a namespace holds (every object, at once), before the
+/// namespace itself goes. Every object is read first: a corrupt one stops
+/// the delete before anything goes.
+pub(crate) async fn delete_contents(api: &Api, ns: &str) -> Result<(), ApiError> {
+    let mut contents = Vec::new();
+    for res in registry::RESOURCES
+        .iter()
+        .filter(|x| x.namespaced && x.view.is_none())
+    {
+        let page = list_all(api, res, Some(ns)).await?;
+        for kv in &page.kvs {
+            served(res, kv)?;
+        }
+        contents.push((res, page.kvs));
+    }
+    for (res, kvs) in contents {
+        for kv in kvs {
+            match api.store.delete(&kv.key, None).await {
+                Ok((_, gone)) => forget(api, res, &served(res, &gone)?).await,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(ApiError::store(res, "", e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// DELETE of one object, as upstream's registry does it ([`plan`]):
+/// preconditions, graceful deletion for pods, and the propagation policy
+/// as the garbage collector's finalizers. An object with finalizers only
+/// gets a deletionTimestamp; whoever removes the last finalizer (an update
+/// or patch) completes the delete. A namespace takes its contents with it.
+/// `dryRun=All` answers the same and changes nothing.
+pub(super) async fn delete(
+    api: &Shared,
+    t: &Target,
+    name: &str,
+    opts: &Options,
+) -> Result<Response, ApiError> {
+    let r = t.resource;
+    r.strategy.check_delete(name)?;
+    let key = r.key(t.namespace.as_deref(), name);
+    // Like upstream's GuaranteedUpdate: retry while others win the race,
+    // unless the client pinned a resourceVersion.
+    for _ in 0..64 {
+        let cur = current(api, t, name).await?;
+        let obj = served(r, &cur)?;
+        let rv = cur.mod_revision.to_string();
+        let plan = plan(
+            &obj,
+            &rv,
+            opts,
+            r.strategy.deletion_grace(),
+            chrono::Utc::now(),
+        )
+        .map_err(|c| ApiError::new(Reason::Conflict, c.0))?;
+        // Upstream's 202 is only for the legacy orphanDependents=false.
+        let pending = if opts.orphan_dependents == Some(false) {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        match plan {
+            Plan::Pending => return Ok((pending, axum::Json(obj)).into_response()),
+            Plan::Mark(marked) => {
+                let mut bare = obj.clone();
+                if let Some(m) = bare["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                let unchanged = bare == marked;
+                if opts.dry_run || unchanged {
+                    let shown = r.stamp(marked, cur.mod_revision);
+                    return Ok((pending, axum::Json(shown)).into_response());
+                }
+                let bytes = r
+                    .encode(&marked)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                match api.store.update(&key, bytes, cur.mod_revision).await {
+                    Ok(rev) => {
+                        let shown = r.stamp(marked, rev);
+                        return Ok((pending, axum::Json(shown)).into_response());
+                    }
+                    Err(StoreError::Conflict { .. }) if opts.resource_version.is_none() => {
+                        continue;
+                    }
+                    Err(e) => return Err(ApiError::store(r, name, e)),
+                }
+            }
+            Plan::Remove => {
+                if opts.dry_run {
+                    return Ok(axum::Json(obj).into_response());
+                }
+                r.strategy.before_remove(api, name).await?;
+                match api.store.delete(&key, Some(cur.mod_revision)).await {
+                    Ok((rev, gone)) => {
+                        let mut obj = served(r, &gone)?;
+                        forget(api, r, &obj).await;
+                        obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+                        return Ok(axum::Json(obj).into_response());
+                    }
+                    Err(StoreError::Conflict { .. }) if opts.resource_version.is_none() => {
+                        continue;
+                    }
+                    Err(e) => return Err(ApiError::store(r, name, e)),
+                }
+            }
+        }
+    }
+    Err(ApiError::store(
+        r,
+        name,
+        StoreError::Conflict {
+            key,
+            expected: 0,
+            current: None,
+        },
+    ))
+}
+
+/// DELETE of a collection: every object the selectors match, one by one.
+pub(super) async fn delete_collection(
+    api: &Shared,
+    t: &Target,
+    q: &HashMap<String, String>,
+    opts: &Options,
+) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let filter = Filter::from_query(q)?;
+    let page = list_all(api, r, t.namespace.as_deref()).await?;
+    let mut items = Vec::new();
+    for kv in &page.kvs {
+        let obj = served(r, kv)?;
+        if !filter.matches(&obj) {
+            continue;
+        }
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        // A cluster-wide collection delete reaches every namespace.
+        let one = Target {
+            resource: r,
+            namespace: obj["metadata"]["namespace"].as_str().map(str::to_string),
+            name: None,
+            sub: None,
+        };
+        match delete(api, &one, &name, opts).await {
+            Ok(_) => items.push(obj),
+            Err(e) if e.reason == Reason::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(axum::Json(json!({
+        "kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
+        "metadata": {"resourceVersion": page.revision.to_string()}, "items": items,
+    }))
+    .into_response())
 }
 
 #[cfg(test)]

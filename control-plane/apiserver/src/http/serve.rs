@@ -59,6 +59,8 @@ pub fn router(api: Shared, tokens: HashSet<String>) -> Router {
         .with_state(api);
     Router::new()
         .route("/version", get(discovery::version))
+        // The official Python client's VersionApi asks with the slash.
+        .route("/version/", get(discovery::version))
         .merge(health)
         .merge(authed)
         // Bodies up to the API's own limit reach it (it answers larger

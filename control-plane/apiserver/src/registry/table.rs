@@ -14,13 +14,15 @@ pub fn wanted(accept: &str) -> bool {
         .is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
 }
 
-struct Column {
-    name: &'static str,
-    priority: u8,
-    cell: fn(&Value) -> Value,
+/// One column: its header, its priority (1: only with `-o wide`) and how
+/// a cell is read from the object.
+pub struct Column {
+    pub name: &'static str,
+    pub priority: u8,
+    pub cell: fn(&Value) -> Value,
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -28,11 +30,11 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn or_none(v: String) -> Value {
+pub(crate) fn or_none(v: String) -> Value {
     Value::from(if v.is_empty() { "<none>".into() } else { v })
 }
 
-fn count(v: &Value) -> i64 {
+pub(crate) fn count(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
 
@@ -48,7 +50,7 @@ pub fn age(created: &Value) -> Value {
     Value::from(human(secs))
 }
 
-fn human(secs: i64) -> String {
+pub(crate) fn human(secs: i64) -> String {
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
     match secs {
         s if s < 0 => "<invalid>".into(),
@@ -72,19 +74,19 @@ fn human(secs: i64) -> String {
     }
 }
 
-fn name(o: &Value) -> Value {
+pub(crate) fn name(o: &Value) -> Value {
     o["metadata"]["name"].clone()
 }
 
-fn age_of(o: &Value) -> Value {
+pub(crate) fn age_of(o: &Value) -> Value {
     age(&o["metadata"]["creationTimestamp"])
 }
 
-fn map_len(v: &Value) -> usize {
+pub(crate) fn map_len(v: &Value) -> usize {
     v.as_object().map_or(0, |m| m.len())
 }
 
-fn labels(sel: &Value) -> String {
+pub(crate) fn labels(sel: &Value) -> String {
     sel.as_object()
         .map(|m| {
             m.iter()
@@ -95,7 +97,7 @@ fn labels(sel: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn containers(o: &Value, field: &str) -> String {
+pub(crate) fn containers(o: &Value, field: &str) -> String {
     o["spec"]["template"]["spec"]["containers"]
         .as_array()
         .map(|cs| {
@@ -107,467 +109,13 @@ fn containers(o: &Value, field: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The time a timestamp field says, as its age; "" when unset.
-fn since(v: &Value) -> String {
-    if v.as_str().is_some_and(|t| !t.is_empty()) {
-        s(&age(v))
-    } else {
-        String::new()
-    }
-}
-
-/// Upstream's printEvent: the last and first time seen (from the series
-/// or the deprecated counters, falling back to eventTime), and the count
-/// (1 for a singleton in the new API).
-fn event_last_seen(o: &Value) -> Value {
-    let first = event_first_seen(o);
-    if !o["series"].is_null() {
-        return Value::from(since(&o["series"]["lastObservedTime"]));
-    }
-    let last = since(&o["lastTimestamp"]);
-    Value::from(if last.is_empty() { s(&first) } else { last })
-}
-
-fn event_first_seen(o: &Value) -> Value {
-    let first = since(&o["firstTimestamp"]);
-    Value::from(if first.is_empty() {
-        since(&o["eventTime"])
-    } else {
-        first
-    })
-}
-
-fn event_columns() -> Vec<Column> {
-    let col = |name, priority, cell| Column {
-        name,
-        priority,
-        cell,
-    };
-    vec![
-        col("Last Seen", 0, event_last_seen),
-        col("Type", 0, |o| Value::from(s(&o["type"]))),
-        col("Reason", 0, |o| Value::from(s(&o["reason"]))),
-        col("Object", 0, |o| {
-            let (kind, name) = (
-                s(&o["involvedObject"]["kind"]).to_lowercase(),
-                s(&o["involvedObject"]["name"]),
-            );
-            Value::from(if name.is_empty() {
-                kind
-            } else {
-                format!("{kind}/{name}")
-            })
-        }),
-        col("Subobject", 1, |o| {
-            Value::from(s(&o["involvedObject"]["fieldPath"]))
-        }),
-        col("Source", 1, |o| {
-            // formatEventSource: component, host, or the new API's
-            // reporting controller and instance.
-            let (component, host) = (s(&o["source"]["component"]), s(&o["source"]["host"]));
-            let (component, host) = if component.is_empty() {
-                (s(&o["reportingComponent"]), s(&o["reportingInstance"]))
-            } else {
-                (component, host)
-            };
-            Value::from(if host.is_empty() {
-                component
-            } else {
-                format!("{component}, {host}")
-            })
-        }),
-        col("Message", 0, |o| {
-            Value::from(s(&o["message"]).trim().to_string())
-        }),
-        col("First Seen", 1, event_first_seen),
-        col("Count", 1, |o| {
-            let n = match o["series"]["count"].as_i64() {
-                Some(n) => n,
-                None => o["count"].as_i64().filter(|n| *n != 0).unwrap_or(1),
-            };
-            Value::from(n)
-        }),
-        col("Name", 1, name),
-    ]
-}
-
-/// A Job's STATUS column, upstream's order: finished first, then being
-/// deleted, suspended, failing.
-fn job_status(o: &Value) -> &'static str {
-    let has = |t: &str| {
-        o["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == t && c["status"] == "True")
-    };
-    if has("Complete") {
-        "Complete"
-    } else if has("Failed") {
-        "Failed"
-    } else if !o["metadata"]["deletionTimestamp"].is_null() {
-        "Terminating"
-    } else if has("Suspended") {
-        "Suspended"
-    } else if has("FailureTarget") {
-        "FailureTarget"
-    } else {
-        "Running"
-    }
-}
-
-fn columns(kind: &str) -> Vec<Column> {
-    if kind == "Event" {
-        return event_columns();
-    }
+/// NAME, then `extra`, then AGE: how most kinds print.
+pub fn framed(extra: Vec<Column>) -> Vec<Column> {
     let mut cols = vec![Column {
         name: "Name",
         priority: 0,
         cell: name,
     }];
-    let extra: Vec<Column> = match kind {
-        "Pod" => vec![
-            Column {
-                name: "Ready",
-                priority: 0,
-                cell: |o| {
-                    let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
-                    let ready = o["status"]["containerStatuses"]
-                        .as_array()
-                        .map_or(0, |c| c.iter().filter(|c| c["ready"] == true).count());
-                    Value::from(format!("{ready}/{total}"))
-                },
-            },
-            Column {
-                name: "Status",
-                priority: 0,
-                cell: |o| {
-                    let reason = s(&o["status"]["reason"]);
-                    if !o["metadata"]["deletionTimestamp"].is_null() {
-                        Value::from("Terminating")
-                    } else if !reason.is_empty() {
-                        Value::from(reason)
-                    } else {
-                        or_none(s(&o["status"]["phase"]))
-                    }
-                },
-            },
-            Column {
-                name: "Restarts",
-                priority: 0,
-                cell: |o| {
-                    Value::from(o["status"]["containerStatuses"].as_array().map_or(0, |c| {
-                        c.iter().map(|c| count(&c["restartCount"])).sum::<i64>()
-                    }))
-                },
-            },
-            Column {
-                name: "IP",
-                priority: 1,
-                cell: |o| or_none(s(&o["status"]["podIP"])),
-            },
-            Column {
-                name: "Node",
-                priority: 1,
-                cell: |o| or_none(s(&o["spec"]["nodeName"])),
-            },
-        ],
-        "Deployment" => vec![
-            Column {
-                name: "Ready",
-                priority: 0,
-                cell: |o| {
-                    Value::from(format!(
-                        "{}/{}",
-                        count(&o["status"]["readyReplicas"]),
-                        count(&o["spec"]["replicas"])
-                    ))
-                },
-            },
-            Column {
-                name: "Up-to-date",
-                priority: 0,
-                cell: |o| Value::from(count(&o["status"]["updatedReplicas"])),
-            },
-            Column {
-                name: "Available",
-                priority: 0,
-                cell: |o| Value::from(count(&o["status"]["availableReplicas"])),
-            },
-            Column {
-                name: "Containers",
-                priority: 1,
-                cell: |o| Value::from(containers(o, "name")),
-            },
-            Column {
-                name: "Images",
-                priority: 1,
-                cell: |o| Value::from(containers(o, "image")),
-            },
-            Column {
-                name: "Selector",
-                priority: 1,
-                cell: |o| or_none(labels(&o["spec"]["selector"]["matchLabels"])),
-            },
-        ],
-        "ReplicaSet" | "StatefulSet" => vec![
-            Column {
-                name: "Desired",
-                priority: 0,
-                cell: |o| Value::from(count(&o["spec"]["replicas"])),
-            },
-            Column {
-                name: "Ready",
-                priority: 0,
-                cell: |o| Value::from(count(&o["status"]["readyReplicas"])),
-            },
-        ],
-        "DaemonSet" => vec![
-            Column {
-                name: "Desired",
-                priority: 0,
-                cell: |o| Value::from(count(&o["status"]["desiredNumberScheduled"])),
-            },
-            Column {
-                name: "Ready",
-                priority: 0,
-                cell: |o| Value::from(count(&o["status"]["numberReady"])),
-            },
-        ],
-        "Service" => vec![
-            Column {
-                name: "Type",
-                priority: 0,
-                cell: |o| Value::from(s(&o["spec"]["type"])),
-            },
-            Column {
-                name: "Cluster-IP",
-                priority: 0,
-                cell: |o| or_none(s(&o["spec"]["clusterIP"])),
-            },
-            Column {
-                name: "External-IP",
-                priority: 0,
-                cell: |o| {
-                    let mut ips: Vec<String> = o["status"]["loadBalancer"]["ingress"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|i| s(&i["ip"]))
-                        .filter(|i| !i.is_empty())
-                        .collect();
-                    ips.extend(
-                        o["spec"]["externalIPs"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(s),
-                    );
-                    if o["spec"]["type"] == "LoadBalancer" && ips.is_empty() {
-                        Value::from("<pending>")
-                    } else {
-                        or_none(ips.join(","))
-                    }
-                },
-            },
-            Column {
-                name: "Port(s)",
-                priority: 0,
-                cell: |o| {
-                    or_none(
-                        o["spec"]["ports"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|p| {
-                                let node = p["nodePort"]
-                                    .as_i64()
-                                    .map(|n| format!(":{n}"))
-                                    .unwrap_or_default();
-                                format!("{}{node}/{}", s(&p["port"]), s(&p["protocol"]))
-                            })
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    )
-                },
-            },
-            Column {
-                name: "Selector",
-                priority: 1,
-                cell: |o| or_none(labels(&o["spec"]["selector"])),
-            },
-        ],
-        "Namespace" => vec![Column {
-            name: "Status",
-            priority: 0,
-            cell: |o| Value::from(s(&o["status"]["phase"])),
-        }],
-        "ConfigMap" => vec![Column {
-            name: "Data",
-            priority: 0,
-            cell: |o| Value::from(map_len(&o["data"]) + map_len(&o["binaryData"])),
-        }],
-        "Secret" => vec![
-            Column {
-                name: "Type",
-                priority: 0,
-                cell: |o| Value::from(s(&o["type"])),
-            },
-            Column {
-                name: "Data",
-                priority: 0,
-                cell: |o| Value::from(map_len(&o["data"])),
-            },
-        ],
-        "EndpointSlice" => vec![
-            Column {
-                name: "AddressType",
-                priority: 0,
-                cell: |o| Value::from(s(&o["addressType"])),
-            },
-            Column {
-                name: "Ports",
-                priority: 0,
-                cell: |o| {
-                    or_none(
-                        o["ports"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|p| s(&p["port"]))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    )
-                },
-            },
-            Column {
-                name: "Endpoints",
-                priority: 0,
-                cell: |o| {
-                    or_none(
-                        o["endpoints"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
-                            .map(|a| s(&a))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    )
-                },
-            },
-        ],
-        "Job" => vec![
-            Column {
-                name: "Status",
-                priority: 0,
-                cell: |o| Value::from(job_status(o)),
-            },
-            Column {
-                name: "Completions",
-                priority: 0,
-                cell: |o| {
-                    let done = count(&o["status"]["succeeded"]);
-                    let parallelism = count(&o["spec"]["parallelism"]);
-                    Value::from(match o["spec"]["completions"].as_i64() {
-                        Some(n) => format!("{done}/{n}"),
-                        None if parallelism > 1 => format!("{done}/1 of {parallelism}"),
-                        None => format!("{done}/1"),
-                    })
-                },
-            },
-            Column {
-                name: "Duration",
-                priority: 0,
-                cell: |o| {
-                    let at = |f: &str| {
-                        o["status"][f]
-                            .as_str()
-                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                            .map(|t| t.with_timezone(&chrono::Utc))
-                    };
-                    Value::from(match at("startTime") {
-                        None => String::new(),
-                        Some(start) => {
-                            let end = at("completionTime").unwrap_or_else(chrono::Utc::now);
-                            human((end - start).num_seconds())
-                        }
-                    })
-                },
-            },
-            Column {
-                name: "Containers",
-                priority: 1,
-                cell: |o| Value::from(containers(o, "name")),
-            },
-            Column {
-                name: "Images",
-                priority: 1,
-                cell: |o| Value::from(containers(o, "image")),
-            },
-            Column {
-                name: "Selector",
-                priority: 1,
-                cell: |o| or_none(labels(&o["spec"]["selector"]["matchLabels"])),
-            },
-        ],
-        "CronJob" => vec![
-            Column {
-                name: "Schedule",
-                priority: 0,
-                cell: |o| Value::from(s(&o["spec"]["schedule"])),
-            },
-            Column {
-                name: "Timezone",
-                priority: 0,
-                cell: |o| or_none(s(&o["spec"]["timeZone"])),
-            },
-            Column {
-                name: "Suspend",
-                priority: 0,
-                cell: |o| {
-                    Value::from(match o["spec"]["suspend"].as_bool() {
-                        None => "<unset>",
-                        Some(true) => "True",
-                        Some(false) => "False",
-                    })
-                },
-            },
-            Column {
-                name: "Active",
-                priority: 0,
-                cell: |o| Value::from(o["status"]["active"].as_array().map_or(0, Vec::len)),
-            },
-            Column {
-                name: "Last Schedule",
-                priority: 0,
-                cell: |o| match &o["status"]["lastScheduleTime"] {
-                    Value::Null => Value::from("<none>"),
-                    t => age(t),
-                },
-            },
-            Column {
-                name: "Containers",
-                priority: 1,
-                cell: |o| Value::from(containers(&o["spec"]["jobTemplate"], "name")),
-            },
-            Column {
-                name: "Images",
-                priority: 1,
-                cell: |o| Value::from(containers(&o["spec"]["jobTemplate"], "image")),
-            },
-            Column {
-                name: "Selector",
-                priority: 1,
-                cell: |o| {
-                    or_none(labels(
-                        &o["spec"]["jobTemplate"]["spec"]["selector"]["matchLabels"],
-                    ))
-                },
-            },
-        ],
-        _ => Vec::new(),
-    };
     cols.extend(extra);
     cols.push(Column {
         name: "Age",
@@ -583,7 +131,7 @@ fn columns(kind: &str) -> Vec<Column> {
 pub fn table(r: &Resource, objects: &[Value], revision: i64, include: Option<&str>) -> Value {
     // A view prints like the resource it shows (upstream prints both
     // Event APIs with one printer, on the stored form).
-    let cols = columns(r.view.map_or(r.kind, |v| v.kind));
+    let cols = r.strategy.columns();
     let defs: Vec<Value> = cols
         .iter()
         .map(|c| {
