@@ -306,3 +306,22 @@ async fn a_kind_not_the_urls_is_a_bad_request() {
     assert_eq!(code, 400, "{msg}");
     assert!(msg.contains("ConfigMap"), "{msg}");
 }
+
+/// client-go's typed Delete sends its DeleteOptions in protobuf too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protobuf_delete_options_body_is_read() {
+    let (s, c) = server().await;
+    kubectl_ok(&s, &["create", "configmap", "c", "--from-literal=a=b"]);
+    // DeleteOptions {dryRun: ["All"]} (field 5): nothing is deleted.
+    let req = http::Request::delete("/api/v1/namespaces/default/configmaps/c")
+        .header("content-type", PROTOBUF)
+        .body(envelope("v1", "DeleteOptions", b"\x2a\x03All"))
+        .expect("request");
+    c.request::<serde_json::Value>(req)
+        .await
+        .expect("dry-run delete");
+    Api::<ConfigMap>::namespaced(c, "default")
+        .get("c")
+        .await
+        .expect("still there after a dry-run delete");
+}
