@@ -59,9 +59,39 @@ fn go_arch(arch: &str) -> &str {
     }
 }
 
+/// The upstream `generated.proto` files under `proto/` (see its README)
+/// as one descriptor set, for the protobuf request bodies
+/// (src/http/protobuf.rs). protox is pure Rust: no protoc needed.
+fn protos(dir: &Path) {
+    let root = dir.join("proto");
+    // A directory: cargo looks at everything under it.
+    println!("cargo:rerun-if-changed={}", root.display());
+    let files = [
+        "k8s.io/api/core/v1/generated.proto",
+        "k8s.io/api/apps/v1/generated.proto",
+        "k8s.io/api/batch/v1/generated.proto",
+        "k8s.io/api/autoscaling/v1/generated.proto",
+        "k8s.io/api/coordination/v1/generated.proto",
+        "k8s.io/api/discovery/v1/generated.proto",
+        "k8s.io/api/events/v1/generated.proto",
+        "k8s.io/api/policy/v1/generated.proto",
+    ];
+    let set = protox::Compiler::new([&root])
+        .and_then(|mut c| {
+            c.include_imports(true);
+            c.open_files(files)?;
+            Ok(c.encode_file_descriptor_set())
+        })
+        .unwrap_or_else(|e| panic!("compiling {}: {e}", root.display()));
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into()));
+    std::fs::write(out.join("kubernetes.fds"), set)
+        .unwrap_or_else(|e| panic!("writing the descriptor set: {e}"));
+}
+
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
     println!("cargo:rerun-if-changed=build.rs");
+    protos(&dir);
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
 
     let commit = git(&dir, &["rev-parse", "HEAD"]);

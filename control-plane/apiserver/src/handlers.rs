@@ -20,7 +20,10 @@ use crate::{
     alloc::{Allocator, Claims},
     cache::{Cached, SUMMARY_FIELDS, WatchCache},
     discovery::resource_list,
-    http::status::{ApiError, Reason},
+    http::{
+        protobuf,
+        status::{ApiError, Reason},
+    },
     registry::{self, Resource, Sub, strategy},
     selector::Selector,
 };
@@ -230,6 +233,8 @@ async fn route(
     // they are JSON.
     let body = if matches!(*method, Method::POST | Method::PUT) {
         json_body(headers, body)?
+    } else if *method == Method::DELETE && media_type(headers) == protobuf::MEDIA_TYPE {
+        protobuf_body(&body)?
     } else {
         body
     };
@@ -391,15 +396,29 @@ fn resource_version(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError
     parse_rv(q.get("resourceVersion").map(String::as_str))
 }
 
-/// A POST/PUT body as JSON: JSON as sent (also with no or a wildcard
-/// content type), YAML converted; protobuf and anything else is 415.
-fn json_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
+/// A request's Content-Type without its parameters.
+fn media_type(headers: &HeaderMap) -> &str {
     let ct = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    match ct.split(';').next().unwrap_or("").trim() {
+    ct.split(';').next().unwrap_or("").trim()
+}
+
+/// A protobuf body as the JSON a JSON client would have sent.
+fn protobuf_body(body: &[u8]) -> Result<Bytes, ApiError> {
+    let v = protobuf::to_json(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::bad_request(format!("protobuf body is not JSON-shaped: {e}")))
+}
+
+/// A POST/PUT body as JSON: JSON as sent (also with no or a wildcard
+/// content type), YAML and protobuf converted; anything else is 415.
+fn json_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
+    match media_type(headers) {
         "" | "*/*" | "application/json" => Ok(body),
+        protobuf::MEDIA_TYPE => protobuf_body(&body),
         "application/yaml" => {
             let v: Value = serde_yaml::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("malformed YAML body: {e}")))?;
@@ -410,7 +429,7 @@ fn json_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
         other => Err(ApiError::new(
             Reason::UnsupportedMediaType,
             format!(
-                "the body of the request was in an unknown format {other:?}: sluice-server accepts application/json and application/yaml (not protobuf yet)"
+                "the body of the request was in an unknown format {other:?}: sluice-server accepts application/json, application/yaml and application/vnd.kubernetes.protobuf"
             ),
         )),
     }

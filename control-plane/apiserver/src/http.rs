@@ -2,5 +2,6 @@
 //! the `Status` errors every handler answers with.
 pub(crate) mod decode;
 pub(crate) mod health;
+pub(crate) mod protobuf;
 pub mod serve;
 pub(crate) mod status;
