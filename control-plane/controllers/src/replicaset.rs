@@ -18,7 +18,7 @@ use futures::{StreamExt, TryStreamExt, future::join_all, stream};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::chrono::Utc;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, applier, watcher};
@@ -421,8 +421,7 @@ async fn create_pods(
     Ok(())
 }
 
-/// Deletes `victims` at once (upstream does too), each expected gone
-/// before the next sync acts.
+/// Deletes `victims` (see [`workload::delete_pods`]).
 async fn delete_pods(
     rs: &ReplicaSet,
     c: &Ctx,
@@ -430,57 +429,22 @@ async fn delete_pods(
     key: &str,
     victims: &[&Pod],
 ) -> Result<(), String> {
-    let regarding = rs.object_ref(&());
-    let api = Api::<Pod>::namespaced(c.client.clone(), ns);
     tracing::info!(count = victims.len(), "too many replicas; deleting");
-    c.expectations.expect_deletions(
+    let notes = workload::DeleteNotes {
+        deleted: &|name| format!("Deleted pod: {name}"),
+        failed: &|_, msg| format!("Error deleting: {msg}"),
+        conflict_is_gone: false,
+    };
+    let regarding = rs.object_ref(&());
+    workload::delete_pods(
+        &c.client,
+        &c.expectations,
+        &c.events,
+        &regarding,
+        ns,
         key,
-        victims
-            .iter()
-            .map(|p| (p.uid().unwrap_or_default(), p.name_any())),
-        Instant::now(),
-    );
-    let results = join_all(victims.iter().map(|p| {
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: p.uid(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        let api = api.clone();
-        let name = p.name_any();
-        async move { api.delete(&name, &dp).await }
-    }))
-    .await;
-    let mut first_err = None;
-    for (p, r) in victims.iter().zip(results) {
-        let name = p.name_any();
-        match r {
-            Ok(_) => c.events.normal(
-                &regarding,
-                "SuccessfulDelete",
-                "Delete",
-                format!("Deleted pod: {name}"),
-            ),
-            Err(e) => {
-                c.expectations
-                    .deletion_failed(key, &p.uid().unwrap_or_default());
-                if !api_error::is_not_found(&e) {
-                    let msg = workload::api_message(&e);
-                    c.events.warning(
-                        &regarding,
-                        "FailedDelete",
-                        "Delete",
-                        format!("Error deleting: {msg}"),
-                    );
-                    first_err.get_or_insert(msg);
-                }
-            }
-        }
-    }
-    match first_err {
-        Some(msg) => Err(msg),
-        None => Ok(()),
-    }
+        victims,
+        notes,
+    )
+    .await
 }

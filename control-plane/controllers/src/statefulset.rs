@@ -23,7 +23,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetCondition};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::chrono::Utc;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, applier, watcher};
@@ -361,62 +361,24 @@ async fn delete_pods(
     key: &str,
     victims: &[&Pod],
 ) -> Result<(), String> {
-    if victims.is_empty() {
-        return Ok(());
-    }
+    let set_name = set.name_any();
+    let notes = workload::DeleteNotes {
+        deleted: &|name| format!("delete Pod {name} in StatefulSet {set_name} successful"),
+        failed: &|name, msg| {
+            format!("delete Pod {name} in StatefulSet {set_name} failed error: {msg}")
+        },
+        conflict_is_gone: true,
+    };
     let regarding = set.object_ref(&());
-    let api = Api::<Pod>::namespaced(c.client.clone(), ns);
-    c.expectations.expect_deletions(
+    workload::delete_pods(
+        &c.client,
+        &c.expectations,
+        &c.events,
+        &regarding,
+        ns,
         key,
-        victims
-            .iter()
-            .map(|p| (p.uid().unwrap_or_default(), p.name_any())),
-        Instant::now(),
-    );
-    let results = join_all(victims.iter().map(|p| {
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: p.uid(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        let api = api.clone();
-        let name = p.name_any();
-        async move { api.delete(&name, &dp).await }
-    }))
-    .await;
-    let mut first_err = None;
-    for (p, r) in victims.iter().zip(results) {
-        let name = p.name_any();
-        match r {
-            Ok(_) => c.events.normal(
-                &regarding,
-                "SuccessfulDelete",
-                "Delete",
-                format!(
-                    "delete Pod {name} in StatefulSet {} successful",
-                    set.name_any()
-                ),
-            ),
-            Err(e) => {
-                c.expectations
-                    .deletion_failed(key, &p.uid().unwrap_or_default());
-                if !api_error::is_not_found(&e) && !workload::is_conflict(&e) {
-                    let msg = workload::api_message(&e);
-                    c.events.warning(
-                        &regarding,
-                        "FailedDelete",
-                        "Delete",
-                        format!(
-                            "delete Pod {name} in StatefulSet {} failed error: {msg}",
-                            set.name_any()
-                        ),
-                    );
-                    first_err.get_or_insert(msg);
-                }
-            }
-        }
-    }
-    first_err.map_or(Ok(()), Err)
+        victims,
+        notes,
+    )
+    .await
 }

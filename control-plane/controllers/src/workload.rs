@@ -9,7 +9,10 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
 
@@ -102,6 +105,83 @@ pub fn api_message(e: &kube::Error) -> String {
 /// A write refused because the object changed since it was read.
 pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(r) if r.code == 409 && r.reason != "AlreadyExists")
+}
+
+/// How a controller words its pod-deletion Events (upstream's wording
+/// differs per controller) and whether a changed pod counts as gone.
+pub struct DeleteNotes<'a> {
+    pub deleted: &'a (dyn Fn(&str) -> String + Sync),
+    pub failed: &'a (dyn Fn(&str, &str) -> String + Sync),
+    /// A 409 (the uid precondition met a namesake) is not an error.
+    pub conflict_is_gone: bool,
+}
+
+/// Deletes `victims` at once (upstream does too), each expected gone
+/// before the owner's next sync acts, guarded by its uid; an Event per
+/// pod; the first error's message is returned.
+#[allow(clippy::too_many_arguments)]
+pub async fn delete_pods(
+    client: &kube::Client,
+    expectations: &crate::replicaset::expectations::Expectations,
+    events: &Events,
+    regarding: &ObjectReference,
+    ns: &str,
+    key: &str,
+    victims: &[&Pod],
+    notes: DeleteNotes<'_>,
+) -> Result<(), String> {
+    if victims.is_empty() {
+        return Ok(());
+    }
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    expectations.expect_deletions(
+        key,
+        victims
+            .iter()
+            .map(|p| (p.uid().unwrap_or_default(), p.name_any())),
+        std::time::Instant::now(),
+    );
+    let results = join_all(victims.iter().map(|p| {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: p.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let api = api.clone();
+        let name = p.name_any();
+        async move { api.delete(&name, &dp).await }
+    }))
+    .await;
+    let mut first_err = None;
+    for (p, r) in victims.iter().zip(results) {
+        let name = p.name_any();
+        match r {
+            Ok(_) => events.normal(
+                regarding,
+                "SuccessfulDelete",
+                "Delete",
+                (notes.deleted)(&name),
+            ),
+            Err(e) => {
+                expectations.deletion_failed(key, &p.uid().unwrap_or_default());
+                let gone = crate::api_error::is_not_found(&e)
+                    || (notes.conflict_is_gone && is_conflict(&e));
+                if !gone {
+                    let msg = api_message(&e);
+                    events.warning(
+                        regarding,
+                        "FailedDelete",
+                        "Delete",
+                        (notes.failed)(&name, &msg),
+                    );
+                    first_err.get_or_insert(msg);
+                }
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 /// A reconcile future the applier can hold (boxed, Unpin) running on a
